@@ -1,0 +1,1 @@
+# Makes the top-level modules (rules.py, ops.py, ...) importable from tests/.

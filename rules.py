@@ -1,0 +1,403 @@
+"""Bio-inspired learning rules as autograd functions, and layer conversion.
+
+Each rule changes only the *backward* pass of a layer y = W*x + b:
+
+    bp       exact backpropagation: grad_x = W^T g
+    fa       feedback alignment (Lillicrap et al. 2016): grad_x = B^T g with B a fixed
+             random matrix, Xavier-uniform at init, never trained
+    usf      uniform sign-concordant feedback (Liao, Leibo & Poggio 2016):
+             B = s * sign(W), s = sqrt(2 / (fan_in + fan_out)) (the Xavier std)
+    brsf     batchwise random-magnitude sign-concordant feedback: B = |R| * sign(W),
+             R redrawn Xavier-uniform at every forward in training mode
+    frsf     fixed random-magnitude sign-concordant feedback: B = |R| * sign(W),
+             R drawn once at init
+    hebbian  the weight learns from a local Hebbian rule (no error signal);
+             the error still flows to the layers below through a fixed random B (as fa)
+
+These are the definitions of Biotorch (Sanfiz & Akrout 2021) used by BioNAS
+(Hamzaoui & Baghdadi, Sec. 2.1, Eqs. 3-6). In every FA-family rule the weight and bias
+gradients are exactly backprop's (true input, incoming gradient g); only grad_x uses B.
+
+Every rule layer is a subclass of nn.Conv2d / nn.Linear with the same constructor, the
+same forward, the same `weight`/`bias` and one extra persistent buffer `weight_backward`:
+
+    fa, hebbian   B itself
+    usf           the constant s (so B = weight_backward * sign(W))
+    brsf          |R| of the latest draw (so B = weight_backward * sign(W))
+    frsf          |R| (so B = weight_backward * sign(W))
+    bp            unused (zeros)
+
+Only torch is imported: copy this file alone into your project.
+"""
+import contextlib
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+RULES = ("bp", "fa", "usf", "brsf", "frsf", "hebbian")
+SIGN_RULES = ("usf", "brsf", "frsf")
+
+
+def check_rule(rule):
+    """Return `rule` if it is a valid rule name, else raise a ValueError naming the valid ones."""
+    if rule not in RULES:
+        raise ValueError(f"unknown learning rule {rule!r}; valid rules are: {', '.join(RULES)}")
+    return rule
+
+
+# ----------------------------------------------------------------------------------------
+# Hebbian update: Sanger's generalized Hebbian algorithm (an Oja-type rule)
+# ----------------------------------------------------------------------------------------
+
+def _hebbian_delta(y_gram, hebb, weight, groups, eps=1e-8):
+    """Normalized Sanger/Oja update  dW_c = (sum y_c x - sum_{j<=c} (sum y_c y_j) w_j) / sum y_c^2.
+
+    y_gram: (C_out, C_out) Gram matrix of the outputs (block diagonal across groups),
+    hebb: sum over samples/positions of y_c x (shape of W). Dividing each unit's step by its
+    output power sum y_c^2 keeps the update bounded whatever the input scale: for a single unit
+    along an eigenvector with norm a, a <- (1-lr) a + lr / a, whose fixed point is a = 1.
+    """
+    c_out = weight.shape[0]
+    cg = c_out // groups
+    w = weight.reshape(groups, cg, -1)
+    gram = torch.stack([y_gram[g * cg:(g + 1) * cg, g * cg:(g + 1) * cg] for g in range(groups)]) \
+        if groups > 1 else y_gram.unsqueeze(0)
+    decay = torch.tril(gram) @ w                          # sum_{j<=c} <y_c y_j> w_j
+    power = torch.diagonal(gram, dim1=1, dim2=2).unsqueeze(-1)
+    delta = (hebb.reshape(groups, cg, -1) - decay) / (power + eps)
+    return delta.reshape(weight.shape)
+
+
+def _group_gram(y2d, groups):
+    """(C, C) Gram matrix of y2d (C, M); only within-group blocks are used."""
+    if groups == 1:
+        return y2d @ y2d.t()
+    c = y2d.shape[0]
+    cg = c // groups
+    if cg == 1:                                            # depthwise: only the diagonal
+        return torch.diag((y2d * y2d).sum(1))
+    yg = y2d.reshape(groups, cg, -1)
+    blocks = yg @ yg.transpose(1, 2)
+    return torch.block_diag(*blocks)
+
+
+# ----------------------------------------------------------------------------------------
+# Autograd functions
+# ----------------------------------------------------------------------------------------
+
+def _feedback(weight, buf, rule):
+    """The feedback matrix B that replaces W in grad_input (paper Eqs. 3-6)."""
+    if rule in ("fa", "hebbian"):
+        return buf
+    return buf * torch.sign(weight)                       # usf, brsf, frsf
+
+
+class FeedbackConv2dFunction(torch.autograd.Function):
+    """conv2d whose grad_input is conv_transpose with B; grad_weight/bias are backprop's,
+    except for `hebbian`, whose grad_weight is minus the normalized Sanger update."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, buf, rule, stride, padding, dilation, groups):
+        out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        ctx.conf = (rule, stride, padding, dilation, groups, bias is not None)
+        ctx.save_for_backward(x, weight, buf, out if rule == "hebbian" else None, bias)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, buf, out, bias = ctx.saved_tensors
+        rule, stride, padding, dilation, groups, has_bias = ctx.conf
+        conv_bw = torch.ops.aten.convolution_backward
+        bias_sizes = [weight.shape[0]] if has_bias else None
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            B = _feedback(weight, buf, rule).to(weight.dtype)
+            gx = conv_bw(g, x, B, None, stride, padding, dilation, False, [0, 0], groups,
+                         [True, False, False])[0]
+        if rule == "hebbian":
+            if ctx.needs_input_grad[1]:
+                y = out - bias.view(1, -1, 1, 1) if has_bias else out
+                hebb = conv_bw(y, x, weight, None, stride, padding, dilation, False, [0, 0],
+                               groups, [False, True, False])[1]
+                y2d = y.transpose(0, 1).reshape(y.shape[1], -1)
+                gw = -_hebbian_delta(_group_gram(y2d, groups), hebb, weight, groups)
+            if has_bias and ctx.needs_input_grad[2]:
+                gb = torch.zeros_like(bias)               # the Hebbian rule trains no bias
+        elif ctx.needs_input_grad[1] or (has_bias and ctx.needs_input_grad[2]):
+            _, gw, gb = conv_bw(g, x, weight, bias_sizes, stride, padding, dilation, False,
+                                [0, 0], groups, [False, ctx.needs_input_grad[1],
+                                                 has_bias and ctx.needs_input_grad[2]])
+        return gx, gw, gb, None, None, None, None, None, None
+
+
+class FeedbackLinearFunction(torch.autograd.Function):
+    """linear whose grad_input is g @ B; grad_weight/bias are backprop's (hebbian: see conv)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, buf, rule):
+        out = F.linear(x, weight, bias)
+        ctx.rule = rule
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x, weight, buf, out if rule == "hebbian" else None, bias)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight, buf, out, bias = ctx.saved_tensors
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = g @ _feedback(weight, buf, ctx.rule).to(g.dtype)
+        g2 = g.reshape(-1, g.shape[-1])
+        x2 = x.reshape(-1, x.shape[-1])
+        if ctx.rule == "hebbian":
+            if ctx.needs_input_grad[1]:
+                y = (out - bias if ctx.has_bias else out).reshape(-1, out.shape[-1])
+                gw = -_hebbian_delta(y.t() @ y, y.t() @ x2, weight, 1)
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                gb = torch.zeros_like(bias)
+        else:
+            if ctx.needs_input_grad[1]:
+                gw = g2.t() @ x2
+            if ctx.has_bias and ctx.needs_input_grad[2]:
+                gb = g2.sum(0)
+        return gx, gw, gb, None, None
+
+
+# ----------------------------------------------------------------------------------------
+# Layers
+# ----------------------------------------------------------------------------------------
+
+def _uniform(like, bound):
+    """U(0, bound) shaped like `like`. On CPU, torch's per-element uniform_ costs ~5 ns a
+    number (more than a 512x512 matmul); drawing raw 64-bit words and keeping 24 bits of each
+    32-bit half is ~3x faster, and uniform on the same 2^-24 grid torch.rand uses for float32."""
+    if like.device.type != "cpu" or like.numel() < 65536:
+        return torch.empty_like(like).uniform_(0.0, bound)
+    n = like.numel()
+    words = torch.empty((n + 1) // 2, dtype=torch.int64).random_().view(torch.int32)[:n]
+    r = (words & 0xFFFFFF).to(like.dtype).mul_(bound / 2 ** 24)
+    return r.view(like.shape)
+
+
+class _RuleMixin:
+    """Shared buffer handling of RuleConv2d and RuleLinear."""
+
+    def _init_rule(self, rule):
+        self.rule = check_rule(rule)
+        self.exact = False                                # set by exact_gradients()
+        nn.init.xavier_uniform_(self.weight)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+        self.register_buffer("weight_backward", torch.zeros_like(self.weight))
+        self.reset_feedback()
+
+    def _fans(self):
+        return nn.init._calculate_fan_in_and_fan_out(self.weight)
+
+    def reset_feedback(self):
+        """(Re)initialize the feedback buffer for this layer's rule."""
+        fan_in, fan_out = self._fans()
+        self._bound = math.sqrt(6.0 / (fan_in + fan_out))     # Xavier-uniform bound
+        with torch.no_grad():
+            if self.rule in ("fa", "hebbian"):
+                nn.init.xavier_uniform_(self.weight_backward)
+            elif self.rule == "usf":
+                self.weight_backward.fill_(math.sqrt(2.0 / (fan_in + fan_out)))
+            elif self.rule in ("brsf", "frsf"):
+                nn.init.xavier_uniform_(self.weight_backward)
+                self.weight_backward.abs_()
+            else:
+                self.weight_backward.zero_()
+
+    def _draw_brsf(self):
+        """brsf: a fresh |R| ~ U(0, sqrt(6/(fan_in+fan_out))) at every training forward."""
+        self.weight_backward = _uniform(self.weight_backward, self._bound)   # new tensor: a pending
+                                                                      # backward keeps its own
+
+
+    def feedback_matrix(self):
+        """The B this layer would use in its next backward (W itself for bp / exact mode)."""
+        if self.rule == "bp" or self.exact:
+            return self.weight.detach()
+        return _feedback(self.weight.detach(), self.weight_backward, self.rule)
+
+    def extra_repr(self):
+        return super().extra_repr() + f", rule={self.rule}"
+
+
+class RuleConv2d(_RuleMixin, nn.Conv2d):
+    """Drop-in nn.Conv2d whose backward follows a learning rule (BioNAS Sec. 2.1)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, rule="fa", device=None, dtype=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, device=device, dtype=dtype)
+        if isinstance(self.padding, str):
+            if self.padding == "valid":
+                self.padding = (0, 0)
+            else:                                          # "same": needs odd effective kernel
+                eff = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+                if any(e % 2 for e in eff) or any(s != 1 for s in self.stride):
+                    raise ValueError("RuleConv2d supports padding='same' only for odd "
+                                     "effective kernels at stride 1; pass integer padding")
+                self.padding = tuple(e // 2 for e in eff)
+        self._init_rule(rule)
+
+    def forward(self, x):
+        if self.padding_mode != "zeros":
+            raise ValueError(f"RuleConv2d supports padding_mode='zeros' only, "
+                             f"got {self.padding_mode!r}")
+        if self.rule == "bp" or self.exact:
+            return F.conv2d(x, self.weight, self.bias, self.stride, self.padding,
+                            self.dilation, self.groups)
+        if self.rule == "brsf" and self.training:
+            self._draw_brsf()
+        return FeedbackConv2dFunction.apply(x, self.weight, self.bias, self.weight_backward,
+                                            self.rule, list(self.stride), list(self.padding),
+                                            list(self.dilation), self.groups)
+
+
+class RuleLinear(_RuleMixin, nn.Linear):
+    """Drop-in nn.Linear whose backward follows a learning rule (BioNAS Sec. 2.1)."""
+
+    def __init__(self, in_features, out_features, bias=True, rule="fa", device=None, dtype=None):
+        super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
+        self._init_rule(rule)
+
+    def forward(self, x):
+        if self.rule == "bp" or self.exact:
+            return F.linear(x, self.weight, self.bias)
+        if self.rule == "brsf" and self.training:
+            self._draw_brsf()
+        return FeedbackLinearFunction.apply(x, self.weight, self.bias, self.weight_backward,
+                                            self.rule)
+
+
+RULE_LAYERS = (RuleConv2d, RuleLinear)
+
+
+# ----------------------------------------------------------------------------------------
+# Conversion and inspection
+# ----------------------------------------------------------------------------------------
+
+def _rule_layer_like(module, rule):
+    """A rule layer with `module`'s configuration, device, dtype, weights and mode."""
+    w = module.weight
+    kw = dict(bias=module.bias is not None, rule=rule, device=w.device, dtype=w.dtype)
+    if isinstance(module, nn.Conv2d):
+        if module.padding_mode != "zeros":
+            raise ValueError(f"cannot convert a Conv2d with padding_mode={module.padding_mode!r}")
+        new = RuleConv2d(module.in_channels, module.out_channels, module.kernel_size,
+                         module.stride, module.padding, module.dilation, module.groups, **kw)
+    else:
+        new = RuleLinear(module.in_features, module.out_features, **kw)
+    with torch.no_grad():
+        new.weight.copy_(w)
+        if module.bias is not None:
+            new.bias.copy_(module.bias)
+        if isinstance(module, RULE_LAYERS) and module.rule == rule:
+            new.weight_backward = module.weight_backward.clone()
+    if w.dim() == 4 and w.is_contiguous(memory_format=torch.channels_last) \
+            and not w.is_contiguous():
+        new = new.to(memory_format=torch.channels_last)
+    new.weight.requires_grad_(w.requires_grad)
+    if new.bias is not None:
+        new.bias.requires_grad_(module.bias.requires_grad)
+    new.train(module.training)
+    return new
+
+
+def convert(model, rule):
+    """Swap every nn.Conv2d / nn.Linear of `model` for its rule layer, weights copied.
+
+    `rule` is a rule name, a dict {module_name: rule} (modules not named are left as they
+    are), or a callable (name, module) -> rule or None (None leaves the module). Returns the
+    model (a new layer if `model` is itself a Conv2d/Linear). Outputs are unchanged.
+    """
+    if isinstance(rule, str):
+        check_rule(rule)
+        choose = lambda name, m: rule                      # noqa: E731
+    elif isinstance(rule, dict):
+        for r in rule.values():
+            check_rule(r)
+        choose = lambda name, m: rule.get(name)            # noqa: E731
+    elif callable(rule):
+        choose = rule
+    else:
+        raise TypeError("rule must be a rule name, a dict {module_name: rule} or a callable")
+
+    def pick(name, m):
+        r = choose(name, m)
+        if r is not None:
+            check_rule(r)
+        return r
+
+    if isinstance(model, (nn.Conv2d, nn.Linear)):
+        r = pick("", model)
+        return model if r is None or (isinstance(model, RULE_LAYERS) and model.rule == r) \
+            else _rule_layer_like(model, r)
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if not isinstance(child, (nn.Conv2d, nn.Linear)) or type(child) not in (
+                    nn.Conv2d, nn.Linear, RuleConv2d, RuleLinear):
+                continue
+            full = f"{name}.{child_name}" if name else child_name
+            r = pick(full, child)
+            if r is None or (isinstance(child, RULE_LAYERS) and child.rule == r):
+                continue
+            setattr(module, child_name, _rule_layer_like(child, r))
+    return model
+
+
+def layer_rules(model):
+    """{module_name: rule} for every rule layer in `model`."""
+    return {name: m.rule for name, m in model.named_modules() if isinstance(m, RULE_LAYERS)}
+
+
+def alignment(layer):
+    """Angle in degrees between W and the feedback B the layer would use now (0 = backprop)."""
+    w = layer.weight.detach().flatten().double()
+    b = layer.feedback_matrix().flatten().double()
+    cos = torch.dot(w, b) / (w.norm() * b.norm()).clamp_min(1e-30)
+    return math.degrees(math.acos(max(-1.0, min(1.0, cos.item()))))
+
+
+@contextlib.contextmanager
+def exact_gradients(model):
+    """Context under which every rule layer back-propagates exactly (B := W).
+
+    Attacks and gradient analyses need the true input gradient of a model whose training
+    backward is not exact. The previous state is restored on exit, even after an error.
+    """
+    layers = [m for m in model.modules() if isinstance(m, RULE_LAYERS)]
+    saved = [m.exact for m in layers]
+    try:
+        for m in layers:
+            m.exact = True
+        yield model
+    finally:
+        for m, s in zip(layers, saved):
+            m.exact = s
+
+
+if __name__ == "__main__":
+    # Demo: a 2-layer MLP trained with each rule on a synthetic task, and its alignment angle.
+    torch.manual_seed(0)
+    X = torch.randn(2000, 20)
+    y = (X[:, :10].sum(1) > X[:, 10:].sum(1)).long() + 2 * (X[:, 0] > 0).long()
+    for rule in RULES:
+        torch.manual_seed(1)
+        net = nn.Sequential(RuleLinear(20, 64, rule=rule), nn.ReLU(),
+                            RuleLinear(64, 4, rule="fa" if rule == "hebbian" else rule))
+        opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+        for step in range(300):
+            idx = torch.randint(0, 1500, (64,))
+            loss = F.cross_entropy(net(X[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        acc = (net(X[1500:]).argmax(1) == y[1500:]).float().mean().item()
+        print(f"{rule:8s} test accuracy {acc:6.1%}   alignment of output layer "
+              f"{alignment(net[2]):5.1f} deg")

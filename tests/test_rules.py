@@ -1,0 +1,316 @@
+"""Tests of rules.py against independent computations (torch's own layers, transposed
+convolutions built by hand, closed forms)."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import rules
+from rules import RuleConv2d, RuleLinear
+
+torch.set_default_dtype(torch.float64)     # exact comparisons; the layers are dtype-agnostic
+
+CONV_CONFIGS = [  # (in, out, k, stride, padding, dilation, groups, bias)
+    (4, 6, 3, 1, 1, 1, 1, True),
+    (4, 6, 3, 2, 1, 1, 2, False),
+    (6, 6, 5, 1, 4, 2, 6, True),          # dilated depthwise
+    (4, 8, 1, 2, 0, 1, 1, False),         # FactorizedReduce-style 1x1 at stride 2
+    (3, 5, (3, 2), (2, 1), (1, 0), (1, 2), 1, True),
+]
+
+
+def _pair(v):
+    return v if isinstance(v, tuple) else (v, v)
+
+
+def _conv_grads(layer, x, g):
+    x = x.clone().requires_grad_(True)
+    layer.zero_grad()
+    layer(x).backward(g)
+    return x.grad, layer.weight.grad.clone(), None if layer.bias is None else layer.bias.grad.clone()
+
+
+def _transposed_conv(g, B, x_shape, stride, padding, dilation, groups):
+    """grad_input = B^T * g built by hand as a transposed convolution with output padding."""
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    k = B.shape[2:]
+    out_pad = []
+    for d in range(2):
+        full = (g.shape[2 + d] - 1) * stride[d] - 2 * padding[d] + dilation[d] * (k[d] - 1) + 1
+        out_pad.append(x_shape[2 + d] - full)
+    return F.conv_transpose2d(g, B, None, stride, padding, out_pad, groups, dilation)
+
+
+def _expected_B(layer):
+    """B computed independently of the layer's code path, from the paper's definitions."""
+    W = layer.weight.detach()
+    if layer.rule == "fa":
+        return layer.weight_backward
+    if layer.rule == "usf":
+        if W.dim() == 4:
+            rf = W.shape[2] * W.shape[3]
+            fan_in, fan_out = W.shape[1] * rf, W.shape[0] * rf
+        else:
+            fan_in, fan_out = W.shape[1], W.shape[0]
+        return math.sqrt(2.0 / (fan_in + fan_out)) * torch.sign(W)
+    return layer.weight_backward.abs() * torch.sign(W)      # brsf (latest draw), frsf
+
+
+@pytest.mark.parametrize("cfg", CONV_CONFIGS)
+def test_bp_conv_equals_torch(cfg):
+    cin, cout, k, s, p, d, gr, b = cfg
+    torch.manual_seed(0)
+    ref = nn.Conv2d(cin, cout, k, s, p, d, gr, b)
+    lay = rules.convert(copy.deepcopy(ref), "bp")
+    assert isinstance(lay, RuleConv2d) and lay.rule == "bp"
+    x = torch.randn(2, cin, 11, 10)
+    g = torch.randn_like(ref(x))
+    for a, e in zip(_conv_grads(lay, x, g), _conv_grads(ref, x, g)):
+        assert (a is None and e is None) or torch.equal(a, e)
+
+
+def test_bp_linear_equals_torch():
+    torch.manual_seed(0)
+    ref = nn.Linear(7, 5)
+    lay = rules.convert(copy.deepcopy(ref), "bp")
+    x = torch.randn(3, 4, 7)                 # extra leading dims
+    g = torch.randn(3, 4, 5)
+    for a, e in zip(_conv_grads(lay, x, g), _conv_grads(ref, x, g)):
+        assert torch.equal(a, e)
+
+
+@pytest.mark.parametrize("rule", ["fa", "usf", "brsf", "frsf"])
+@pytest.mark.parametrize("cfg", CONV_CONFIGS)
+def test_feedback_conv_grads(rule, cfg):
+    cin, cout, k, s, p, d, gr, b = cfg
+    torch.manual_seed(1)
+    lay = RuleConv2d(cin, cout, k, s, p, d, gr, b, rule=rule)
+    ref = nn.Conv2d(cin, cout, k, s, p, d, gr, b)
+    ref.load_state_dict({n: t for n, t in lay.state_dict().items() if n != "weight_backward"})
+    x = torch.randn(2, cin, 11, 10)
+    g = torch.randn_like(ref(x))
+    gx, gw, gb = _conv_grads(lay, x, g)
+    B = _expected_B(lay)                      # after the forward: brsf's draw of this step
+    assert torch.allclose(gx, _transposed_conv(g, B, x.shape, s, p, d, gr), atol=1e-12)
+    _, rw, rb = _conv_grads(ref, x, g)
+    assert torch.allclose(gw, rw, atol=1e-12)
+    if b:
+        assert torch.allclose(gb, rb, atol=1e-12)
+    if rule != "fa":                          # sign concordance: B has the sign of W
+        assert torch.equal(torch.sign(lay.feedback_matrix()), torch.sign(lay.weight.detach()))
+    assert not torch.allclose(gx, _conv_grads(ref, x, g)[0])   # really not backprop
+
+
+@pytest.mark.parametrize("rule", ["fa", "usf", "brsf", "frsf"])
+def test_feedback_linear_grads(rule):
+    torch.manual_seed(2)
+    lay = RuleLinear(9, 4, rule=rule)
+    x, g = torch.randn(6, 9), torch.randn(6, 4)
+    gx, gw, gb = _conv_grads(lay, x, g)
+    assert torch.allclose(gx, g @ _expected_B(lay), atol=1e-12)
+    assert torch.allclose(gw, g.t() @ x, atol=1e-12)
+    assert torch.allclose(gb, g.sum(0), atol=1e-12)
+
+
+def test_brsf_redraws_frsf_keeps():
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 8, 8)
+    br, fr = RuleConv2d(3, 4, 3, rule="brsf"), RuleConv2d(3, 4, 3, rule="frsf")
+    br(x); b1 = br.weight_backward.clone(); br(x)
+    assert not torch.allclose(b1, br.weight_backward)             # new |R| every training forward
+    br.eval(); b2 = br.weight_backward.clone(); br(x)
+    assert torch.equal(b2, br.weight_backward)                    # no draw in eval mode
+    r0 = fr.weight_backward.clone()
+    for _ in range(3):
+        fr(x).sum().backward()
+        with torch.no_grad():
+            fr.weight -= 0.5 * fr.weight.grad                     # W changes, |R| does not
+    assert torch.equal(r0, fr.weight_backward) and (r0 >= 0).all()
+    assert torch.equal(torch.sign(fr.feedback_matrix()), torch.sign(fr.weight.detach()))
+
+
+def test_brsf_draw_distribution():
+    """|R| ~ U(0, sqrt(6 / (fan_in + fan_out))): check range, mean and variance."""
+    torch.manual_seed(14)
+    lay = RuleLinear(400, 300, rule="brsf").float()
+    lay(torch.randn(2, 400, dtype=torch.float32))
+    r = lay.weight_backward.double()
+    bound = math.sqrt(6.0 / 700)
+    assert r.min() >= 0 and r.max() < bound and r.max() > 0.999 * bound
+    assert r.mean().item() == pytest.approx(bound / 2, rel=0.01)
+    assert r.var().item() == pytest.approx(bound ** 2 / 12, rel=0.02)
+
+
+@pytest.mark.parametrize("rule", ["fa", "usf", "brsf", "frsf", "hebbian"])
+def test_exact_gradients_context(rule):
+    torch.manual_seed(4)
+    lay = RuleConv2d(3, 5, 3, 1, 1, rule=rule)
+    ref = nn.Conv2d(3, 5, 3, 1, 1)
+    ref.load_state_dict({n: t for n, t in lay.state_dict().items() if n != "weight_backward"})
+    x = torch.randn(2, 3, 7, 7)
+    g = torch.randn(2, 5, 7, 7)
+    with rules.exact_gradients(lay):
+        ex = _conv_grads(lay, x, g)
+    rx = _conv_grads(ref, x, g)
+    for a, e in zip(ex, rx):
+        assert torch.allclose(a, e, atol=1e-12)
+    assert not torch.allclose(_conv_grads(lay, x, g)[0], rx[0])   # rule restored on exit
+    with pytest.raises(RuntimeError):
+        with rules.exact_gradients(lay):
+            raise RuntimeError("boom")
+    assert lay.exact is False
+
+
+def test_usf_alignment_closed_form():
+    torch.manual_seed(5)
+    lay = RuleLinear(30, 20, rule="usf")
+    W = lay.weight.detach()
+    # cos(W, s sign W) = ||W||_1 / (||W||_2 sqrt(n)), independent of s
+    expect = math.degrees(math.acos((W.abs().sum() / (W.norm() * math.sqrt(W.numel()))).item()))
+    assert rules.alignment(lay) == pytest.approx(expect, abs=1e-9)
+    assert rules.alignment(RuleLinear(30, 20, rule="bp")) == pytest.approx(0.0, abs=1e-5)
+    assert 80 < rules.alignment(RuleLinear(300, 200, rule="fa")) < 100   # random: ~90 deg
+
+
+def test_init_xavier_and_state_dict_keys():
+    torch.manual_seed(6)
+    lay = RuleConv2d(16, 32, 3, rule="fa")
+    bound = math.sqrt(6.0 / (16 * 9 + 32 * 9))
+    assert lay.weight.abs().max() <= bound and lay.weight.abs().max() > 0.9 * bound
+    assert torch.equal(lay.bias, torch.zeros(32))
+    assert set(lay.state_dict()) == set(nn.Conv2d(16, 32, 3).state_dict()) | {"weight_backward"}
+    other = RuleConv2d(16, 32, 3, rule="fa")
+    other.load_state_dict(lay.state_dict())
+    assert torch.equal(other.weight_backward, lay.weight_backward)   # B survives a checkpoint
+
+
+def test_unknown_rule_errors():
+    with pytest.raises(ValueError, match="valid rules are: bp, fa"):
+        RuleLinear(3, 3, rule="dfa")
+    with pytest.raises(ValueError, match="unknown learning rule 'xx'"):
+        rules.convert(nn.Sequential(nn.Linear(2, 2)), {"0": "xx"})
+
+
+def test_convert_mixed_keeps_outputs():
+    torch.manual_seed(7)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=8),
+                        nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
+    x = torch.rand(4, 3, 8, 8)
+    before = net(x)
+    mix = {"0": "usf", "2": "brsf", "4": "hebbian"}
+    rules.convert(net, mix)
+    assert rules.layer_rules(net) == mix
+    assert torch.equal(before, net(x))
+    rules.convert(net, lambda name, m: "frsf" if isinstance(m, nn.Linear) else None)
+    assert rules.layer_rules(net) == {"0": "usf", "2": "brsf", "4": "frsf"}
+    assert torch.equal(before, net(x))
+    assert torch.equal(rules.convert(net, "fa")(x), before)
+
+
+def test_channels_last_matches_contiguous():
+    torch.manual_seed(8)
+    for rule in rules.RULES:
+        lay = RuleConv2d(8, 8, 3, 1, 1, groups=8, rule=rule)
+        lay.eval() if rule == "brsf" else None                 # same |R| in both passes
+        x = torch.randn(2, 8, 9, 9)
+        g = torch.randn(2, 8, 9, 9)
+        a = _conv_grads(lay, x, g)
+        cl = copy.deepcopy(lay).to(memory_format=torch.channels_last)
+        b = _conv_grads(cl, x.to(memory_format=torch.channels_last),
+                        g.to(memory_format=torch.channels_last))
+        for u, v in zip(a, b):
+            assert torch.allclose(u, v, atol=1e-10)
+
+
+# ------------------------------------------------------------------ Hebbian
+
+def test_hebbian_linear_update_closed_form():
+    """grad W = -(Y^T X - tril(Y^T Y) W) / diag(Y^T Y): Sanger's rule, normalized per unit."""
+    torch.manual_seed(9)
+    lay = RuleLinear(6, 3, rule="hebbian")
+    x = torch.randn(10, 6, requires_grad=True)
+    g = torch.randn(10, 3)
+    lay(x).backward(g)
+    W = lay.weight.detach()
+    Y = x.detach() @ W.t()
+    expect = torch.zeros_like(W)
+    for c in range(3):
+        delta = (Y[:, c:c + 1] * x.detach()).sum(0)
+        for j in range(c + 1):
+            delta -= (Y[:, c] * Y[:, j]).sum() * W[j]
+        expect[c] = -delta / (Y[:, c] ** 2).sum()
+    assert torch.allclose(lay.weight.grad, expect, atol=1e-10)
+    assert torch.equal(lay.bias.grad, torch.zeros(3))
+    assert torch.allclose(x.grad, g @ lay.weight_backward, atol=1e-12)   # error goes on via B
+
+
+def test_hebbian_conv_matches_unfolded_linear():
+    """A Hebbian conv is the Hebbian linear rule applied to all unfolded patches."""
+    torch.manual_seed(10)
+    lay = RuleConv2d(3, 4, 3, stride=2, padding=1, rule="hebbian")
+    x = torch.randn(2, 3, 7, 7)
+    lay(x).sum().backward()
+    patches = F.unfold(x, 3, padding=1, stride=2).transpose(1, 2).reshape(-1, 27)
+    W = lay.weight.detach().reshape(4, 27)
+    Y = patches @ W.t()
+    expect = -(Y.t() @ patches - torch.tril(Y.t() @ Y) @ W) / (Y ** 2).sum(0)[:, None]
+    assert torch.allclose(lay.weight.grad.reshape(4, 27), expect, atol=1e-10)
+
+
+def test_hebbian_bounded_and_finds_principal_component():
+    torch.manual_seed(11)
+    d = 8
+    scales = torch.tensor([3.0, 1.5, 1.0, 0.8, 0.6, 0.5, 0.4, 0.3])
+    Q, _ = torch.linalg.qr(torch.randn(d, d))
+    lay = RuleLinear(d, 2, bias=False, rule="hebbian")
+    opt = torch.optim.SGD(lay.parameters(), lr=0.1)
+    norms = []
+    for _ in range(1000):
+        x = (torch.randn(64, d) * scales) @ Q.t()
+        opt.zero_grad()
+        lay(x).sum().backward()
+        opt.step()
+        norms.append(lay.weight.norm(dim=1).max().item())
+    assert max(norms) < 3.0                                    # bounded all along
+    W = lay.weight.detach()
+    assert torch.allclose(W.norm(dim=1), torch.ones(2), atol=0.1)   # Oja: unit norm
+    cos1 = (W[0] @ Q[:, 0]).abs() / W[0].norm()                # unit 1 -> first PC
+    cos2 = (W[1] @ Q[:, 1]).abs() / W[1].norm()                # unit 2 -> second PC (Sanger)
+    assert cos1 > 0.95 and cos2 > 0.9
+
+
+def test_hebbian_bounded_random_input_large_scale():
+    torch.manual_seed(12)
+    lay = RuleConv2d(4, 6, 3, padding=1, rule="hebbian")
+    opt = torch.optim.SGD(lay.parameters(), lr=0.5, momentum=0.5)
+    for _ in range(1000):
+        x = 10 * torch.randn(4, 4, 6, 6)
+        opt.zero_grad()
+        lay(x).sum().backward()
+        opt.step()
+        assert torch.isfinite(lay.weight).all()
+    assert lay.weight.flatten(1).norm(dim=1).max() < 5.0
+
+
+# ------------------------------------------------------------------ learning
+
+@pytest.mark.parametrize("rule", rules.RULES)
+def test_mlp_learns_with_each_rule(rule):
+    torch.manual_seed(13)
+    X = torch.randn(1200, 10)
+    teacher = torch.randn(10, 3)
+    y = (X @ teacher + 0.3 * torch.tanh(X[:, :3] * 2)).argmax(1)
+    out_rule = "fa" if rule == "hebbian" else rule              # a Hebbian readout can't see labels
+    net = nn.Sequential(RuleLinear(10, 64, rule=rule), nn.ReLU(), RuleLinear(64, 3, rule=out_rule))
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(400):
+        idx = torch.randint(0, 1000, (50,))
+        loss = F.cross_entropy(net(X[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    acc = (net(X[1000:]).argmax(1) == y[1000:]).double().mean().item()
+    assert acc > (0.6 if rule == "hebbian" else 0.85)           # chance is ~1/3
