@@ -1,0 +1,378 @@
+"""DARTS over the op x rule space: supernet, bilevel architect, genotypes, standalone network.
+
+Liu, Simonyan & Yang, "DARTS: Differentiable Architecture Search", ICLR 2019 (Sec. 2, Eqs. 1-8),
+as extended by BioNAS (Hamzaoui & Baghdadi, Sec. 2.2, 3.2, App. A.4.1): every candidate on an
+edge is an (operation, learning rule) pair from ops.search_space().
+
+    Network        the supernet of normal and reduction cells with alpha (model_search.py)
+    Architect      the alpha step, first or second order (architect.py)
+    derive_genotype, save_genotype, load_genotype
+    NetworkEval    the standalone network of a genotype, each edge with its rule (model.py)
+"""
+import copy
+import json
+from collections import namedtuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import ops
+from rules import RuleConv2d, RuleLinear
+
+Genotype = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
+
+
+def _stem(in_channels, C, base_rule):
+    return nn.Sequential(RuleConv2d(in_channels, C, 3, padding=1, bias=False, rule=base_rule),
+                         nn.BatchNorm2d(C))
+
+
+def _preprocess(C_pp, C_p, C, reduction_prev, base_rule, affine):
+    pre0 = ops.FactorizedReduce(C_pp, C, base_rule, affine) if reduction_prev else \
+        ops.ReLUConvBN(C_pp, C, 1, 1, 0, base_rule, affine)
+    return pre0, ops.ReLUConvBN(C_p, C, 1, 1, 0, base_rule, affine)
+
+
+# ----------------------------------------------------------------------------- search
+
+class SearchCell(nn.Module):
+    """A DAG of `steps` intermediate nodes; node j sums a MixedOp of every earlier node."""
+
+    def __init__(self, steps, multiplier, C_pp, C_p, C, reduction, reduction_prev, candidates,
+                 base_rule="bp"):
+        super().__init__()
+        self.reduction, self.steps, self.multiplier = reduction, steps, multiplier
+        self.preprocess0, self.preprocess1 = _preprocess(C_pp, C_p, C, reduction_prev,
+                                                         base_rule, affine=False)
+        self.edges = nn.ModuleList()
+        for i in range(steps):
+            for j in range(2 + i):
+                self.edges.append(ops.MixedOp(C, 2 if reduction and j < 2 else 1, candidates))
+
+    def forward(self, s0, s1, weights):
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        offset = 0
+        for i in range(self.steps):
+            s = sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+            offset += len(states)
+            states.append(s)
+        return torch.cat(states[-self.multiplier:], dim=1)
+
+
+class Network(nn.Module):
+    """The DARTS supernet (reductions at 1/3 and 2/3 depth) with alpha for normal and reduce
+    cells: (14 edges x len(candidates)) each for 4 nodes, initialized 1e-3 * N(0, 1)."""
+
+    def __init__(self, C, num_classes, layers, candidates, steps=4, multiplier=4,
+                 stem_multiplier=3, in_channels=3, base_rule="bp", mean=None, std=None):
+        super().__init__()
+        self.C, self.num_classes, self.layers = C, num_classes, layers
+        self.candidates, self.steps, self.multiplier = list(candidates), steps, multiplier
+        self.config = dict(C=C, num_classes=num_classes, layers=layers, candidates=self.candidates,
+                           steps=steps, multiplier=multiplier, stem_multiplier=stem_multiplier,
+                           in_channels=in_channels, base_rule=base_rule, mean=mean, std=std)
+        for name in self.candidates:
+            ops.parse_candidate(name)                     # fail early on unknown names
+        self.normalize = ops.Normalize(mean, std) if mean is not None else nn.Identity()
+        C_curr = stem_multiplier * C
+        self.stem = _stem(in_channels, C_curr, base_rule)
+        C_pp, C_p, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_curr *= 2
+            self.cells.append(SearchCell(steps, multiplier, C_pp, C_p, C_curr, reduction,
+                                         reduction_prev, self.candidates, base_rule))
+            reduction_prev = reduction
+            C_pp, C_p = C_p, multiplier * C_curr
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = RuleLinear(C_p, num_classes, rule=base_rule)
+        k = sum(2 + i for i in range(steps))
+        self.alphas_normal = nn.Parameter(1e-3 * torch.randn(k, len(self.candidates)))
+        self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(k, len(self.candidates)))
+
+    def arch_parameters(self):
+        return [self.alphas_normal, self.alphas_reduce]
+
+    def weights(self):
+        """All parameters except alpha."""
+        return [p for n, p in self.named_parameters() if not n.startswith("alphas_")]
+
+    def mixing_weights(self):
+        return F.softmax(self.alphas_normal, dim=-1), F.softmax(self.alphas_reduce, dim=-1)
+
+    def forward(self, x, weights_normal=None, weights_reduce=None):
+        """Logits; mixing weights default to softmax(alpha) (Eq. 7) and may be supplied
+        externally (EG-NAS evaluates sampled architectures this way)."""
+        if weights_normal is None or weights_reduce is None:
+            wn, wr = self.mixing_weights()
+            weights_normal = wn if weights_normal is None else weights_normal
+            weights_reduce = wr if weights_reduce is None else weights_reduce
+        s0 = s1 = self.stem(self.normalize(x))
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, weights_reduce if cell.reduction else weights_normal)
+        return self.classifier(self.global_pooling(s1).flatten(1))
+
+    def loss(self, x, y):
+        return F.cross_entropy(self(x), y)
+
+    def genotype(self):
+        wn, wr = self.mixing_weights()
+        return derive_genotype(wn.detach(), wr.detach(), self.candidates, self.steps,
+                               self.multiplier)
+
+
+# ----------------------------------------------------------------------------- architect
+
+def _flat(tensors):
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+class Architect:
+    """The alpha step of the bilevel problem min_a L_val(w*(a), a), s.t. w* = argmin L_train
+    (DARTS Eqs. 3-4). First order: grad_a L_val(w, a). Second order (unrolled=True): one
+    virtual SGD step w' = w - xi grad_w L_train (Eq. 6), then
+    grad_a L_val(w', a) - xi * [grad_a L_train(w+, a) - grad_a L_train(w-, a)] / (2 eps)
+    with w+- = w +- eps grad_w' L_val(w', a), eps = 0.01 / ||grad_w' L_val|| (Eqs. 7-8).
+    Adam on alpha: lr 3e-4, betas (0.5, 0.999), weight decay 1e-3."""
+
+    def __init__(self, model, momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4,
+                 arch_weight_decay=1e-3, unrolled=False):
+        self.model, self.momentum, self.weight_decay = model, momentum, weight_decay
+        self.unrolled = unrolled
+        self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=arch_learning_rate,
+                                          betas=(0.5, 0.999), weight_decay=arch_weight_decay)
+
+    def step(self, x_train, y_train, x_valid, y_valid, eta=None, network_optimizer=None):
+        """One alpha update; `eta` and `network_optimizer` (for its momentum) are needed only
+        for the second-order step."""
+        self.optimizer.zero_grad()
+        if self.unrolled:
+            self._backward_step_unrolled(x_train, y_train, x_valid, y_valid, eta,
+                                         network_optimizer)
+        else:
+            alphas = self.model.arch_parameters()
+            grads = torch.autograd.grad(self.model.loss(x_valid, y_valid), alphas)
+            for a, g in zip(alphas, grads):
+                a.grad = g
+        self.optimizer.step()
+
+    def _unrolled_model(self, x, y, eta, network_optimizer):
+        """A copy of the model holding w' = w - eta * (momentum * buf + grad + wd * w)."""
+        weights = self.model.weights()
+        grads = torch.autograd.grad(self.model.loss(x, y), weights)
+        unrolled = copy.deepcopy(self.model)
+        with torch.no_grad():
+            for w, g, w2 in zip(weights, grads, unrolled.weights()):
+                state = network_optimizer.state.get(w, {}) if network_optimizer else {}
+                buf = state.get("momentum_buffer")
+                step = g + self.weight_decay * w
+                if buf is not None:
+                    step = step + self.momentum * buf
+                w2.copy_(w - eta * step)
+        return unrolled
+
+    def _backward_step_unrolled(self, x_train, y_train, x_valid, y_valid, eta, network_optimizer):
+        if eta is None:
+            raise ValueError("the second-order architect step needs eta (the weights' lr)")
+        unrolled = self._unrolled_model(x_train, y_train, eta, network_optimizer)
+        alphas_u, weights_u = unrolled.arch_parameters(), unrolled.weights()
+        grads = torch.autograd.grad(unrolled.loss(x_valid, y_valid), alphas_u + weights_u)
+        d_alpha, d_w = grads[:len(alphas_u)], grads[len(alphas_u):]
+        implicit = self._hessian_vector_product(d_w, x_train, y_train)
+        for a, da, h in zip(self.model.arch_parameters(), d_alpha, implicit):
+            a.grad = da - eta * h
+
+    def _hessian_vector_product(self, vector, x, y, r=1e-2):
+        """Finite-difference (grad_a L(w+) - grad_a L(w-)) / (2 eps) (DARTS Eq. 8)."""
+        eps = r / _flat(vector).norm().clamp_min(1e-12)
+        weights, alphas = self.model.weights(), self.model.arch_parameters()
+        with torch.no_grad():
+            for w, v in zip(weights, vector):
+                w.add_(v, alpha=eps)
+        g_pos = torch.autograd.grad(self.model.loss(x, y), alphas)
+        with torch.no_grad():
+            for w, v in zip(weights, vector):
+                w.sub_(v, alpha=2 * eps)
+        g_neg = torch.autograd.grad(self.model.loss(x, y), alphas)
+        with torch.no_grad():
+            for w, v in zip(weights, vector):
+                w.add_(v, alpha=eps)
+        return [(p - n) / (2 * eps) for p, n in zip(g_pos, g_neg)]
+
+
+# ----------------------------------------------------------------------------- genotypes
+
+def derive_genotype(weights_normal, weights_reduce, candidates, steps=4, multiplier=4):
+    """DARTS's discretization (Sec. 2.4): for each intermediate node keep the 2 incoming
+    edges whose strongest non-`none` candidate weighs most, and on each that candidate."""
+    candidates = list(candidates)
+    none = candidates.index("none") if "none" in candidates else -1
+
+    def parse(W):
+        W = torch.as_tensor(W).detach().cpu().double()
+        gene, start, n = [], 0, 2
+        for _ in range(steps):
+            rows = W[start:start + n].clone()
+            if none >= 0:
+                rows[:, none] = -float("inf")
+            best = rows.max(dim=1)
+            edges = sorted(range(n), key=lambda j: -best.values[j].item())[:2]
+            gene += [(candidates[int(best.indices[j])], j) for j in edges]  # strongest first
+            start += n
+            n += 1
+        return gene
+
+    concat = list(range(2 + steps - multiplier, steps + 2))
+    return Genotype(parse(weights_normal), concat, parse(weights_reduce), concat)
+
+
+def save_genotype(genotype, path):
+    """Write a Genotype as JSON (op names keep their rule)."""
+    with open(path, "w") as f:
+        json.dump(genotype._asdict(), f, indent=1)
+
+
+def load_genotype(path):
+    """Read a Genotype from JSON, with an error naming what is wrong in a malformed file."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"genotype file {path} is not valid JSON: {e}") from None
+    try:
+        g = Genotype(**{k: data[k] for k in Genotype._fields})
+        check_genotype(g)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"malformed genotype file {path}: {e}. Expected JSON with keys "
+                         f"{', '.join(Genotype._fields)}; 'normal' and 'reduce' are lists of "
+                         f"[op_name, input_node] pairs") from None
+    return Genotype([tuple(e) for e in g.normal], list(g.normal_concat),
+                    [tuple(e) for e in g.reduce], list(g.reduce_concat))
+
+
+def check_genotype(g):
+    """Raise ValueError unless g is a well-formed genotype with known op names."""
+    for cell in ("normal", "reduce"):
+        edges = getattr(g, cell)
+        if not isinstance(edges, (list, tuple)) or len(edges) == 0 or len(edges) % 2:
+            raise ValueError(f"'{cell}' must be a non-empty list with two edges per node")
+        for k, e in enumerate(edges):
+            if not isinstance(e, (list, tuple)) or len(e) != 2 or not isinstance(e[1], int):
+                raise ValueError(f"{cell} edge {k} is {e!r}, not [op_name, input_node]")
+            ops.parse_candidate(e[0])
+            if not 0 <= e[1] < 2 + k // 2:
+                raise ValueError(f"{cell} edge {k} reads node {e[1]}, which does not exist yet")
+        concat = getattr(g, cell + "_concat")
+        if not concat or any(not isinstance(c, int) or not 0 <= c < 2 + len(edges) // 2
+                             for c in concat):
+            raise ValueError(f"'{cell}_concat' {concat!r} names nodes that do not exist")
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def drop_path(x, drop_prob):
+    """Zero whole samples with probability drop_prob, scale the rest by 1/(1-p)."""
+    if drop_prob <= 0.0:
+        return x
+    keep = 1.0 - drop_prob
+    mask = torch.empty(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
+    return x / keep * mask
+
+
+class EvalCell(nn.Module):
+    """A discrete cell of a genotype; each edge is the named op with its own rule."""
+
+    def __init__(self, genotype, C_pp, C_p, C, reduction, reduction_prev, base_rule="bp"):
+        super().__init__()
+        self.reduction = reduction
+        self.preprocess0, self.preprocess1 = _preprocess(C_pp, C_p, C, reduction_prev,
+                                                         base_rule, affine=True)
+        edges = genotype.reduce if reduction else genotype.normal
+        self.concat = list(genotype.reduce_concat if reduction else genotype.normal_concat)
+        self.steps = len(edges) // 2
+        self.multiplier = len(self.concat)
+        self.indices = [j for _, j in edges]
+        self.ops = nn.ModuleList(ops.make_op(name, C, 2 if reduction and j < 2 else 1)
+                                 for name, j in edges)
+
+    def forward(self, s0, s1, drop_prob):
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        for i in range(self.steps):
+            hs = []
+            for k in (2 * i, 2 * i + 1):
+                h = self.ops[k](states[self.indices[k]])
+                if self.training and drop_prob > 0 and not isinstance(self.ops[k], ops.Identity):
+                    h = drop_path(h, drop_prob)
+                hs.append(h)
+            states.append(hs[0] + hs[1])
+        return torch.cat([states[i] for i in self.concat], dim=1)
+
+
+class AuxiliaryHead(nn.Module):
+    """DARTS's auxiliary classifier, placed after the 2/3-depth reduction."""
+
+    def __init__(self, C, num_classes, base_rule="bp"):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.ReLU(inplace=True),
+            RuleConv2d(C, 128, 1, bias=False, rule=base_rule), nn.BatchNorm2d(128), nn.ReLU(True),
+            RuleConv2d(128, 768, 2, bias=False, rule=base_rule), nn.BatchNorm2d(768), nn.ReLU(True))
+        self.classifier = RuleLinear(768, num_classes, rule=base_rule)
+
+    def forward(self, x):
+        # DARTS pools 8x8 maps with AvgPool(5, stride 3) to 2x2; smaller maps pool adaptively
+        x = F.avg_pool2d(x, 5, 3, count_include_pad=False) if x.shape[-1] >= 8 else \
+            F.adaptive_avg_pool2d(x, 2)
+        return self.classifier(self.features(x).flatten(1))
+
+
+class NetworkEval(nn.Module):
+    """The standalone network of a genotype (DARTS NetworkCIFAR), with auxiliary head and
+    drop-path; each edge trains with the rule its genotype names."""
+
+    def __init__(self, C, num_classes, layers, genotype, auxiliary, in_channels=3,
+                 stem_multiplier=3, base_rule="bp", mean=None, std=None):
+        super().__init__()
+        check_genotype(genotype)
+        self.config = dict(C=C, num_classes=num_classes, layers=layers,
+                           genotype=genotype._asdict(), auxiliary=auxiliary,
+                           in_channels=in_channels, stem_multiplier=stem_multiplier,
+                           base_rule=base_rule, mean=mean, std=std)
+        self.layers, self.auxiliary, self.drop_path_prob = layers, auxiliary, 0.0
+        self.logits_aux = None
+        self.normalize = ops.Normalize(mean, std) if mean is not None else nn.Identity()
+        C_curr = stem_multiplier * C
+        self.stem = _stem(in_channels, C_curr, base_rule)
+        C_pp, C_p, C_curr = C_curr, C_curr, C
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        self.aux_pos = 2 * layers // 3
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_curr *= 2
+            cell = EvalCell(genotype, C_pp, C_p, C_curr, reduction, reduction_prev, base_rule)
+            self.cells.append(cell)
+            reduction_prev = reduction
+            C_pp, C_p = C_p, cell.multiplier * C_curr
+            if i == self.aux_pos:
+                C_aux = C_p
+        if auxiliary:
+            self.auxiliary_head = AuxiliaryHead(C_aux, num_classes, base_rule)
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = RuleLinear(C_p, num_classes, rule=base_rule)
+
+    def forward(self, x):
+        """Logits. In training mode with the auxiliary head, its logits are left in
+        `self.logits_aux` (None otherwise), so the model is a plain classifier for attacks."""
+        self.logits_aux = None
+        s0 = s1 = self.stem(self.normalize(x))
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if i == self.aux_pos and self.auxiliary and self.training:
+                self.logits_aux = self.auxiliary_head(s1)
+        return self.classifier(self.global_pooling(s1).flatten(1))

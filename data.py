@@ -1,0 +1,173 @@
+"""Datasets on disk and in-memory mini-batches with augmentation on the whole batch.
+
+CIFAR-10/100 (torchvision, downloaded when online), ImageNet16-120 (NAS-Bench-201 pickles from a
+local directory), MNIST and Fashion-MNIST (IDX files in torchvision's layout; Fashion-MNIST is
+also found in Debian's /usr/share/datasets/fashion-mnist). Images stay uint8 in memory and are
+returned as float [0, 1] batches: normalization is the network's first module.
+"""
+import gzip
+import math
+import os
+import pickle
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+DATASETS = {  # name: (in_channels, classes, mean, std, crop padding, flip)
+    "cifar10": (3, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 4, True),
+    "cifar100": (3, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 4, True),
+    "imagenet16-120": (3, 120, (0.4811, 0.4575, 0.4079), (0.2479, 0.2402, 0.2552), 2, True),
+    "mnist": (1, 10, (0.1307,), (0.3081,), 2, False),
+    "fashion-mnist": (1, 10, (0.2860,), (0.3530,), 2, True),
+}
+SYSTEM_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def read_idx(path):
+    """An IDX file (MNIST format, optionally .gz) as a numpy array."""
+    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find_idx(dirs, stem):
+    for d in dirs:
+        for ext in ("", ".gz"):
+            p = os.path.join(d, stem + ext)
+            if os.path.exists(p):
+                return p
+    return None
+
+
+def _load_mnist_like(name, root):
+    sub = "FashionMNIST" if name == "fashion-mnist" else "MNIST"
+    dirs = [os.path.join(root, sub, "raw"), os.path.join(root, name), root]
+    if name == "fashion-mnist":
+        dirs.append(SYSTEM_FASHION_MNIST)
+    stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    paths = [_find_idx(dirs, s) for s in stems]
+    if None in paths:
+        try:
+            import torchvision
+            cls = torchvision.datasets.FashionMNIST if name == "fashion-mnist" else \
+                torchvision.datasets.MNIST
+            cls(root, train=True, download=True)
+            cls(root, train=False, download=True)
+            paths = [_find_idx(dirs, s) for s in stems]
+        except Exception as e:                                   # offline, or no write access
+            raise SystemExit(
+                f"error: dataset {name} not found. Looked for {', '.join(stems)} (.gz or not) in "
+                f"{', '.join(dirs)}; downloading failed ({type(e).__name__}: {e}). Put the four "
+                f"IDX files in {dirs[0]} (torchvision's layout) or pass --data DIR"
+                + ("; on Debian: apt-get install dataset-fashion-mnist" if name ==
+                   "fashion-mnist" else "")) from None
+    xtr, ytr, xte, yte = (read_idx(p) for p in paths)
+    return xtr[:, None], ytr, xte[:, None], yte
+
+
+def _load_cifar(name, root):
+    import torchvision
+    cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    try:
+        tr, te = cls(root, train=True, download=True), cls(root, train=False, download=True)
+    except Exception as e:
+        raise SystemExit(f"error: dataset {name} not found in {root} and could not be downloaded "
+                         f"({type(e).__name__}: {e}). Download it on a machine with internet "
+                         f"(torchvision.datasets.{cls.__name__}('{root}', download=True)) "
+                         f"and pass --data DIR") from None
+    return (tr.data.transpose(0, 3, 1, 2), np.array(tr.targets),
+            te.data.transpose(0, 3, 1, 2), np.array(te.targets))
+
+
+def _load_imagenet16(root):
+    """NAS-Bench-201's ImageNet16 pickles (train_data_batch_1..10, val_data), first 120 classes."""
+    d = next((p for p in (os.path.join(root, "ImageNet16"), root)
+              if os.path.exists(os.path.join(p, "val_data"))), None)
+    if d is None:
+        raise SystemExit(f"error: ImageNet16-120 not found: looked for train_data_batch_1..10 "
+                         f"and val_data in {root}/ImageNet16 and {root}. It cannot be downloaded "
+                         f"automatically: get the NAS-Bench-201 ImageNet16 pickles "
+                         f"(Chrabaszcz et al. 2017) and pass --data DIR")
+
+    def load(files):
+        xs, ys = [], []
+        for f in files:
+            with open(os.path.join(d, f), "rb") as fh:
+                entry = pickle.load(fh, encoding="latin1")
+            xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 16, 16))
+            ys.append(np.asarray(entry["labels"]) - 1)
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        keep = y < 120
+        return x[keep], y[keep]
+    xtr, ytr = load([f"train_data_batch_{i}" for i in range(1, 11)])
+    xte, yte = load(["val_data"])
+    return xtr, ytr, xte, yte
+
+
+def load_dataset(name, root):
+    """(train_x, train_y, test_x, test_y): uint8 NCHW images and int64 labels, as tensors."""
+    if name not in DATASETS:
+        raise SystemExit(f"error: unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    if name in ("mnist", "fashion-mnist"):
+        arrays = _load_mnist_like(name, root)
+    elif name == "imagenet16-120":
+        arrays = _load_imagenet16(root)
+    else:
+        arrays = _load_cifar(name, root)
+    xtr, ytr, xte, yte = (torch.from_numpy(np.array(a)) for a in arrays)
+    return xtr, ytr.long(), xte, yte.long()
+
+
+class Batches:
+    """Mini-batches of in-memory uint8 images, as float [0, 1] on `device`, augmented on the
+    whole batch (random crop with padding, horizontal flip, cutout). The order and the
+    augmentation of epoch e depend only on (seed, e), so a resumed run sees the same data."""
+
+    def __init__(self, x, y, batch_size, device, train=True, pad=0, flip=False, cutout=0,
+                 seed=0, memory_format=torch.contiguous_format):
+        self.x, self.y, self.bs, self.device = x, y, batch_size, device
+        self.train, self.pad, self.flip, self.cutout, self.seed = train, pad, flip, cutout, seed
+        self.memory_format, self.epoch = memory_format, 0
+
+    def __len__(self):
+        return math.ceil(len(self.x) / self.bs)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        order = torch.randperm(len(self.x), generator=g) if self.train else \
+            torch.arange(len(self.x))
+        for i in range(0, len(order), self.bs):
+            idx = order[i:i + self.bs]
+            xb = self.x[idx].float().div_(255)
+            if self.train:
+                xb = self.augment(xb, g)
+            xb = xb.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            yield xb, self.y[idx].to(self.device, non_blocking=True)
+
+    def augment(self, x, g):
+        n, _, h, w = x.shape
+        if self.pad:
+            p = self.pad
+            xp = F.pad(x, (p, p, p, p))
+            dy = torch.randint(0, 2 * p + 1, (n,), generator=g)
+            dx = torch.randint(0, 2 * p + 1, (n,), generator=g)
+            rows = (dy[:, None] + torch.arange(h))[:, None, :, None].expand(n, x.shape[1], h, w + 2 * p)
+            xp = xp.gather(2, rows)
+            cols = (dx[:, None] + torch.arange(w))[:, None, None, :].expand(n, x.shape[1], h, w)
+            x = xp.gather(3, cols)
+        if self.flip:
+            f = torch.rand(n, generator=g) < 0.5
+            x[f] = x[f].flip(3)
+        if self.cutout:
+            cy = torch.randint(0, h, (n,), generator=g)[:, None, None]
+            cx = torch.randint(0, w, (n,), generator=g)[:, None, None]
+            yy, xx = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+            half = self.cutout // 2                          # DARTS's Cutout: an L x L hole
+            hole = (yy >= cy - half) & (yy < cy + half) & (xx >= cx - half) & (xx < cx + half)
+            x = x * (~hole)[:, None].to(x.dtype)
+        return x

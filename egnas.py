@@ -1,0 +1,278 @@
+"""BioNAS-EG: evolution-guided architecture search (EG-NAS, Cai et al. AAAI 2024).
+
+    CMAES          a hand-written CMA-ES in numpy (Hansen's tutorial, 2016)
+    explore        EG-NAS's evolutionary exploration of alpha (BioNAS App. A.4.2)
+    EGNASSearcher  the per-epoch alpha update used by `train.py --search egnas`
+
+The network weights are trained by SGD exactly as in the DARTS search; alpha is never
+differentiated: it moves by the best individual that CMA-ES finds around it. The supernet
+is darts.Network (its forward takes external mixing weights) over the BioNAS-EG space
+(ops.search_space(zero=False), 21 candidates), and the genotype is darts.derive_genotype.
+"""
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------------------
+# CMA-ES (numpy only): Hansen, "The CMA Evolution Strategy: A Tutorial" (2016,
+# arXiv:1604.00772), Appendix A "Algorithm Summary" and its default parameter table
+# (active CMA: negative weights for the worst lambda - mu samples); Appendix B for the lazy
+# eigendecomposition and the termination criteria.
+# ----------------------------------------------------------------------------------------
+
+class CMAES:
+    """(mu/mu_w, lambda)-CMA-ES with active covariance update, for minimization.
+
+    es = CMAES(x0, sigma0, seed=0)
+    while not es.stop():
+        X = es.ask()                       # (lambda, n): x_k = m + sigma * B D z_k
+        es.tell(X, [f(x) for x in X])      # selection, recombination, CSA, C update
+    es.best_x, es.best_f
+
+    Attributes: mean, sigma, C, best_x, best_f, evaluations, generation, lam, mu, weights,
+    mueff, c1, cmu, cs, ds, cc, ps, pc, B, D (C = B diag(D^2) B^T at the last decomposition).
+    """
+
+    def __init__(self, mean, sigma, population_size=None, seed=None, tolfun=1e-12, tolx=None):
+        mean = np.array(mean, dtype=float)
+        if mean.ndim != 1 or mean.size == 0:
+            raise ValueError(f"mean must be a non-empty 1-D array, got shape {mean.shape}")
+        if not np.all(np.isfinite(mean)):
+            raise ValueError("mean must be finite")
+        sigma = float(sigma)
+        if not (math.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"sigma must be a finite positive number, got {sigma}")
+        n = mean.size
+        lam = 4 + int(math.floor(3 * math.log(n))) if population_size is None else population_size
+        if int(lam) != lam or lam < 2:
+            raise ValueError(f"population_size must be an integer >= 2, got {population_size}")
+        lam = int(lam)
+        mu = lam // 2
+
+        # Recombination weights: w'_i = ln((lambda+1)/2) - ln i for i = 1..lambda.
+        wp = math.log((lam + 1) / 2) - np.log(np.arange(1, lam + 1))
+        pos, neg = wp[:mu], wp[mu:]                       # neg may contain a zero (odd lambda)
+        mueff = pos.sum() ** 2 / (pos ** 2).sum()
+        mueff_neg = neg.sum() ** 2 / (neg ** 2).sum() if np.any(neg) else 0.0
+
+        # Step-size control and covariance adaptation constants, alpha_cov = 2.
+        cs = (mueff + 2) / (n + mueff + 5)
+        ds = 1 + 2 * max(0.0, math.sqrt((mueff - 1) / (n + 1)) - 1) + cs
+        cc = (4 + mueff / n) / (n + 4 + 2 * mueff / n)
+        alpha_cov = 2.0
+        c1 = alpha_cov / ((n + 1.3) ** 2 + mueff)
+        cmu = min(1 - c1, alpha_cov * (mueff - 2 + 1 / mueff) / ((n + 2) ** 2 + alpha_cov * mueff / 2))
+
+        # Negative weights scaled to sum to -min(alpha_mu^-, alpha_mueff^-, alpha_posdef^-).
+        alpha_mu_neg = 1 + c1 / cmu if cmu > 0 else math.inf
+        alpha_mueff_neg = 1 + 2 * mueff_neg / (mueff + 2)
+        alpha_posdef_neg = (1 - c1 - cmu) / (n * cmu) if cmu > 0 else math.inf
+        w = np.empty(lam)
+        w[:mu] = pos / pos.sum()
+        w[mu:] = min(alpha_mu_neg, alpha_mueff_neg, alpha_posdef_neg) * neg / max(np.abs(neg).sum(), 1e-300)
+
+        self.n, self.lam, self.mu, self.weights, self.mueff, self.mueff_neg = n, lam, mu, w, mueff, mueff_neg
+        self.cs, self.ds, self.cc, self.c1, self.cmu, self.cm = cs, ds, cc, c1, cmu, 1.0
+        self.chiN = math.sqrt(n) * (1 - 1 / (4 * n) + 1 / (21 * n ** 2))   # E||N(0, I)||
+        self.mean, self.sigma, self.sigma0 = mean, sigma, sigma
+        self.C, self.ps, self.pc = np.eye(n), np.zeros(n), np.zeros(n)
+        self.B, self.D, self.invsqrtC = np.eye(n), np.ones(n), np.eye(n)
+        self.eigen_evaluations = 0
+        self.lazy_gap = lam / (c1 + cmu) / n / 10         # evaluations between decompositions
+        self.evaluations, self.generation = 0, 0
+        self.best_x, self.best_f = mean.copy(), math.inf
+        self.tolfun = tolfun
+        self.tolx = 1e-12 * sigma if tolx is None else tolx
+        self.fhist = []                                   # best f of the recent generations
+        self.hist_len = 10 + int(math.ceil(30 * n / lam))
+        self.last_f = None
+        self.rng = np.random.default_rng(seed)
+
+    def _update_eigen(self):
+        """C = B diag(D^2) B^T, refreshed when > lambda/(c1+cmu)/n/10 evaluations old (App. B)."""
+        if self.evaluations - self.eigen_evaluations <= self.lazy_gap and self.generation > 0:
+            return
+        self.C = (self.C + self.C.T) / 2                  # enforce symmetry
+        d2, self.B = np.linalg.eigh(self.C)
+        if not d2[0] > 0:       # lost to round-off (only far past stop()): lift the diagonal
+            self.C[np.diag_indices(self.n)] += 1e-14 * abs(d2[-1]) - d2[0] + 1e-300
+            d2, self.B = np.linalg.eigh(self.C)
+        self.D = np.sqrt(np.maximum(d2, 1e-300))
+        self.invsqrtC = (self.B / self.D) @ self.B.T      # C^{-1/2} = B D^{-1} B^T
+        self.eigen_evaluations = self.evaluations
+
+    def ask(self):
+        """Sample lambda candidates x_k = m + sigma * B D z_k, z_k ~ N(0, I)."""
+        self._update_eigen()
+        z = self.rng.standard_normal((self.lam, self.n))
+        return self.mean + self.sigma * (z * self.D) @ self.B.T
+
+    def tell(self, solutions, fitnesses):
+        """Update mean, evolution paths, step size and covariance from lambda evaluated
+        candidates (minimization), Hansen (2016) Appendix A."""
+        X = np.asarray(solutions, dtype=float)
+        f = np.asarray(fitnesses, dtype=float)
+        if X.shape != (self.lam, self.n):
+            raise ValueError(f"expected {self.lam} solutions of dimension {self.n} (shape "
+                             f"{(self.lam, self.n)}), got shape {X.shape}")
+        if f.shape != (self.lam,):
+            raise ValueError(f"expected {self.lam} fitnesses, got shape {f.shape}")
+        if np.isnan(f).any():
+            raise ValueError(f"fitness is NaN for candidate(s) {np.flatnonzero(np.isnan(f)).tolist()}")
+        n, mu, w, cs, cc, c1, cmu = self.n, self.mu, self.weights, self.cs, self.cc, self.c1, self.cmu
+        order = np.argsort(f, kind="stable")
+        self.evaluations += self.lam
+        if f[order[0]] < self.best_f:
+            self.best_f, self.best_x = float(f[order[0]]), X[order[0]].copy()
+        self.last_f = f[order]
+        self.fhist = (self.fhist + [float(f[order[0]])])[-self.hist_len:]
+
+        # Selection and recombination, c_m = 1.
+        y = (X[order] - self.mean) / self.sigma           # y_{i:lambda}
+        yw = w[:mu] @ y[:mu]
+        self.mean = self.mean + self.cm * self.sigma * yw
+
+        # Cumulative step-size adaptation path and the h_sigma stall of p_c.
+        self.ps = (1 - cs) * self.ps + math.sqrt(cs * (2 - cs) * self.mueff) * (self.invsqrtC @ yw)
+        self.generation += 1
+        ps_norm = np.linalg.norm(self.ps)
+        hs = ps_norm / math.sqrt(1 - (1 - cs) ** (2 * self.generation)) < (1.4 + 2 / (n + 1)) * self.chiN
+        self.pc = (1 - cc) * self.pc + hs * math.sqrt(cc * (2 - cc) * self.mueff) * yw
+
+        # Rank-one + rank-mu update with active negative weights.
+        wo = w.copy()
+        zn2 = ((y[mu:] @ self.invsqrtC) ** 2).sum(axis=1)  # ||C^{-1/2} y_i||^2
+        wo[mu:] *= n / np.maximum(zn2, 1e-300)
+        delta_hs = (1 - hs) * cc * (2 - cc)
+        self.C = ((1 + c1 * delta_hs - c1 - cmu * w.sum()) * self.C
+                  + c1 * np.outer(self.pc, self.pc) + cmu * (y.T * wo) @ y)
+
+        # Step-size update; the factor is capped at e per generation as in pycma.
+        self.sigma *= math.exp(min(1.0, cs / self.ds * (ps_norm / self.chiN - 1)))
+
+    def stop(self):
+        """Triggered termination criteria of Hansen (2016) App. B as {name: value}; empty = go on."""
+        out = {}
+        if self.generation == 0:
+            return out
+        frange = max(max(self.fhist), self.last_f[-1]) - min(min(self.fhist), self.last_f[0])
+        if frange < self.tolfun:
+            out["tolfun"] = self.tolfun
+        sd = self.sigma * np.sqrt(np.diag(self.C))
+        if np.all(sd < self.tolx) and np.all(self.sigma * np.abs(self.pc) < self.tolx):
+            out["tolx"] = self.tolx
+        d2 = np.linalg.eigvalsh((self.C + self.C.T) / 2)
+        cond = d2[-1] / d2[0] if d2[0] > 0 else math.inf
+        if cond > 1e14:
+            out["conditioncov"] = cond
+        if len(self.fhist) >= self.hist_len and max(self.fhist) == min(self.fhist):
+            out["equalfunvals"] = self.fhist[-1]
+        i = self.generation % self.n                      # principal axis i of the last decomposition
+        if np.all(self.mean == self.mean + 0.1 * self.sigma * self.D[i] * self.B[:, i]):
+            out["noeffectaxis"] = i
+        if np.any(self.mean == self.mean + 0.2 * sd):
+            out["noeffectcoord"] = np.flatnonzero(self.mean == self.mean + 0.2 * sd).tolist()
+        if self.sigma * self.D.max() > 1e4 * self.sigma0:
+            out["tolxup"] = self.sigma * self.D.max() / self.sigma0
+        return out
+
+
+# ----------------------------------------------------------------------------------------
+# EG-NAS exploration (BioNAS App. A.4.2; Cai et al. 2024, Sec. 3)
+# ----------------------------------------------------------------------------------------
+
+def _accuracy(logits, y):
+    return 100.0 * (logits.argmax(1) == y).float().mean().item()
+
+
+def compound_fitness(model, x, y, individual, alpha_proj, acc_alpha, zeta=1.0, eta=0.4):
+    """f(alpha, z) = zeta * L_CE - eta * L_cos if Acc(alpha) > Acc(z), else zeta * L_CE +
+    eta * L_cos (App. A.4.2). L_cos = mean over edges of (cos(alpha_e, z_e) + 1) / 2, so an
+    individual at least as accurate as alpha is rewarded for being different from it.
+    `individual` is a flat vector of both cells' (edges x candidates) values; its rows are
+    L2-normalized and softmaxed into mixing weights. Returns (f, accuracy, weights)."""
+    k, n = alpha_proj[0].shape
+    z = torch.as_tensor(individual, dtype=torch.float32, device=alpha_proj[0].device)
+    z = z.reshape(2, k, n)
+    z = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    sim = torch.stack([(F.cosine_similarity(a, zi, dim=-1) + 1) / 2
+                       for a, zi in zip(alpha_proj, z)]).mean().item()
+    wn, wr = F.softmax(z[0], dim=-1), F.softmax(z[1], dim=-1)
+    logits = model(x, wn, wr)
+    acc = _accuracy(logits, y)
+    loss = F.cross_entropy(logits, y).item()
+    f = zeta * loss + eta * sim if acc >= acc_alpha else zeta * loss - eta * sim
+    return f, acc, (wn, wr)
+
+
+@torch.no_grad()
+def explore(model, x, y, epoch, samples=3, population_size=50, zeta=1.0, eta=0.4, seed=0):
+    """One EG-NAS exploration around alpha on the validation batch (x, y) (App. A.4.2):
+    N = `samples` CMA-ES searches, the n-th centred at x_n = softmax(alpha) + 1e-2 * N(0, I)
+    with step size sigma = max(1 / (epoch + 1), 0.02) and `population_size` individuals, each
+    scored by compound_fitness; returns the mixing weights (normal, reduce) of the most
+    accurate individual found and its accuracy."""
+    was = model.training
+    model.eval()
+    alpha_proj = [w.detach() for w in model.mixing_weights()]
+    acc_alpha = _accuracy(model(x), y)
+    sigma = max(1.0 / (epoch + 1), 0.02)
+    rng = np.random.default_rng(seed)
+    center = torch.stack(alpha_proj).flatten().cpu().double().numpy()
+    best = (-1.0, None)
+    for j in range(samples):
+        es = CMAES(center + 1e-2 * rng.standard_normal(center.size), sigma,
+                   population_size=population_size, seed=int(rng.integers(2 ** 31)))
+        pop = es.ask()
+        scored = [compound_fitness(model, x, y, z, alpha_proj, acc_alpha, zeta, eta)
+                  for z in pop]
+        es.tell(pop, [f for f, _, _ in scored])
+        f_best = int(np.argmin([f for f, _, _ in scored]))       # the run's best individual
+        _, acc, weights = scored[f_best]
+        if acc > best[0]:
+            best = (acc, weights)
+    model.train(was)
+    return best[1], best[0]
+
+
+class EGNASSearcher:
+    """The alpha update of the EG-NAS search, run once at the start of every epoch after
+    `warm_start_epochs` weight-only epochs: alpha <- alpha + xi * s, s the mixing weights of
+    the best explored individual (the paper's alpha^t = alpha^{t-1} + xi s^t), blended with
+    the previous s by `pop_momentum` (0 in EG-NAS). Defaults are EG-NAS's: N = 3 samples,
+    population 50, zeta = 1, eta = 0.4, xi = 0.1, 15 warm-start epochs."""
+
+    def __init__(self, model, samples=3, population_size=50, zeta=1.0, eta=0.4, xi=0.1,
+                 warm_start_epochs=15, pop_momentum=0.0, seed=0, log=print):
+        self.model, self.samples, self.population_size = model, samples, population_size
+        self.zeta, self.eta, self.xi, self.warm_start_epochs = zeta, eta, xi, warm_start_epochs
+        self.pop_momentum, self.seed, self.log = pop_momentum, seed, log
+        self.last_epoch = -1
+        self.s = [torch.zeros_like(a) for a in model.arch_parameters()]
+
+    def step(self, x, y, xv, yv, lr, optimizer, epoch):
+        """Called before every weight step; explores once per epoch, on its first batch."""
+        if epoch == self.last_epoch or epoch < self.warm_start_epochs:
+            return
+        self.last_epoch = epoch
+        weights, acc = explore(self.model, xv, yv, epoch, self.samples, self.population_size,
+                               self.zeta, self.eta, seed=self.seed * 1000 + epoch)
+        with torch.no_grad():
+            for a, s_prev, w in zip(self.model.arch_parameters(), self.s, weights):
+                s_new = self.pop_momentum * s_prev + (1 - self.pop_momentum) * w.to(a.device)
+                s_prev.copy_(s_new)
+                a.add_(self.xi * s_new)
+        self.log(f"EG-NAS exploration (epoch {epoch + 1}): best individual accuracy "
+                 f"{acc:.1f}% on the validation batch, sigma {max(1 / (epoch + 1), 0.02):.3f}")
+
+    def state_dict(self):
+        return {"last_epoch": self.last_epoch, "s": [t.clone() for t in self.s]}
+
+    def load_state_dict(self, state):
+        self.last_epoch = state["last_epoch"]
+        for t, v in zip(self.s, state["s"]):
+            t.copy_(v)
+

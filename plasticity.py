@@ -1,0 +1,745 @@
+"""Learning with plasticity rules: cap-k RNNs trained by learned plasticity rules.
+
+Paper: "Learning with plasticity rules: generalization and robustness" (../shared/papers/
+plasticity-rules-paper.txt), Sections 2-4 and Appendices A-C.
+
+The simple RNN (Sec. 2): input weights A (|V| x d, each edge present with probability p), a
+random directed graph G on V (edge probability p, no self-loops) with weights W (W[j, i] is the
+weight of the edge i -> j, so h <- W h), output weights U (labels x |V|). From h = 0, T rounds of
+
+    h <- c_k(ReLU(W h + A x)),        c_k keeps the k largest entries, zeroes the rest.
+
+A unit *fires* in a round when its h is non-zero after that round. Firing record ("pattern")
+bit order: round 1 is the most significant bit, round T the least significant, so the pattern
+"101" (fired in rounds 1 and 3, not 2) has code 5 and `code & 1` says "fired in the last round".
+
+Rules (Sec. 2): the RNN rule r(pre, post) is a 2^T x 2^T table indexed [pre code, post code];
+the output rule r_o is a 2^T x 2 table indexed [unit code, b], column b = 0 for the edge into
+the true label's output node and b = 1 for the other updated node(s) (App. A.4, App. B).
+Additive:  w <- w + eta * r,   multiplicative:  w <- w * (1 + eta * r)   (weights start at 0 / 1).
+Updates use only the firing patterns (not the magnitudes of h); no gradient anywhere (A.1).
+
+Only torch and numpy are imported (attacks are passed in as callables).
+"""
+import contextlib
+import gzip
+import math
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+# ----------------------------------------------------------------------------------------
+# The simple RNN (Sec. 2)
+# ----------------------------------------------------------------------------------------
+
+def cap_k(u, k):
+    """The cap c_k (Sec. 2): a copy of each row of u with only its k largest entries kept."""
+    if k >= u.shape[-1]:
+        return u
+    vals, idx = u.topk(k, dim=-1)
+    return torch.zeros_like(u).scatter(-1, idx, vals)
+
+
+class CapRNN(nn.Module):
+    """The simple RNN of Sec. 2: A (masked, N(0,1) or all ones), graph G, weights W, U.
+
+    W and U are parameters with requires_grad=False: plasticity rules change them in place;
+    train_gd switches gradients on. `input_weights="ones"` is Table 2's starred T=1 network.
+    """
+
+    def __init__(self, n_in, n_out, num_v=1000, cap=500, p=0.5, rounds=1, seed=None,
+                 input_weights="normal"):
+        super().__init__()
+        if input_weights not in ("normal", "ones"):
+            raise ValueError(f"input_weights must be 'normal' or 'ones', got {input_weights!r}")
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.n_in, self.n_out, self.num_v, self.cap, self.p, self.rounds = n_in, n_out, num_v, cap, p, rounds
+        a_mask = torch.rand(num_v, n_in, generator=g) < p
+        a = torch.randn(num_v, n_in, generator=g) if input_weights == "normal" else torch.ones(num_v, n_in)
+        graph = torch.rand(num_v, num_v, generator=g) < p
+        graph.fill_diagonal_(False)
+        self.register_buffer("A_mask", a_mask.float())
+        self.register_buffer("G", graph.float())
+        self.A = nn.Parameter(a * self.A_mask, requires_grad=False)
+        self.W = nn.Parameter(torch.zeros(num_v, num_v), requires_grad=False)
+        self.U = nn.Parameter(torch.zeros(n_out, num_v), requires_grad=False)
+
+    def reset(self, mode="additive"):
+        """A.1 step 1: W, U <- 0 (additive) or 1 (multiplicative); W lives on the edges of G."""
+        _check_choice("mode", mode, ("additive", "multiplicative"))
+        with torch.no_grad():
+            self.W.copy_(self.G * (0.0 if mode == "additive" else 1.0))
+            self.U.fill_(0.0 if mode == "additive" else 1.0)
+        return self
+
+    def hidden(self, x, W=None):
+        """T rounds of h <- c_k(ReLU(W h + A x)) from h = 0. Returns (h, codes) for a batch."""
+        W = self.W if W is None else W
+        ax = x @ self.A.t()
+        h = cap_k(F.relu(ax), self.cap)                  # round 1: W h = 0
+        codes = (h != 0).long()
+        for _ in range(self.rounds - 1):
+            h = cap_k(F.relu(h @ W.t() + ax), self.cap)
+            codes = 2 * codes + (h != 0).long()
+        return h, codes
+
+    def forward(self, x, W=None, U=None):
+        """Logits U h after T rounds (a softmax over them is the paper's output)."""
+        U = self.U if U is None else U
+        return self.hidden(x, W)[0] @ U.t()
+
+    def firing(self, x):
+        """(batch, num_v) integer firing patterns (round 1 = most significant bit)."""
+        with torch.no_grad():
+            return self.hidden(x)[1]
+
+
+# ----------------------------------------------------------------------------------------
+# Rules: tables and the small-network parameterization (Sec. 2, Table 1)
+# ----------------------------------------------------------------------------------------
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def check_table(table, shape, name="rule table"):
+    """Return `table` as a float tensor if it has `shape` and only finite entries, else raise."""
+    t = torch.as_tensor(table, dtype=torch.get_default_dtype()) if not torch.is_tensor(table) else table
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} contains NaN or infinite entries")
+    return t
+
+
+class RuleTable(nn.Module):
+    """RNN rule r: {0,1}^T x {0,1}^T -> R as a learnable 2^T x 2^T table [pre, post] (Sec. 2)."""
+
+    def __init__(self, rounds, table=None, seed=None):
+        super().__init__()
+        self.rounds = rounds
+        shape = (2 ** rounds, 2 ** rounds)
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        t = torch.randn(shape, generator=g) if table is None else check_table(table, shape, "RuleTable")
+        self.weight = nn.Parameter(t.detach().clone().float())
+
+    def table(self):
+        return self.weight
+
+
+class OutputRuleTable(nn.Module):
+    """Output rule r_o: {0,1}^T x {0,1} -> R as a learnable 2^T x 2 table (Sec. 2)."""
+
+    def __init__(self, rounds, table=None, seed=None):
+        super().__init__()
+        self.rounds = rounds
+        shape = (2 ** rounds, 2)
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        t = torch.randn(shape, generator=g) if table is None else check_table(table, shape, "OutputRuleTable")
+        self.weight = nn.Parameter(t.detach().clone().float())
+
+    def table(self):
+        return self.weight
+
+
+def pattern_bits(rounds):
+    """(2^T, T) 0/1 matrix: row c is the firing sequence of code c, round 1 first."""
+    codes = torch.arange(2 ** rounds)
+    return ((codes[:, None] >> torch.arange(rounds - 1, -1, -1)[None, :]) & 1).float()
+
+
+class MLPRule(nn.Module):
+    """Small-network RNN rule (Sec. 2, A.3): an MLP with one hidden layer (20 units) taking the
+    concatenated pre- and post-synaptic firing sequences (2T bits) and giving r(pre, post)."""
+
+    def __init__(self, rounds, hidden=20, seed=None):
+        super().__init__()
+        if seed is not None:
+            torch.manual_seed(seed)
+        self.rounds = rounds
+        self.net = nn.Sequential(nn.Linear(2 * rounds, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        bits = pattern_bits(rounds)
+        n = 2 ** rounds
+        pairs = torch.cat([bits.repeat_interleave(n, 0), bits.repeat(n, 1)], 1)   # [pre, post]
+        self.register_buffer("pairs", pairs)
+
+    def table(self):
+        n = 2 ** self.rounds
+        return self.net(self.pairs).reshape(n, n)
+
+
+def perceptron_output_rule(rounds):
+    """Table 1's perceptron as an output rule: a unit that fired in the last round adds +1 to
+    the true label's weight and -1 to the wrongly predicted label's; other units change nothing."""
+    t = torch.zeros(2 ** rounds, 2)
+    t[1::2] = torch.tensor([1.0, -1.0])                  # odd codes fired in round T
+    return OutputRuleTable(rounds, t)
+
+
+def multiplicative_weights_output_rule(rounds):
+    """Table 1's multiplicative weights (Winnow) rule for mode="multiplicative" with lr=1:
+    a unit that fired in the last round doubles (1 + 1) its weight to the true label and halves
+    (1 - 1/2) its weight to the wrongly predicted label; other units keep theirs (factor 1)."""
+    t = torch.zeros(2 ** rounds, 2)
+    t[1::2] = torch.tensor([1.0, -0.5])
+    return OutputRuleTable(rounds, t)
+
+
+def _as_table(rule, shape, name):
+    if rule is None:
+        return None
+    t = rule.table() if isinstance(rule, nn.Module) else rule
+    return check_table(t, shape, name)
+
+
+# ----------------------------------------------------------------------------------------
+# Rule-based training (A.1)
+# ----------------------------------------------------------------------------------------
+
+LOOP_THREADS = 1      # intra-op threads for the per-example loop on CPU (0 = leave as is)
+
+def _w_delta(R, code):
+    """delta[j, i] = R[code_i, code_j] for every pair (pre i, post j) as a rank-2^T product
+    (one-hot(post) R^T)(one-hot(pre))^T: no loop over units or synapses."""
+    return R.t()[code], F.one_hot(code, R.shape[0]).to(R.dtype)
+
+
+@contextlib.contextmanager
+def _loop_threads(device, threads):
+    """Per-example ops (1000x1000 mat-vec, rank-8 update) are too small for intra-op threads:
+    on CPU the loop runs with `threads` threads (default 1; much faster on a busy 2-core box,
+    see benchmarks/plasticity_bench.py)."""
+    old = torch.get_num_threads()
+    if device.type == "cpu" and threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _rule_trajectory(net, X, y, R, Ro, lr, update, rows, mode, order, record, threads=LOOP_THREADS):
+    """Sequential rule-based training of `net` in place (A.1 steps 2-3). Returns the record
+    (codes, labels, predictions of the updated examples) when `record` is True."""
+    k, T, n_out = net.cap, net.rounds, net.n_out
+    W, U = net.W.data, net.U.data
+    Gf = net.G
+    mult = mode == "multiplicative"
+    rec_codes, rec_y, rec_pred = [], [], []
+    with torch.no_grad(), _loop_threads(X.device, threads):
+        AX = X @ net.A.t()
+        H1 = cap_k(F.relu(AX), k)                        # round 1 does not depend on W
+        C1 = (H1 != 0).long()
+        if T == 1 and Ro is not None:
+            D0, D1 = Ro[:, 0][C1], Ro[:, 1][C1]          # output-rule columns for every example
+        ys = y.tolist()
+        for i in order.tolist():
+            h, code = H1[i], C1[i]
+            for _ in range(T - 1):
+                h = cap_k(F.relu(W @ h + AX[i]), k)
+                code = 2 * code + (h != 0).long()
+            pred = int((U @ h).argmax())
+            yi = ys[i]
+            if update == "mistakes" and pred == yi:
+                continue
+            if R is not None and T > 1:
+                L, O = _w_delta(R, code)
+                if mult:
+                    W.mul_(torch.addmm(torch.ones_like(W), L, O.t(), alpha=lr))
+                else:
+                    W.addmm_(L, O.t(), alpha=lr).mul_(Gf)
+            if Ro is not None:
+                d0, d1 = (D0[i], D1[i]) if T == 1 else (Ro[:, 0][code], Ro[:, 1][code])
+                if rows == "all":
+                    if mult:
+                        fac = (1 + lr * d1).expand(n_out, -1).clone()
+                        fac[yi] = 1 + lr * d0
+                        U.mul_(fac)
+                    else:
+                        U.add_(d1, alpha=lr)
+                        U[yi].add_(d0 - d1, alpha=lr)
+                else:
+                    if mult:
+                        U[yi].mul_(1 + lr * d0)
+                        if pred != yi:
+                            U[pred].mul_(1 + lr * d1)
+                    else:
+                        U[yi].add_(d0, alpha=lr)
+                        if pred != yi:
+                            U[pred].add_(d1, alpha=lr)
+            if record:
+                rec_codes.append(code)
+                rec_y.append(yi)
+                rec_pred.append(pred)
+    if not record:
+        return None
+    codes = torch.stack(rec_codes) if rec_codes else torch.zeros(0, net.num_v, dtype=torch.long, device=X.device)
+    return codes, torch.tensor(rec_y, dtype=torch.long, device=X.device), torch.tensor(rec_pred, dtype=torch.long, device=X.device)
+
+
+def _check_modes(update, rows, mode):
+    _check_choice("update", update, ("mistakes", "all"))
+    _check_choice("rows", rows, ("predicted", "all"))
+    _check_choice("mode", mode, ("additive", "multiplicative"))
+
+
+def train_with_rules(net, X, y, rnn_rule=None, output_rule=None, lr=1e-2, epochs=1,
+                     update="mistakes", mode="additive", rows="predicted", reset=True, seed=None):
+    """Rule-based training (A.1), in place, no gradient: per example, forward, record firing,
+    update W on every edge of G by r(pre, post) and U by r_o (true-label row with column 0,
+    predicted row with column 1 if it differs, or all other rows with `rows="all"`, A.4).
+    `update="all"` updates on every example, not only on mistakes (A.4). Returns the net."""
+    _check_modes(update, rows, mode)
+    n = 2 ** net.rounds
+    R = _as_table(rnn_rule, (n, n), "RNN rule table")
+    Ro = _as_table(output_rule, (n, 2), "output rule table")
+    R = None if R is None else R.detach().to(X.device, torch.float32)
+    Ro = None if Ro is None else Ro.detach().to(X.device, torch.float32)
+    if reset:
+        net.reset(mode)
+    g = torch.Generator().manual_seed(seed) if seed is not None else None
+    for _ in range(epochs):
+        order = torch.randperm(len(X), generator=g) if seed is not None else torch.arange(len(X))
+        _rule_trajectory(net, X, y, R, Ro, lr, update, rows, mode, order, record=False)
+    return net
+
+
+def _replay(net, record, R, Ro, lr, rows, mode):
+    """Final (W, U) as differentiable functions of the rule tables, given the recorded patterns.
+
+    The updates depend on the rules only through their values at the recorded (discrete)
+    patterns and decisions, so this equals backpropagating through the unrolled updates."""
+    codes, ys, preds = record
+    init = 0.0 if mode == "additive" else 1.0
+    W = net.G * init
+    U = torch.full((net.n_out, net.num_v), init, device=net.G.device)
+    if len(codes) == 0:
+        return W, U
+    Yoh = F.one_hot(ys, net.n_out).float()
+    Poh = 1 - Yoh if rows == "all" else F.one_hot(preds, net.n_out).float() * (preds != ys).float()[:, None]
+    if Ro is not None:
+        d0, d1 = Ro[:, 0][codes], Ro[:, 1][codes]        # (m, V)
+        if mode == "additive":
+            U = U + lr * (Yoh.t() @ d0 + Poh.t() @ d1)
+        else:
+            for t in range(len(codes)):
+                U = U * (1 + lr * (Yoh[t][:, None] * d0[t] + Poh[t][:, None] * d1[t]))
+    if R is not None and net.rounds > 1:
+        m, v, P = len(codes), net.num_v, R.shape[0]
+        L = R.t()[codes]                                  # (m, V, P): L[t, j, a] = R[a, code_t(j)]
+        O = F.one_hot(codes, P).float()
+        if mode == "additive":
+            S = L.permute(1, 0, 2).reshape(v, m * P) @ O.permute(1, 0, 2).reshape(v, m * P).t()
+            W = W + lr * net.G * S
+        else:
+            for t in range(m):
+                W = W * (1 + lr * (L[t] @ O[t].t()))
+    return W, U
+
+
+def meta_learn(net_factory, X, y, rnn_rule=None, output_rule=None, epochs=1, batch_size=100,
+               meta_lr=1e-2, weight_decay=0.01, lr=1e-2, update="mistakes", rows="predicted",
+               mode="additive", steps=None, seed=0):
+    """GD on the rule parameters (A.1): per batch, train a fresh network (net_factory()) with the
+    current rules, take the cross-entropy on the batch, and step the parameters of the rule
+    modules (RuleTable / OutputRuleTable / MLPRule; plain tensors stay fixed) by Adam with l2
+    `weight_decay`. Returns the list of batch losses; the rules are trained in place."""
+    _check_modes(update, rows, mode)
+    mods = [r for r in (rnn_rule, output_rule) if isinstance(r, nn.Module)]
+    params = [p for m in mods for p in m.parameters()]
+    if not params:
+        raise ValueError("meta_learn needs at least one rule module with parameters")
+    opt = torch.optim.Adam(params, lr=meta_lr, weight_decay=weight_decay)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(epochs):
+        perm = torch.randperm(len(X), generator=g)
+        for s in range(0, len(X) - batch_size + 1, batch_size):
+            idx = perm[s:s + batch_size].to(X.device)
+            Xb, yb = X[idx], y[idx]
+            net = net_factory().to(X.device).reset(mode)
+            n = 2 ** net.rounds
+            R = _as_table(rnn_rule, (n, n), "RNN rule table")
+            Ro = _as_table(output_rule, (n, 2), "output rule table")
+            rec = _rule_trajectory(net, Xb, yb, None if R is None else R.detach(),
+                                   None if Ro is None else Ro.detach(), lr, update, rows, mode,
+                                   torch.arange(len(Xb)), record=True)
+            W, U = _replay(net, rec, R, Ro, lr, rows, mode)
+            loss = F.cross_entropy(net(Xb, W=W, U=U), yb)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+            if steps is not None and len(losses) >= steps:
+                return losses
+    return losses
+
+
+def train_gd(net, X, y, epochs=1, lr=1e-2, batch_size=100, params="output", reset=True,
+             seed=0, callback=None, callback_every=None):
+    """GD baseline (Fig. 2): the same network with weights trained by Adam on the cross-entropy;
+    params="output" trains U only (Fig. 2), "all" trains A, W and U (masks kept).
+    callback(examples_seen) is called every `callback_every` examples. Returns the net."""
+    _check_choice("params", params, ("output", "all"))
+    if reset:
+        net.reset("additive")
+    trained = [net.U] if params == "output" else [net.A, net.W, net.U]
+    for p in trained:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(trained, lr=lr)
+    g = torch.Generator().manual_seed(seed)
+    seen, next_cb = 0, callback_every
+    try:
+        for _ in range(epochs):
+            perm = torch.randperm(len(X), generator=g).to(X.device)
+            for s in range(0, len(X), batch_size):
+                idx = perm[s:s + batch_size]
+                loss = F.cross_entropy(net(X[idx]), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if params == "all":
+                    with torch.no_grad():
+                        net.A.mul_(net.A_mask)
+                        net.W.mul_(net.G)
+                seen += len(idx)
+                if callback is not None and next_cb is not None and seen >= next_cb:
+                    callback(seen)
+                    next_cb += callback_every
+    finally:
+        for p in trained:
+            p.requires_grad_(False)
+    return net
+
+
+def accuracy(net, X, y, batch_size=1000):
+    """Fraction of examples whose arg-max logit is the label."""
+    with torch.no_grad():
+        correct = sum(int((net(X[s:s + batch_size]).argmax(1) == y[s:s + batch_size]).sum())
+                      for s in range(0, len(X), batch_size))
+    return correct / max(len(X), 1)
+
+
+# ----------------------------------------------------------------------------------------
+# Data sets (A.2)
+# ----------------------------------------------------------------------------------------
+
+def halfspace(n, d=10, seed=0):
+    """Halfspace: x ~ N(0, I_d), label 1[w* . x > 0] for a random w*. Split one draw into
+    train/test so that both share the labelling function."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(d, generator=g)
+    X = torch.randn(n, d, generator=g)
+    return X, (X @ w > 0).long()
+
+
+def relu_data(n, d=10, seed=0, width=1000):
+    """ReLU1/ReLU2: labels = argmax of a random one-hidden-layer ReLU net (width 1000, 2 outputs)."""
+    g = torch.Generator().manual_seed(seed)
+    W1 = torch.randn(width, d, generator=g) / math.sqrt(d)
+    b1 = torch.randn(width, generator=g) / math.sqrt(d)
+    W2 = torch.randn(2, width, generator=g) / math.sqrt(width)
+    X = torch.randn(n, d, generator=g)
+    return X, (F.relu(X @ W1.t() + b1) @ W2.t()).argmax(1)
+
+
+def rnn_data(n, d=10, seed=0):
+    """Simple-RNN data: argmax of a random simple RNN (T=3, |V|=100, k=50, p=0.5, N(0,1) W, U)."""
+    teacher = CapRNN(d, 2, num_v=100, cap=50, p=0.5, rounds=3, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        teacher.W.copy_(torch.randn(100, 100, generator=g) * teacher.G / 10)
+        teacher.U.copy_(torch.randn(2, 100, generator=g))
+    X = torch.randn(n, d, generator=g)
+    with torch.no_grad():
+        return X, teacher(X).argmax(1)
+
+
+def _read_idx(path):
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def load_fashion_mnist_flat(root="/usr/share/datasets/fashion-mnist", n_train=10000, seed=0):
+    """Fashion-MNIST (IDX .gz) flattened to 784 floats in [0, 1]; `n_train` random training
+    images (A.2: 10k of the 60k), the full 10k test set. Returns train_X, train_y, test_X, test_y."""
+    def load(prefix):
+        X = _read_idx(os.path.join(root, f"{prefix}-images-idx3-ubyte.gz"))
+        y = _read_idx(os.path.join(root, f"{prefix}-labels-idx1-ubyte.gz"))
+        return torch.tensor(X.reshape(len(X), -1), dtype=torch.float32) / 255, torch.tensor(y, dtype=torch.long)
+    Xtr, ytr = load("train")
+    Xte, yte = load("t10k")
+    idx = torch.randperm(len(Xtr), generator=torch.Generator().manual_seed(seed))[:n_train]
+    return Xtr[idx], ytr[idx], Xte, yte
+
+
+# ----------------------------------------------------------------------------------------
+# Theory: Theorem 1, the MSE-optimal output rule (App. B), evolution as GD (App. C)
+# ----------------------------------------------------------------------------------------
+
+def sign_pattern(table):
+    """Signs of a 2 x 2 output rule as a nested list, e.g. [[-1, 1], [1, -1]] (Theorem 1)."""
+    return torch.sign(torch.as_tensor(table)).int().tolist()
+
+
+def theorem1_gd(net_factory, X, y, steps=100, batch_size=100, meta_lr=1e-2, weight_decay=0.01,
+                lr=1e-2, seed=0):
+    """Theorem 1: GD (Adam, l2) on an additive T=1 output rule from a random start, network
+    weights starting at zero, updates on mistakes. Returns (rule, losses); the theorem says the
+    rule converges to the sign pattern [-, +; +, -] (rows: not fired / fired; columns: true
+    label / other label)."""
+    rule = OutputRuleTable(1, seed=seed)
+    losses = meta_learn(net_factory, X, y, output_rule=rule, epochs=10 ** 9, batch_size=batch_size,
+                        meta_lr=meta_lr, weight_decay=weight_decay, lr=lr, steps=steps, seed=seed)
+    return rule, losses
+
+
+def output_rule_design(H, codes, y, n_classes, lr=1e-2, scaled=False):
+    """M[i, c, q] = d f_c(x_i) / d r_q with f_c = w_c(r) . y_i and w_c(r) = eta sum_{a,b} r(a,b)
+    sum_{j: l_c(x_j) != b} chi^a(y_j) (App. B, updates on all examples and all rows, weights
+    from 0); q = 2 a + b. chi^a is the indicator of pattern a (the rule semantics of A.1);
+    `scaled=True` uses App. B's literal chi^1(y)_i = y_i for units that fired in the last round."""
+    P = int(codes.max()) + 1 if codes.numel() else 2
+    P = 1 << max(1, (P - 1).bit_length())
+    chi = F.one_hot(codes, P).to(H.dtype)                        # (n, V, P)
+    if scaled:
+        last = (torch.arange(P, device=H.device) & 1).bool()
+        chi = torch.where(last, chi * H[..., None], chi)
+    Yoh = F.one_hot(y, n_classes).to(H.dtype)                    # (n, C)
+    S0 = torch.einsum("nc,nva->cav", Yoh, chi)                   # b = 0: examples of class c
+    S1 = chi.sum(0).t()[None] - S0                               # b = 1: the other examples
+    S = torch.stack([S0, S1], 2).reshape(n_classes, 2 * P, -1)   # (C, 2P, V), q = 2a + b
+    return lr * torch.einsum("nv,cqv->ncq", H, S)
+
+
+def mse_optimal_output_rule(H, codes, y, n_classes, lr=1e-2, scaled=False):
+    """App. B: the output rule minimizing L(r) = 1/n sum_i 1/l sum_c (f_c(r, x_i) - l_c(x_i))^2.
+    dL/dr = 0 is a (2*2^T) x (2*2^T) linear system (4 x 4 at T=1), built in O(n l d).
+    Returns the (2^T, 2) rule."""
+    M = output_rule_design(H.double(), codes, y, n_classes, lr, scaled)
+    t = F.one_hot(y, n_classes).double()
+    A = torch.einsum("ncq,ncr->qr", M, M)
+    b = torch.einsum("ncq,nc->q", M, t)
+    r = torch.linalg.lstsq(A, b[:, None]).solution[:, 0]
+    return r.reshape(-1, 2).float()
+
+
+def mse_output_rule_loss(rule, H, codes, y, n_classes, lr=1e-2, scaled=False):
+    """The MSE loss L(r) of App. B for a (2^T, 2) output rule."""
+    M = output_rule_design(H.double(), codes, y, n_classes, lr, scaled)
+    f = M @ torch.as_tensor(rule).double().reshape(-1)
+    return float(((f - F.one_hot(y, n_classes).double()) ** 2).mean())
+
+
+def evolution_step(x, loss_fn, eps, theta, form="haploid"):
+    """One generation of weak selection (App. C): n genes with alleles +eps/-eps, x_i the
+    frequency of +eps, Ybar = eps sum (2 x_i - 1), Y|+eps = Ybar + 2 eps (1 - x_i),
+    Y|-eps = Ybar - 2 eps x_i, D+- = L(Ybar) - L(Y|+-eps), Z = 1 + theta (x D+ + (1 - x) D-).
+    form="haploid":  x' = x (1 + theta D+) / Z   (standard weak selection; frequencies stay in [0, 1])
+    form="paper":    x' = (x + theta D+) / Z     (App. C as printed, sign fixed so that the
+                                                  allele lowering the loss spreads)."""
+    _check_choice("form", form, ("haploid", "paper"))
+    ybar = eps * (2 * x - 1).sum()
+    L0 = loss_fn(ybar)
+    dp = L0 - loss_fn(ybar + 2 * eps * (1 - x))
+    dm = L0 - loss_fn(ybar - 2 * eps * x)
+    Z = 1 + theta * (x * dp + (1 - x) * dm)
+    return (x * (1 + theta * dp) if form == "haploid" else x + theta * dp) / Z
+
+
+def evolution_gd_step(x, loss_fn, eps, theta, form="haploid"):
+    """The GD counterpart of evolution_step to first order in theta and eps (App. C):
+    haploid:  x' = x - theta x (1 - x) dL/dx;
+    paper:    x' = x - theta (1 - x) dL/dx = x - (theta / 2) (2 - 2x) dL/dx, the paper's
+              "GD with the factor 2 - 2x = dz/dx, z = 2x - x^2" (with theta/2)."""
+    _check_choice("form", form, ("haploid", "paper"))
+    xg = x.detach().clone().requires_grad_(True)
+    grad, = torch.autograd.grad(loss_fn(eps * (2 * xg - 1).sum()), xg)
+    return x - theta * (x * (1 - x) if form == "haploid" else (1 - x)) * grad
+
+
+def simulate_evolution(loss_fn, n_genes=100, eps=0.02, theta=0.05, generations=200, x0=0.5,
+                       form="haploid"):
+    """Run evolution and its GD counterpart side by side from the same allele frequencies.
+    Returns dict(generation, y_evolution, y_gd, x_evolution, x_gd) with Ybar per generation."""
+    x_e = torch.full((n_genes,), float(x0), dtype=torch.float64)
+    x_g = x_e.clone()
+    ys_e, ys_g = [], []
+    for _ in range(generations + 1):
+        ys_e.append(float(eps * (2 * x_e - 1).sum()))
+        ys_g.append(float(eps * (2 * x_g - 1).sum()))
+        x_e = evolution_step(x_e, loss_fn, eps, theta, form)
+        x_g = evolution_gd_step(x_g, loss_fn, eps, theta, form)
+    return dict(generation=list(range(generations + 1)), y_evolution=ys_e, y_gd=ys_g,
+                x_evolution=x_e, x_gd=x_g)
+
+
+# ----------------------------------------------------------------------------------------
+# Experiments (Sec. 3, Sec. 4, Figs. 2, 3, 5, Table 2). Each returns rows / curves; train.py
+# writes the tables and plots. attack(net, X, y, eps) -> bool tensor "broken" per image.
+# ----------------------------------------------------------------------------------------
+
+PAPER_TABLE2 = {  # Table 2: accuracy (%) and robustness on MNIST (%) at eps = 2, 4
+    "T=3": dict(mnist=87, fashion=77, robust_eps2=60, robust_eps4=36),
+    "T=1*": dict(mnist=93, fashion=81, robust_eps2=12, robust_eps4=0),
+    "T=1": dict(mnist=85, fashion=70, robust_eps2=0, robust_eps4=0),
+}
+
+
+def robust_accuracy(net, X, y, eps, attack):
+    """Fraction of images classified correctly and not broken by `attack` at radius eps (Sec. 4)."""
+    with torch.no_grad():
+        correct = net(X).argmax(1) == y
+    if eps == 0:
+        return float(correct.float().mean())
+    broken = attack(net, X, y, eps).to(correct.device).bool()
+    return float((correct & ~broken).float().mean())
+
+
+def learn_mlp_rnn_rule(X, y, n_out, num_v=200, cap=100, steps=100, seed=0, output_rule=None):
+    """A.3: an MLP RNN rule (hidden 20, T=3) learned by meta_learn on a smaller simple RNN
+    (|V|=200, cap 100) with the perceptron output rule held fixed. Returns (rule, losses)."""
+    rule = MLPRule(3, 20, seed=seed)
+    fixed = output_rule if output_rule is not None else perceptron_output_rule(3).table().detach()
+    losses = meta_learn(lambda: CapRNN(X.shape[1], n_out, num_v, cap, 0.5, 3, seed=seed), X, y,
+                        rnn_rule=rule, output_rule=fixed, epochs=10 ** 9, steps=steps, seed=seed)
+    return rule, losses
+
+
+def _n_out(*ys):
+    return int(max(int(t.max()) for t in ys)) + 1
+
+
+def experiment_table2(train_X, train_y, test_X, test_y, quick=False, attack=None, seed=0,
+                      dataset="fashion", rnn_rule=None, epochs=2, n_attack=100, meta_steps=None):
+    """Table 2: |V|=1000, k=500, 2 epochs of rule-based training (perceptron output rule; T=3
+    adds the A.3 MLP RNN rule); T=1, T=1* (input weights all one), T=3; test accuracy and, with
+    an attack, robust accuracy at eps 2 and 4 on `n_attack` test images. Returns rows."""
+    n_out = _n_out(train_y, test_y)
+    if quick:
+        train_X, train_y, test_X, test_y, n_attack = train_X[:2000], train_y[:2000], test_X[:2000], test_y[:2000], min(n_attack, 20)
+    if rnn_rule is None:
+        steps = meta_steps or (20 if quick else 100)
+        rnn_rule, _ = learn_mlp_rnn_rule(train_X, train_y, n_out, steps=steps, seed=seed)
+    rows = []
+    for name, T, inputs in (("T=1", 1, "normal"), ("T=1*", 1, "ones"), ("T=3", 3, "normal")):
+        net = CapRNN(train_X.shape[1], n_out, 1000, 500, 0.5, T, seed=seed, input_weights=inputs).to(train_X.device)
+        t0 = time.perf_counter()
+        train_with_rules(net, train_X, train_y, rnn_rule=rnn_rule if T > 1 else None,
+                         output_rule=perceptron_output_rule(T), epochs=epochs, seed=seed)
+        row = dict(model=name, rounds=T, input_weights=inputs, n_train=len(train_X),
+                   n_test=len(test_X), train_seconds=round(time.perf_counter() - t0, 1),
+                   accuracy=round(100 * accuracy(net, test_X, test_y), 1),
+                   paper_accuracy=PAPER_TABLE2[name][dataset] if dataset in ("mnist", "fashion") else None)
+        if attack is not None:
+            Xa, ya = test_X[:n_attack], test_y[:n_attack]
+            for eps in (2, 4):
+                row[f"robust_eps{eps}"] = round(100 * robust_accuracy(net, Xa, ya, eps, attack), 1)
+                row[f"paper_robust_eps{eps}_mnist"] = PAPER_TABLE2[name][f"robust_eps{eps}"]
+        rows.append(row)
+    return rows
+
+
+def synthetic_datasets(n_train=10000, n_test=10000, seed=0):
+    """A.2's four synthetic data sets (10-dim Gaussian inputs): name -> (Xtr, ytr, Xte, yte)."""
+    out = {}
+    for name, fn in (("Halfspace", lambda n: halfspace(n, 10, seed)), ("ReLU1", lambda n: relu_data(n, 10, seed + 1)),
+                     ("ReLU2", lambda n: relu_data(n, 10, seed + 2)), ("RNN", lambda n: rnn_data(n, 10, seed + 3))):
+        X, y = fn(n_train + n_test)
+        out[name] = (X[:n_train], y[:n_train], X[n_train:], y[n_train:])
+    return out
+
+
+def experiment_generalization(datasets=None, quick=False, seed=0, reps=None, meta_steps=None):
+    """Fig. 3: an output rule learned on Halfspace (|V|=100, T=1) and an MLP RNN rule plus
+    output rule learned on ReLU1 (|V|=100, k=50, T=3); rules fixed, train small (|V|=100, k=50)
+    and large (|V|=1000, k=500) feedforward (T=1) and recurrent (T=3) models on every data set,
+    `reps` reshuffles (10; quick 2). Returns rows with mean and std of train/test accuracy."""
+    n = 2000 if quick else 10000
+    datasets = dict(datasets) if datasets is not None else {}
+    for k_, v in synthetic_datasets(n, n, seed).items():
+        datasets.setdefault(k_, v)
+    reps = reps or (2 if quick else 10)
+    steps = meta_steps or 100
+    Xh, yh = datasets["Halfspace"][:2]
+    ff_rule = OutputRuleTable(1, seed=seed)
+    meta_learn(lambda: CapRNN(Xh.shape[1], 2, 100, 50, 0.5, 1, seed=seed), Xh, yh, output_rule=ff_rule,
+               epochs=10 ** 9, steps=steps, meta_lr=0.1, seed=seed)
+    Xr, yr = datasets["ReLU1"][:2]
+    rnn_rule, rnn_out = MLPRule(3, 20, seed=seed), OutputRuleTable(3, seed=seed)
+    meta_learn(lambda: CapRNN(Xr.shape[1], 2, 100, 50, 0.5, 3, seed=seed), Xr, yr, rnn_rule=rnn_rule,
+               output_rule=rnn_out, epochs=10 ** 9, steps=steps // 2 if quick else steps, meta_lr=0.1, seed=seed)
+    models = (("small feedforward", 100, 50, 1), ("large feedforward", 1000, 500, 1),
+              ("small recurrent", 100, 50, 3), ("large recurrent", 1000, 500, 3))
+    rows = []
+    for dname, (Xtr, ytr, Xte, yte) in datasets.items():
+        n_out = _n_out(ytr, yte)
+        for mname, v, k, T in models:
+            tr, te = [], []
+            for r in range(reps):
+                net = CapRNN(Xtr.shape[1], n_out, v, k, 0.5, T, seed=seed + r).to(Xtr.device)
+                train_with_rules(net, Xtr, ytr, rnn_rule=rnn_rule if T > 1 else None,
+                                 output_rule=rnn_out if T > 1 else ff_rule, seed=seed + r)
+                tr.append(accuracy(net, Xtr, ytr))
+                te.append(accuracy(net, Xte, yte))
+            rows.append(dict(dataset=dname, model=mname, reps=reps,
+                             train_mean=round(100 * float(np.mean(tr)), 1), train_std=round(100 * float(np.std(tr)), 1),
+                             test_mean=round(100 * float(np.mean(te)), 1), test_std=round(100 * float(np.std(te)), 1)))
+    rows.append(dict(dataset="(rules)", model="learned output rule (Halfspace, T=1)",
+                     table=[[round(float(t), 3) for t in r_] for r_ in ff_rule.table().detach()]))
+    rows.append(dict(dataset="(rules)", model="learned output rule (ReLU1, T=3)",
+                     table=[[round(float(t), 3) for t in r_] for r_ in rnn_out.table().detach()]))
+    return rows
+
+
+def experiment_convergence(train_X, train_y, test_X, test_y, quick=False, seed=0, points=None):
+    """Fig. 2: test accuracy against examples seen, T=1, |V|=1000, k=500: the perceptron output
+    rule (one pass) vs Adam (lr 1e-2, batch 100) on the output weights. Returns name -> [(x, y)]."""
+    n_out = _n_out(train_y, test_y)
+    if quick:
+        train_X, train_y, test_X, test_y = train_X[:3000], train_y[:3000], test_X[:2000], test_y[:2000]
+    points = points or 15
+    every = max(100, (len(train_X) // points) // 100 * 100)
+    curves = {"plasticity": [], "gd (Adam)": []}
+    net = CapRNN(train_X.shape[1], n_out, 1000, 500, 0.5, 1, seed=seed).to(train_X.device).reset()
+    rule = perceptron_output_rule(1)
+    for s in range(0, len(train_X), every):
+        train_with_rules(net, train_X[s:s + every], train_y[s:s + every], output_rule=rule, reset=False)
+        curves["plasticity"].append((min(s + every, len(train_X)), accuracy(net, test_X, test_y)))
+    net = CapRNN(train_X.shape[1], n_out, 1000, 500, 0.5, 1, seed=seed).to(train_X.device)
+    train_gd(net, train_X, train_y, lr=1e-2, batch_size=100, seed=seed, callback_every=every,
+             callback=lambda seen: curves["gd (Adam)"].append((seen, accuracy(net, test_X, test_y))))
+    return curves
+
+
+def experiment_robustness(train_X, train_y, test_X, test_y, quick=False, attack=None, seed=0,
+                          eps_list=(0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4), n_attack=100, rnn_rule=None,
+                          epochs=2, gd_params="output"):
+    """Fig. 5: robust accuracy against eps (A.3: targeted L2 attack, nine targets, 100 images) for
+    |V|=1000, k=500 trained by rules with T=1 and T=3, and by GD (Adam, T=1, `gd_params`).
+    Returns name -> [(eps, accuracy)]."""
+    if attack is None:
+        raise ValueError("experiment_robustness needs attack(net, X, y, eps) -> broken mask")
+    n_out = _n_out(train_y, test_y)
+    if quick:
+        train_X, train_y, n_attack, eps_list = train_X[:2000], train_y[:2000], min(n_attack, 20), (0, 1, 2, 3, 4)
+    if rnn_rule is None:
+        rnn_rule, _ = learn_mlp_rnn_rule(train_X, train_y, n_out, steps=20 if quick else 100, seed=seed)
+    nets = {}
+    for T in (1, 3):
+        net = CapRNN(train_X.shape[1], n_out, 1000, 500, 0.5, T, seed=seed).to(train_X.device)
+        nets[f"plasticity T={T}"] = train_with_rules(net, train_X, train_y, rnn_rule=rnn_rule if T > 1 else None,
+                                                     output_rule=perceptron_output_rule(T), epochs=epochs, seed=seed)
+    net = CapRNN(train_X.shape[1], n_out, 1000, 500, 0.5, 1, seed=seed).to(train_X.device)
+    nets["gd (Adam) T=1"] = train_gd(net, train_X, train_y, epochs=epochs, params=gd_params, seed=seed)
+    Xa, ya = test_X[:n_attack], test_y[:n_attack]
+    return {name: [(eps, robust_accuracy(n_, Xa, ya, eps, attack)) for eps in eps_list] for name, n_ in nets.items()}

@@ -1,0 +1,149 @@
+"""End-to-end tests of train.py and data.py: tiny searches and retrains, resume, data files."""
+import gzip
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import darts
+import data
+import train
+
+FMNIST = data.SYSTEM_FASHION_MNIST
+
+
+def write_idx(path, array):
+    """An IDX file written by hand from the format's definition (magic, dims, bytes)."""
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def make_fake_mnist(root, n_train=96, n_test=48, seed=0):
+    """Small Fashion-MNIST-format files in torchvision's layout: class = a bright square's
+    position, so a tiny network can learn it."""
+    rng = np.random.default_rng(seed)
+    raw = os.path.join(root, "FashionMNIST", "raw")
+    os.makedirs(raw)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        y = rng.integers(0, 10, n)
+        x = rng.integers(0, 40, (n, 28, 28))
+        for i, c in enumerate(y):
+            r, q = divmod(int(c), 5)
+            x[i, 4 + 10 * r:12 + 10 * r, 2 + 5 * q:6 + 5 * q] = 250
+        write_idx(os.path.join(raw, f"{split}-images-idx3-ubyte.gz"), x)
+        write_idx(os.path.join(raw, f"{split}-labels-idx1-ubyte.gz"), y)
+    return raw
+
+
+def test_read_idx_and_loader_on_generated_files(tmp_path):
+    raw = make_fake_mnist(str(tmp_path))
+    with gzip.open(os.path.join(raw, "train-images-idx3-ubyte.gz")) as f:
+        blob = f.read()
+    expect = np.frombuffer(blob[16:], dtype=np.uint8).reshape(96, 28, 28)
+    xtr, ytr, xte, yte = data.load_dataset("fashion-mnist", str(tmp_path))
+    assert xtr.shape == (96, 1, 28, 28) and xte.shape == (48, 1, 28, 28)
+    assert torch.equal(xtr[:, 0], torch.from_numpy(expect.copy()))
+    assert ytr.dtype == torch.int64 and int(ytr.max()) <= 9
+
+
+def test_missing_dataset_message(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST", str(tmp_path / "nowhere"))
+    import torchvision
+    def offline(*a, **k):
+        raise RuntimeError("no network")
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    with pytest.raises(SystemExit, match="dataset mnist not found. Looked for"):
+        data.load_dataset("mnist", str(tmp_path))
+
+
+def test_batches_augmentation_against_hand_crop():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
+    y = torch.arange(6)
+    b = data.Batches(x, y, 6, "cpu", train=True, pad=2, flip=False, seed=3)
+    xb, yb = next(iter(b))
+    # every output image is some 8x8 window of the zero-padded input
+    for img, label in zip(xb, yb):
+        src = torch.nn.functional.pad(x[label].float() / 255, (2, 2, 2, 2))
+        assert any(torch.equal(img, src[:, i:i + 8, j:j + 8]) for i in range(5) for j in range(5))
+    b2 = data.Batches(x, y, 6, "cpu", train=True, pad=0, cutout=4, seed=1)
+    xc, _ = next(iter(b2))
+    zeros = (xc == 0).flatten(1).sum(1) - (x[_] == 0).flatten(1).sum(1)
+    assert (zeros <= 16).all() and (zeros >= 1).any()       # at most a 4x4 hole, clipped at edges
+    # same (seed, epoch) -> same batches; another epoch -> another order
+    assert torch.equal(next(iter(b))[1], yb)
+    b.epoch = 1
+    assert not torch.equal(next(iter(b))[1], yb)
+
+
+def tiny_args(tmp_path, *extra):
+    use_real = os.path.exists(os.path.join(FMNIST, "train-images-idx3-ubyte.gz"))
+    root = str(tmp_path / "data")
+    if not use_real:
+        make_fake_mnist(root)
+    return ["--dataset", "fashion-mnist", "--data", root, "--save", str(tmp_path / "runs"),
+            "--subset", "64", "--batch_size", "16", "--init_channels", "2", "--layers", "3",
+            "--nodes", "2", "--report_freq", "1", "--seed", "5", *extra]
+
+
+def test_search_resume_equals_uninterrupted_and_retrain(tmp_path):
+    args = tiny_args(tmp_path, "--search", "darts", "--epochs", "2")
+    train.main(args + ["--run_name", "full"])
+    train.main(args + ["--run_name", "cut", "--stop_after", "1"])
+    cut = tmp_path / "runs" / "cut"
+    assert json.load(open(cut / "history.json"))[-1]["epoch"] == 0
+    train.main(["--resume", str(cut)])
+    full = torch.load(tmp_path / "runs" / "full" / "checkpoint.pt", weights_only=False)
+    resumed = torch.load(cut / "checkpoint.pt", weights_only=False)
+    assert resumed["epoch"] == 1
+    for k in ("alphas_normal", "alphas_reduce"):
+        assert torch.equal(full["model"][k], resumed["model"][k])
+    g = darts.load_genotype(tmp_path / "runs" / "full" / "genotype.json")
+    assert len(g.normal) == 4 and all(op != "none" for op, _ in g.normal + g.reduce)
+    for f in ("alphas.png", "cell_normal.png", "cell_reduce.png", "log.txt", "args.json"):
+        assert (tmp_path / "runs" / "full" / f).exists()
+    # retrain the derived genotype, every edge with its rule
+    train.main(tiny_args(tmp_path, "--train", "--genotype",
+                         str(tmp_path / "runs" / "full" / "genotype.json"), "--epochs", "1",
+                         "--init_channels", "4", "--run_name", "re"))
+    ck = torch.load(tmp_path / "runs" / "re" / "checkpoint.pt", weights_only=False)
+    assert ck["kind"] == "eval" and 0 <= ck["history"][0]["test_acc"] <= 100
+
+
+def test_bad_inputs_are_clear_errors(tmp_path, capsys):
+    bad = tmp_path / "g.json"
+    bad.write_text(json.dumps({"normal": [["sep_conv_3x3_xyz", 0]] * 2, "normal_concat": [2],
+                               "reduce": [["max_pool_3x3", 0]] * 2, "reduce_concat": [2]}))
+    with pytest.raises(SystemExit):
+        train.main(tiny_args(tmp_path, "--train", "--genotype", str(bad), "--epochs", "1"))
+    assert "unknown operation 'sep_conv_3x3_xyz'" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--rules: unknown learning rule 'dfa'"):
+        train.main(tiny_args(tmp_path, "--search", "darts", "--rules", "fa,dfa"))
+
+
+def test_attack_cli_on_retrained_checkpoint(tmp_path):
+    g = {"normal": [["sep_conv_3x3_fa", 0], ["skip_connect_usf", 1], ["max_pool_3x3", 0],
+                    ["dil_conv_3x3_frsf", 2]], "normal_concat": [2, 3],
+         "reduce": [["sep_conv_3x3_brsf", 0], ["skip_connect_frsf", 1], ["avg_pool_3x3", 2],
+                    ["dil_conv_5x5_usf", 0]], "reduce_concat": [2, 3]}
+    (tmp_path / "g.json").write_text(json.dumps(g))
+    train.main(tiny_args(tmp_path, "--train", "--genotype", str(tmp_path / "g.json"),
+                         "--epochs", "1", "--init_channels", "4", "--run_name", "net"))
+    ckpt = str(tmp_path / "runs" / "net" / "checkpoint.pt")
+    train.main(["--attack", "fgsm,pgd", "--checkpoint", ckpt, "--attack-batches", "1",
+                "--batch_size", "8", "--attack-steps", "2", "--save", str(tmp_path / "runs"),
+                "--run_name", "atk"])
+    out = tmp_path / "runs" / "atk"
+    rows = (out / "robustness.csv").read_text().strip().splitlines()
+    assert rows[0].split(",")[:2] == ["grad", "clean"] and len(rows) == 3     # exact, feedback
+    vals = [[float(v) for v in r.split(",")[1:]] for r in rows[1:]]
+    assert all(0 <= v <= 100 for r in vals for v in r)
+    assert vals[0][0] == vals[1][0]                        # same clean accuracy in both rows
+    assert (out / "robustness.md").exists() and (out / "robustness_eps.png").exists()
+    with pytest.raises(SystemExit, match="does not exist"):
+        train.main(["--attack", "fgsm", "--checkpoint", str(tmp_path / "missing.pt"),
+                    "--save", str(tmp_path / "runs")])

@@ -1,0 +1,642 @@
+"""BioNAS command line: search, retrain, attack, plasticity experiments.
+
+    python train.py --search darts --gpu 0            # BioNAS-DARTS search on CIFAR-10
+    python train.py --train --genotype runs/X/genotype.json
+    python train.py --search darts --quick            # search + short retrain, Fashion-MNIST, CPU
+    python train.py --resume runs/X                   # continue a run from its last checkpoint
+
+Flag names follow the original DARTS scripts (train_search.py, train.py). Every run writes a
+run directory: log.txt, args.json, checkpoint.pt (each epoch, atomically), alpha per epoch,
+genotype.json and plots.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import darts
+import ops
+import rules
+from data import DATASETS, Batches, load_dataset
+from plots import plot_alphas, plot_cell, plot_curves, plot_history
+
+# ============================================================================ runs
+
+def pick_device(gpu):
+    """cuda:N when it exists, else the CPU (with a message)."""
+    if gpu is None:
+        return torch.device("cpu")
+    if torch.cuda.is_available() and gpu < torch.cuda.device_count():
+        return torch.device(f"cuda:{gpu}")
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    print(f"warning: --gpu {gpu} requested but this machine has {n} CUDA device(s); "
+          f"running on the CPU", file=sys.stderr)
+    return torch.device("cpu")
+
+
+class Run:
+    """A run directory: log.txt, args.json, checkpoint.pt (atomic), metrics.json."""
+
+    def __init__(self, path):
+        self.path = path
+        os.makedirs(path, exist_ok=True)
+        self.log_file = open(os.path.join(path, "log.txt"), "a")
+
+    def log(self, msg):
+        line = time.strftime("%H:%M:%S ") + msg
+        print(line, flush=True)
+        self.log_file.write(line + "\n")
+        self.log_file.flush()
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    def save(self, obj, name):
+        """torch.save to a temp file, then rename: a crash never leaves a broken file."""
+        tmp = self.file(name + ".tmp")
+        torch.save(obj, tmp)
+        os.replace(tmp, self.file(name))
+
+    def write_json(self, obj, name):
+        tmp = self.file(name + ".tmp")
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1)
+        os.replace(tmp, self.file(name))
+
+
+def rng_state():
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def fmt_eta(seconds):
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Meter:
+    """Running loss/accuracy, images/s and ETA for the log line."""
+
+    def __init__(self, total_steps):
+        self.total, self.t0, self.n, self.loss, self.correct, self.steps = total_steps, \
+            time.time(), 0, 0.0, 0, 0
+
+    def update(self, loss, logits, y):
+        self.n += len(y)
+        self.loss += loss * len(y)
+        self.correct += (logits.argmax(1) == y).sum().item()
+        self.steps += 1
+
+    def line(self):
+        dt = time.time() - self.t0
+        eta = dt / max(self.steps, 1) * (self.total - self.steps)
+        return (f"loss {self.loss / max(self.n, 1):.4f} acc {100 * self.correct / max(self.n, 1):.2f}% "
+                f"{self.n / max(dt, 1e-9):.0f} img/s ETA {fmt_eta(eta)}")
+
+
+def check_finite(loss, run, where):
+    if not math.isfinite(loss):
+        run.log(f"error: the loss became {loss} at {where}. Lower --learning_rate (or "
+                f"--arch_learning_rate), keep --grad_clip on, or try another --seed; the last "
+                f"good checkpoint is {run.file('checkpoint.pt')} (resume with --resume).")
+        raise SystemExit(2)
+
+
+@torch.no_grad()
+def evaluate(model, batches):
+    """Top-1 accuracy (%) and mean loss on `batches` in eval mode."""
+    was = model.training
+    model.eval()
+    correct = n = 0
+    loss = 0.0
+    for x, y in batches:
+        logits = model(x)
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        n += len(y)
+    model.train(was)
+    return 100.0 * correct / max(n, 1), loss / max(n, 1)
+
+
+# ============================================================================ search
+
+SEARCH_DEFAULTS = dict(batch_size=256, learning_rate=0.1, learning_rate_min=0.0, nesterov=True,
+                       weight_decay=3e-4, epochs=50, init_channels=16, layers=5, nodes=4,
+                       report_freq=50)
+TRAIN_DEFAULTS = dict(batch_size=96, learning_rate=0.025, learning_rate_min=0.0, nesterov=False,
+                      weight_decay=3e-4, epochs=600, init_channels=36, layers=20, auxiliary=True,
+                      cutout=16, drop_path_prob=0.2, label_smoothing=0.0, lr_schedule="cosine",
+                      report_freq=50)
+DATASET_DEFAULTS = {  # (mode, dataset): overrides (BioNAS Sec. 3.4.2 and App. A.1)
+    ("train", "imagenet16-120"): dict(batch_size=1024, learning_rate=0.5, weight_decay=3e-5,
+                                      epochs=250, init_channels=48, layers=14, cutout=0,
+                                      drop_path_prob=0.0, label_smoothing=0.1,
+                                      lr_schedule="linear"),
+    ("search", "imagenet16-120"): dict(batch_size=512, learning_rate=0.5),
+}
+EGNAS_DEFAULTS = dict(layers=8, warm_start_epochs=15)    # EG-NAS train_search.py
+QUICK = {  # --quick: search then a short retrain on Fashion-MNIST, minutes on a 2-core CPU
+    "search": dict(dataset="fashion-mnist", subset=2000, batch_size=32, learning_rate=0.05,
+                   epochs=3, init_channels=4, layers=3, nodes=2, report_freq=10,
+                   warm_start_epochs=1),
+    "train": dict(dataset="fashion-mnist", subset=30000, batch_size=128, learning_rate=0.05,
+                  epochs=2, init_channels=16, layers=6, auxiliary=False, cutout=0,
+                  drop_path_prob=0.0, report_freq=50),
+}
+
+
+def apply_defaults(args, mode):
+    """Fill every flag left unset with the paper's default for this mode and dataset."""
+    if args.quick:
+        for k, v in QUICK[mode].items():
+            if getattr(args, k, None) is None or k == "dataset":
+                setattr(args, k, v)
+    base = dict(SEARCH_DEFAULTS if mode == "search" else TRAIN_DEFAULTS)
+    if mode == "search" and args.search == "egnas":
+        base.update(EGNAS_DEFAULTS)
+    if mode == "train" and genotype_search_method(args.genotype) == "egnas":
+        base["drop_path_prob"] = 0.3                      # BioNAS Sec. 3.4.1: 0.3 for BioNAS-EG
+    base.update(DATASET_DEFAULTS.get((mode, args.dataset), {}))
+    for k, v in base.items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    return args
+
+
+def genotype_search_method(path):
+    """'darts' or 'egnas' as recorded in a genotype.json written by a search, else None."""
+    try:
+        with open(path) as f:
+            return json.load(f).get("search")
+    except (OSError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def write_genotype(genotype, run, method):
+    darts.save_genotype(genotype, run.file("genotype.json"))
+    with open(run.file("genotype.json")) as f:
+        data = json.load(f)
+    data["search"] = method
+    run.write_json(data, "genotype.json")
+
+
+def split_search_data(args):
+    """The training set split into the weight half and the alpha half (--train_portion)."""
+    xtr, ytr, _, _ = load_dataset(args.dataset, args.data)
+    g = torch.Generator().manual_seed(args.seed)
+    perm = torch.randperm(len(xtr), generator=g)
+    if args.subset:
+        perm = perm[:args.subset]
+    n = int(len(perm) * args.train_portion)
+    return (xtr[perm[:n]], ytr[perm[:n]]), (xtr[perm[n:]], ytr[perm[n:]])
+
+
+def make_batches(args, x, y, device, train, cutout=0, seed_offset=0):
+    _, _, _, _, pad, flip = DATASETS[args.dataset]
+    mf = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
+    return Batches(x, y, args.batch_size, device, train=train, pad=pad if train else 0,
+                   flip=flip and train, cutout=cutout, seed=args.seed + seed_offset,
+                   memory_format=mf)
+
+
+def build_search_model(args, candidates):
+    c_in, classes, mean, std, _, _ = DATASETS[args.dataset]
+    return darts.Network(args.init_channels, classes, args.layers, candidates, steps=args.nodes,
+                         multiplier=args.nodes, in_channels=c_in, base_rule=args.base_rule,
+                         mean=mean, std=std)
+
+
+def search(args, run, device):
+    """BioNAS-DARTS search (DARTS train_search.py): per step one alpha step on an alpha-half
+    batch, then one SGD step of the weights on a weight-half batch."""
+    torch.manual_seed(args.seed)
+    candidates = ops.search_space(args.rules.split(","), args.skip_rules.split(","),
+                                  zero=args.search == "darts")
+    (xw, yw), (xa, ya) = split_search_data(args)
+    train_b = make_batches(args, xw, yw, device, train=True)
+    alpha_b = make_batches(args, xa, ya, device, train=True, seed_offset=1)
+    eval_b = make_batches(args, xa, ya, device, train=False)
+    model = build_search_model(args, candidates).to(device)
+    if args.memory_format == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.weights(), args.learning_rate, momentum=args.momentum,
+                                weight_decay=args.weight_decay, nesterov=args.nesterov)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs,
+                                                           eta_min=args.learning_rate_min)
+    searcher = make_searcher(args, model, run)
+    start, history = 0, []
+    if args.resume:
+        ckpt = torch.load(run.file("checkpoint.pt"), map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        searcher.load_state_dict(ckpt["searcher"])
+        set_rng_state(ckpt["rng"])
+        start, history = ckpt["epoch"] + 1, ckpt["history"]
+        run.log(f"resumed from {run.file('checkpoint.pt')} after epoch {start}")
+    run.log(f"search {args.search}: {len(candidates)} candidates, "
+            f"{sum(p.numel() for p in model.weights()) / 1e6:.2f}M weights, "
+            f"{len(xw)} weight / {len(xa)} alpha images, {args.epochs} epochs on {device}")
+    for epoch in range(start, args.epochs):
+        lr = scheduler.get_last_lr()[0]
+        train_b.epoch = alpha_b.epoch = epoch
+        meter = Meter(len(train_b))
+        for step, ((x, y), (xv, yv)) in enumerate(zip(train_b, alpha_b)):
+            searcher.step(x, y, xv, yv, lr, optimizer, epoch)
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.weights(), args.grad_clip)
+            optimizer.step()
+            check_finite(loss.item(), run, f"epoch {epoch + 1} step {step + 1}")
+            meter.update(loss.item(), logits.detach(), y)
+            if (step + 1) % args.report_freq == 0 or step + 1 == len(train_b):
+                run.log(f"epoch {epoch + 1}/{args.epochs} step {step + 1}/{len(train_b)} "
+                        f"lr {lr:.4f} {meter.line()}")
+        scheduler.step()
+        valid_acc, valid_loss = evaluate(model, eval_b)
+        genotype = model.genotype()
+        wn, wr = model.mixing_weights()
+        history.append(dict(epoch=epoch, train_loss=meter.loss / meter.n,
+                            train_acc=100 * meter.correct / meter.n, valid_acc=valid_acc,
+                            valid_loss=valid_loss, genotype=genotype._asdict(),
+                            weights_normal=wn.tolist(), weights_reduce=wr.tolist(),
+                            seconds=time.time() - meter.t0))
+        run.log(f"epoch {epoch + 1} done: valid acc {valid_acc:.2f}% loss {valid_loss:.4f} "
+                f"({time.time() - meter.t0:.0f}s); genotype {genotype}")
+        run.save(dict(kind="search", config=model.config, model=model.state_dict(),
+                      optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                      searcher=searcher.state_dict(), rng=rng_state(), epoch=epoch,
+                      history=history, args=vars(args)), "checkpoint.pt")
+        run.write_json(history, "history.json")
+        write_genotype(genotype, run, args.search)
+        plot_alphas(wn, wr, candidates, args.nodes, run.file("alphas.png"),
+                    f"{args.search} search, epoch {epoch + 1}")
+        if args.stop_after and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
+            run.log(f"stopping after epoch {epoch + 1} (--stop_after); continue with "
+                    f"--resume {run.path}")
+            return None
+    genotype = model.genotype()
+    write_genotype(genotype, run, args.search)
+    for cell in ("normal", "reduce"):
+        plot_cell(genotype, cell, run.file(f"cell_{cell}.png"))
+    plot_history(history, run.file("curves.png"), ["train_acc", "valid_acc", "train_loss"])
+    run.log(f"search finished: genotype written to {run.file('genotype.json')}")
+    return genotype
+
+
+class DartsSearcher:
+    """The alpha update of the DARTS search: darts.Architect, first or second order."""
+
+    def __init__(self, args, model):
+        self.architect = darts.Architect(model, args.momentum, args.weight_decay,
+                                         args.arch_learning_rate, args.arch_weight_decay,
+                                         args.unrolled)
+
+    def step(self, x, y, xv, yv, lr, optimizer, epoch):
+        self.architect.step(x, y, xv, yv, lr, optimizer)
+
+    def state_dict(self):
+        return {"optimizer": self.architect.optimizer.state_dict()}
+
+    def load_state_dict(self, state):
+        self.architect.optimizer.load_state_dict(state["optimizer"])
+
+
+def make_searcher(args, model, run):
+    if args.search == "egnas":
+        import egnas
+        return egnas.EGNASSearcher(model, args.samples, args.population_size, args.zeta,
+                                   args.eta, args.xi, args.warm_start_epochs, args.pop_momentum,
+                                   seed=args.seed, log=run.log)
+    return DartsSearcher(args, model)
+
+
+# ============================================================================ retrain
+
+def build_eval_model(args, genotype):
+    c_in, classes, mean, std, _, _ = DATASETS[args.dataset]
+    return darts.NetworkEval(args.init_channels, classes, args.layers, genotype, args.auxiliary,
+                             in_channels=c_in, base_rule=args.base_rule, mean=mean, std=std)
+
+
+def train(args, run, device, genotype=None):
+    """Retrain a genotype from scratch (DARTS train.py): SGD, cosine (or linear) decay,
+    auxiliary head, cutout, drop-path rising linearly to --drop_path_prob, gradient clipping."""
+    torch.manual_seed(args.seed)
+    if genotype is None:
+        if not args.genotype:
+            raise SystemExit("error: --train needs --genotype PATH (a genotype.json of a search)")
+        genotype = darts.load_genotype(args.genotype)
+    xtr, ytr, xte, yte = load_dataset(args.dataset, args.data)
+    if args.subset:
+        perm = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(args.seed))
+        xtr, ytr = xtr[perm[:args.subset]], ytr[perm[:args.subset]]
+    train_b = make_batches(args, xtr, ytr, device, train=True, cutout=args.cutout)
+    test_b = make_batches(args, xte, yte, device, train=False)
+    model = build_eval_model(args, genotype).to(device)
+    if args.memory_format == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
+                                weight_decay=args.weight_decay, nesterov=args.nesterov)
+    if args.lr_schedule == "linear":
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1 - e / args.epochs)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs,
+                                                               eta_min=args.learning_rate_min)
+    start, history = 0, []
+    if args.resume:
+        ckpt = torch.load(run.file("checkpoint.pt"), map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        start, history = ckpt["epoch"] + 1, ckpt["history"]
+        run.log(f"resumed from {run.file('checkpoint.pt')} after epoch {start}")
+    run.log(f"train: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+            f"rules {sorted(set(rules.layer_rules(model).values()))}, {len(xtr)} images, "
+            f"{args.epochs} epochs on {device}; genotype {genotype}")
+    for epoch in range(start, args.epochs):
+        lr = scheduler.get_last_lr()[0]
+        model.drop_path_prob = args.drop_path_prob * epoch / args.epochs
+        train_b.epoch = epoch
+        meter = Meter(len(train_b))
+        model.train()
+        for step, (x, y) in enumerate(train_b):
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
+            if model.logits_aux is not None:
+                loss = loss + args.auxiliary_weight * F.cross_entropy(
+                    model.logits_aux, y, label_smoothing=args.label_smoothing)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            optimizer.step()
+            check_finite(loss.item(), run, f"epoch {epoch + 1} step {step + 1}")
+            meter.update(loss.item(), logits.detach(), y)
+            if (step + 1) % args.report_freq == 0 or step + 1 == len(train_b):
+                run.log(f"epoch {epoch + 1}/{args.epochs} step {step + 1}/{len(train_b)} "
+                        f"lr {lr:.4f} {meter.line()}")
+        scheduler.step()
+        test_acc, test_loss = evaluate(model, test_b)
+        history.append(dict(epoch=epoch, train_loss=meter.loss / meter.n,
+                            train_acc=100 * meter.correct / meter.n, test_acc=test_acc,
+                            test_loss=test_loss, seconds=time.time() - meter.t0))
+        run.log(f"epoch {epoch + 1} done: test acc {test_acc:.2f}% loss {test_loss:.4f} "
+                f"({time.time() - meter.t0:.0f}s)")
+        run.save(dict(kind="eval", config=model.config, model=model.state_dict(),
+                      optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                      rng=rng_state(), epoch=epoch, history=history, args=vars(args)),
+                 "checkpoint.pt")
+        run.write_json(history, "history.json")
+        plot_history(history, run.file("curves.png"), ["train_acc", "test_acc", "train_loss"])
+        if args.stop_after and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
+            run.log(f"stopping after epoch {epoch + 1} (--stop_after); continue with "
+                    f"--resume {run.path}")
+            return None
+    torch.save(model.state_dict(), run.file("model.pt"))
+    run.log(f"training finished: test accuracy {history[-1]['test_acc']:.2f}%")
+    return history[-1]["test_acc"]
+
+
+# ============================================================================ attacks
+
+def load_checkpoint_model(path, device):
+    """Rebuild the network saved in a train.py checkpoint (search supernet or retrained net)."""
+    if not path or not os.path.exists(path):
+        raise SystemExit(f"error: checkpoint {path!r} does not exist; pass --checkpoint "
+                         f"RUN_DIR/checkpoint.pt (or model.pt's run directory's checkpoint.pt)")
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("kind") not in ("search", "eval"):
+        raise SystemExit(f"error: {path} is not a checkpoint written by train.py (it has no "
+                         f"'kind' of search or eval)")
+    cfg = dict(ckpt["config"])
+    if ckpt["kind"] == "search":
+        model = darts.Network(**cfg)
+    else:
+        cfg["genotype"] = darts.Genotype(**cfg["genotype"])
+        model = darts.NetworkEval(**cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise SystemExit(f"error: the weights in {path} do not match the network described by "
+                         f"its config: {str(e).splitlines()[0]}") from None
+    return model.to(device), ckpt
+
+
+def attack(args, run, device):
+    """Robustness table (BioNAS Table 2 layout) of a trained network, exact and/or feedback
+    gradients, plus accuracy against epsilon for PGD."""
+    import attacks
+    model, ckpt = load_checkpoint_model(args.checkpoint, device)
+    saved = ckpt["args"]
+    _, _, xte, yte = load_dataset(saved["dataset"], args.data or saved["data"])
+    batches = Batches(xte, yte, args.batch_size or 100, device, train=False)
+    names = [n.strip() for n in args.attack.split(",")]
+    grads = ("exact", "feedback") if args.attack_grad == "both" else (args.attack_grad,)
+    overrides = {}
+    for name in names:
+        kw = {k: v for k, v in (("eps", args.attack_eps), ("alpha", args.attack_alpha),
+                                ("steps", args.attack_steps)) if v is not None}
+        if name == "onepixel":
+            kw.pop("eps", None), kw.pop("alpha", None)
+        overrides[name] = kw
+    run.log(f"attacks {names} ({args.attack_preset} preset, overrides {overrides}) on "
+            f"{args.checkpoint}, gradients {grads}, up to {args.attack_batches or 'all'} "
+            f"batches of {batches.bs}")
+    t0 = time.time()
+    try:
+        rows = attacks.evaluate_robustness(model, batches, names, grads=grads,
+                                           max_batches=args.attack_batches,
+                                           preset=args.attack_preset, overrides=overrides)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    table = attacks.to_markdown(rows)
+    with open(run.file("robustness.md"), "w") as f:
+        f.write(f"Robust accuracy (%) of {args.checkpoint}, preset {args.attack_preset}\n\n"
+                + table + "\n")
+    with open(run.file("robustness.csv"), "w") as f:
+        f.write(attacks.to_csv(rows))
+    run.log("\n" + table)
+    eps_list = [0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255, 0.1, 0.35]
+    curves = {g: attacks.accuracy_vs_eps(model, batches, "pgd", eps_list, grad=g,
+                                         max_batches=args.attack_batches,
+                                         preset=args.attack_preset) for g in grads}
+    plot_curves(curves, run.file("robustness_eps.png"), "epsilon (L-inf)",
+                "PGD robust accuracy (%)", f"PGD-{attacks.PRESETS[args.attack_preset]['pgd']['steps']}"
+                f" on {os.path.basename(os.path.dirname(os.path.abspath(args.checkpoint)))}")
+    run.log(f"attacks done in {time.time() - t0:.0f}s: {run.file('robustness.md')}")
+    return rows
+
+
+# ============================================================================ command line
+
+def build_parser():
+    p = argparse.ArgumentParser(description="BioNAS: search, retrain, attack, plasticity.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    m = p.add_argument_group("what to run")
+    m.add_argument("--search", choices=["darts", "egnas"], help="run an architecture search")
+    m.add_argument("--train", action="store_true", help="retrain a genotype (--genotype)")
+    m.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint")
+    m.add_argument("--attack", metavar="LIST", help="attacks to run on --checkpoint, e.g. "
+                   "fgsm,pgd,tpgd,apgd,onepixel (also targeted_l2)")
+    m.add_argument("--quick", action="store_true",
+                   help="CPU-sized preset on Fashion-MNIST (a search is followed by a retrain)")
+    d = p.add_argument_group("data and machine")
+    d.add_argument("--dataset", default="cifar10", choices=list(DATASETS))
+    d.add_argument("--data", default="./data", help="dataset root")
+    d.add_argument("--subset", type=int, default=None, help="use N training images")
+    d.add_argument("--gpu", type=int, default=None, help="CUDA device index (CPU if absent)")
+    d.add_argument("--memory_format", choices=["channels_last", "contiguous"],
+                   default="channels_last", help="channels_last is faster on CPU and GPU")
+    d.add_argument("--save", default="runs", help="parent directory of run directories")
+    d.add_argument("--run_name", default=None)
+    d.add_argument("--seed", type=int, default=2)
+    d.add_argument("--report_freq", type=int, help="log every N steps (50)")
+    d.add_argument("--stop_after", type=int, default=None,
+                   help="stop after this many epochs (resume later with --resume)")
+    o = p.add_argument_group("optimization (unset = the paper's value for the mode)")
+    o.add_argument("--batch_size", type=int)
+    o.add_argument("--learning_rate", type=float)
+    o.add_argument("--learning_rate_min", type=float)
+    o.add_argument("--momentum", type=float, default=0.9)
+    o.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
+    o.add_argument("--weight_decay", type=float)
+    o.add_argument("--epochs", type=int)
+    o.add_argument("--grad_clip", type=float, default=5.0)
+    o.add_argument("--lr_schedule", choices=["cosine", "linear"])
+    o.add_argument("--label_smoothing", type=float)
+    a = p.add_argument_group("architecture")
+    a.add_argument("--init_channels", type=int)
+    a.add_argument("--layers", type=int)
+    a.add_argument("--nodes", type=int, help="intermediate nodes per cell (4)")
+    a.add_argument("--rules", default="fa,usf,brsf,frsf", help="rules of the conv ops")
+    a.add_argument("--skip_rules", default="usf,brsf,frsf", help="rules of skip_connect")
+    a.add_argument("--base_rule", default="bp", help="rule of stem, preprocessing, classifier")
+    a.add_argument("--genotype", help="genotype.json to retrain")
+    a.add_argument("--auxiliary", action=argparse.BooleanOptionalAction, default=None)
+    a.add_argument("--auxiliary_weight", type=float, default=0.4)
+    a.add_argument("--cutout", type=int, help="cutout length (0 = off)")
+    a.add_argument("--drop_path_prob", type=float)
+    s = p.add_argument_group("search")
+    s.add_argument("--train_portion", type=float, default=0.5)
+    s.add_argument("--unrolled", action="store_true", help="second-order DARTS")
+    s.add_argument("--arch_learning_rate", type=float, default=3e-4)
+    s.add_argument("--arch_weight_decay", type=float, default=1e-3)
+    e = p.add_argument_group("EG-NAS search (names as in the paper, defaults EG-NAS's)")
+    e.add_argument("--warm_start_epochs", type=int, help="weight-only epochs first (15)")
+    e.add_argument("--samples", type=int, default=3, help="N: CMA-ES searches per exploration")
+    e.add_argument("--population_size", type=int, default=50, help="CMA-ES population")
+    e.add_argument("--zeta", type=float, default=1.0, help="weight of L_CE in the fitness")
+    e.add_argument("--eta", type=float, default=0.4, help="weight of L_cos in the fitness")
+    e.add_argument("--xi", type=float, default=0.1, help="step of alpha toward the best")
+    e.add_argument("--pop_momentum", type=float, default=0.0)
+    k = p.add_argument_group("attacks")
+    k.add_argument("--checkpoint", help="checkpoint.pt of a train.py run to attack")
+    k.add_argument("--attack-grad", dest="attack_grad", default="both",
+                   choices=["exact", "feedback", "both"],
+                   help="input gradient the attacker sees (README: 'Which gradient')")
+    k.add_argument("--attack-preset", dest="attack_preset", default="bionas",
+                   choices=["bionas", "standard"])
+    k.add_argument("--attack-eps", dest="attack_eps", type=float)
+    k.add_argument("--attack-alpha", dest="attack_alpha", type=float)
+    k.add_argument("--attack-steps", dest="attack_steps", type=int)
+    k.add_argument("--attack-batches", dest="attack_batches", type=int,
+                   help="attack only the first N test batches")
+    return p
+
+
+def check_rules_arg(text, flag):
+    try:
+        return [rules.check_rule(r.strip()) for r in text.split(",")]
+    except ValueError as e:
+        raise SystemExit(f"error: {flag}: {e}") from None
+
+
+def new_run(args, mode):
+    tag = mode if mode == "attack" else f"{mode}-{args.dataset}"
+    name = args.run_name or time.strftime(f"{tag}-%Y%m%d-%H%M%S")
+    run = Run(os.path.join(args.save, name))
+    run.write_json(vars(args), "args.json")
+    return run
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.resume:
+        path = args.resume
+        if not os.path.exists(os.path.join(path, "args.json")):
+            raise SystemExit(f"error: --resume {path}: no args.json there; give a run directory "
+                             f"written by train.py")
+        with open(os.path.join(path, "args.json")) as f:
+            saved = json.load(f)
+        gpu = args.gpu
+        args = argparse.Namespace(**saved)
+        args.resume, args.gpu = path, gpu if gpu is not None else saved.get("gpu")
+        if not os.path.exists(os.path.join(path, "checkpoint.pt")):
+            args.resume = None                                 # crashed before epoch 1 ended
+        run = Run(path)
+        run.log(f"resuming {path}")
+    elif args.attack:
+        args.data = args.data if args.data != "./data" else None
+        run = new_run(args, "attack")
+    elif not (args.search or args.train):
+        build_parser().print_help()
+        raise SystemExit("error: choose what to run: --search darts|egnas, --train, --attack "
+                         "or --resume")
+    else:
+        args.quick_retrain = bool(args.search and args.quick)
+        apply_defaults(args, "search" if args.search else "train")
+        run = new_run(args, "search" if args.search else "train")
+    check_rules_arg(args.rules, "--rules")
+    check_rules_arg(args.skip_rules, "--skip_rules")
+    rules.check_rule(args.base_rule)
+    device = pick_device(args.gpu)
+    try:
+        if args.attack and not args.resume:
+            attack(args, run, device)
+        elif args.search:
+            genotype = search(args, run, device)
+            if genotype is not None and args.quick_retrain:
+                retrain_after_quick_search(args, run, device, genotype)
+        else:
+            train(args, run, device)
+    except ValueError as e:                                    # bad genotype, rule, ...
+        run.log(f"error: {e}")
+        raise SystemExit(2) from None
+
+
+def retrain_after_quick_search(args, run, device, genotype):
+    """--quick: retrain the derived network briefly on the whole training set."""
+    targs = argparse.Namespace(**{k: v for k, v in vars(args).items()})
+    for k in list(SEARCH_DEFAULTS) + ["subset", "report_freq", "stop_after", "resume"]:
+        setattr(targs, k, None)
+    targs.search, targs.train = None, True
+    apply_defaults(targs, "train")
+    sub = Run(os.path.join(run.path, "retrain"))
+    if os.path.exists(sub.file("checkpoint.pt")):
+        targs.resume = sub.path
+    sub.write_json(vars(targs), "args.json")
+    t0 = time.time()
+    acc = train(targs, sub, device, genotype)
+    run.log(f"quick retrain: test accuracy {acc:.2f}% in {time.time() - t0:.0f}s "
+            f"(run directory {sub.path})")
+
+
+if __name__ == "__main__":
+    main()
