@@ -131,6 +131,17 @@ def _flat(tensors):
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
+def _grad(loss, params):
+    """autograd.grad with zeros for parameters the loss does not use (e.g. alphas_normal in a
+    network of reduction cells only)."""
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+def _devices(model):
+    return [p.device for p in model.parameters() if p.device.type == "cuda"][:1]
+
+
 class Architect:
     """The alpha step of the bilevel problem min_a L_val(w*(a), a), s.t. w* = argmin L_train
     (DARTS Eqs. 3-4). First order: grad_a L_val(w, a). Second order (unrolled=True): one
@@ -155,7 +166,7 @@ class Architect:
                                          network_optimizer)
         else:
             alphas = self.model.arch_parameters()
-            grads = torch.autograd.grad(self.model.loss(x_valid, y_valid), alphas)
+            grads = _grad(self.model.loss(x_valid, y_valid), alphas)
             for a, g in zip(alphas, grads):
                 a.grad = g
         self.optimizer.step()
@@ -163,7 +174,7 @@ class Architect:
     def _unrolled_model(self, x, y, eta, network_optimizer):
         """A copy of the model holding w' = w - eta * (momentum * buf + grad + wd * w)."""
         weights = self.model.weights()
-        grads = torch.autograd.grad(self.model.loss(x, y), weights)
+        grads = _grad(self.model.loss(x, y), weights)
         unrolled = copy.deepcopy(self.model)
         with torch.no_grad():
             for w, g, w2 in zip(weights, grads, unrolled.weights()):
@@ -180,24 +191,26 @@ class Architect:
             raise ValueError("the second-order architect step needs eta (the weights' lr)")
         unrolled = self._unrolled_model(x_train, y_train, eta, network_optimizer)
         alphas_u, weights_u = unrolled.arch_parameters(), unrolled.weights()
-        grads = torch.autograd.grad(unrolled.loss(x_valid, y_valid), alphas_u + weights_u)
+        grads = _grad(unrolled.loss(x_valid, y_valid), alphas_u + weights_u)
         d_alpha, d_w = grads[:len(alphas_u)], grads[len(alphas_u):]
         implicit = self._hessian_vector_product(d_w, x_train, y_train)
         for a, da, h in zip(self.model.arch_parameters(), d_alpha, implicit):
             a.grad = da - eta * h
 
     def _hessian_vector_product(self, vector, x, y, r=1e-2):
-        """Finite-difference (grad_a L(w+) - grad_a L(w-)) / (2 eps) (DARTS Eq. 8)."""
+        """Finite-difference (grad_a L(w+) - grad_a L(w-)) / (2 eps) (DARTS Eq. 8). Both passes
+        draw the same random numbers (brsf's feedback), so they differ only by the weights."""
         eps = r / _flat(vector).norm().clamp_min(1e-12)
         weights, alphas = self.model.weights(), self.model.arch_parameters()
         with torch.no_grad():
             for w, v in zip(weights, vector):
                 w.add_(v, alpha=eps)
-        g_pos = torch.autograd.grad(self.model.loss(x, y), alphas)
+        with torch.random.fork_rng(devices=_devices(self.model)):
+            g_pos = _grad(self.model.loss(x, y), alphas)
         with torch.no_grad():
             for w, v in zip(weights, vector):
                 w.sub_(v, alpha=2 * eps)
-        g_neg = torch.autograd.grad(self.model.loss(x, y), alphas)
+        g_neg = _grad(self.model.loss(x, y), alphas)
         with torch.no_grad():
             for w, v in zip(weights, vector):
                 w.add_(v, alpha=eps)
@@ -261,7 +274,8 @@ def check_genotype(g):
         if not isinstance(edges, (list, tuple)) or len(edges) == 0 or len(edges) % 2:
             raise ValueError(f"'{cell}' must be a non-empty list with two edges per node")
         for k, e in enumerate(edges):
-            if not isinstance(e, (list, tuple)) or len(e) != 2 or not isinstance(e[1], int):
+            if not isinstance(e, (list, tuple)) or len(e) != 2 or not isinstance(e[0], str) \
+                    or not isinstance(e[1], int):
                 raise ValueError(f"{cell} edge {k} is {e!r}, not [op_name, input_node]")
             ops.parse_candidate(e[0])
             if not 0 <= e[1] < 2 + k // 2:
@@ -318,15 +332,16 @@ class AuxiliaryHead(nn.Module):
     def __init__(self, C, num_classes, base_rule="bp"):
         super().__init__()
         self.features = nn.Sequential(
-            nn.ReLU(inplace=True),
             RuleConv2d(C, 128, 1, bias=False, rule=base_rule), nn.BatchNorm2d(128), nn.ReLU(True),
             RuleConv2d(128, 768, 2, bias=False, rule=base_rule), nn.BatchNorm2d(768), nn.ReLU(True))
         self.classifier = RuleLinear(768, num_classes, rule=base_rule)
 
     def forward(self, x):
-        # DARTS pools 8x8 maps with AvgPool(5, stride 3) to 2x2; smaller maps pool adaptively
-        x = F.avg_pool2d(x, 5, 3, count_include_pad=False) if x.shape[-1] >= 8 else \
-            F.adaptive_avg_pool2d(x, 2)
+        # DARTS: ReLU, then AvgPool(5, stride 3), which takes 8x8 maps (CIFAR) to 2x2; other
+        # sizes pool adaptively to 2x2 so that the 2x2 conv always gives 1x1
+        x = F.relu(x)
+        x = F.avg_pool2d(x, 5, 3, count_include_pad=False) if x.shape[-1] in (8, 9, 10) and \
+            x.shape[-2] in (8, 9, 10) else F.adaptive_avg_pool2d(x, 2)
         return self.classifier(self.features(x).flatten(1))
 
 

@@ -59,7 +59,8 @@ def plot_cell(genotype, cell, path):
         ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops=dict(
             arrowstyle="-|>", color=RULE_COLORS[rule], lw=1.8,
             connectionstyle=f"arc3,rad={bend}", shrinkA=14, shrinkB=14))
-        xm, ym = (x0 + x1) / 2, (y0 + y1) / 2 + bend * 0.35 * (x1 - x0)
+        # midpoint of matplotlib's arc3 Bezier: mid + rad/2 * (dy, -dx)
+        xm, ym = (x0 + x1) / 2 + bend / 2 * (y1 - y0), (y0 + y1) / 2 - bend / 2 * (x1 - x0)
         ax.text(xm, ym, op + ("" if rule is None else f"\n[{rule}]"), fontsize=7, ha="center",
                 va="center", color=RULE_COLORS[rule],
                 bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
@@ -67,11 +68,13 @@ def plot_cell(genotype, cell, path):
         ax.annotate("", xy=pos[out], xytext=pos[i], arrowprops=dict(
             arrowstyle="-|>", color="#bbbbbb", lw=1, shrinkA=14, shrinkB=14))
     for n, (x, y) in pos.items():
-        ax.scatter([x], [y], s=900, c="#fff3c4" if n in names else "#cfe3ff", edgecolors="k", zorder=3)
-        ax.text(x, y, names.get(n, str(n - 2)), ha="center", va="center", fontsize=8, zorder=4)
+        ax.scatter([x], [y], s=1500, c="#fff3c4" if n in names else "#cfe3ff", edgecolors="k",
+                   zorder=3)
+        ax.text(x, y, names.get(n, str(n - 2)), ha="center", va="center", fontsize=7, zorder=4)
     handles = [plt.Line2D([], [], color=c, lw=2, label=r or "no rule") for r, c in RULE_COLORS.items()]
-    ax.legend(handles=handles, loc="lower center", ncol=7, fontsize=7, frameon=False,
-              bbox_to_anchor=(0.5, -0.12))
+    ax.legend(handles=handles, loc="upper center", ncol=7, fontsize=7, frameon=False,
+              bbox_to_anchor=(0.5, -0.02))
+    ax.margins(0.08, 0.12)
     ax.set_title(f"{cell} cell")
     ax.axis("off")
     fig.tight_layout()

@@ -450,12 +450,12 @@ def attack(args, run, device):
     names = [n.strip() for n in args.attack.split(",")]
     grads = ("exact", "feedback") if args.attack_grad == "both" else (args.attack_grad,)
     overrides = {}
-    for name in names:
-        kw = {k: v for k, v in (("eps", args.attack_eps), ("alpha", args.attack_alpha),
-                                ("steps", args.attack_steps)) if v is not None}
-        if name == "onepixel":
-            kw.pop("eps", None), kw.pop("alpha", None)
-        overrides[name] = kw
+    flags = {"eps": args.attack_eps, "alpha": args.attack_alpha, "steps": args.attack_steps}
+    for name in names:                      # a flag changes the attacks that have that knob
+        preset = attacks.PRESETS.get(args.attack_preset, {}).get(name)
+        keys = ("eps", "alpha", "steps") if preset is None else \
+            [k for k in preset if k in flags and name != "onepixel"]
+        overrides[name] = {k: flags[k] for k in keys if flags[k] is not None}
     run.log(f"attacks {names} ({args.attack_preset} preset, overrides {overrides}) on "
             f"{args.checkpoint}, gradients {grads}, up to {args.attack_batches or 'all'} "
             f"batches of {batches.bs}")

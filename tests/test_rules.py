@@ -11,7 +11,16 @@ import torch.nn.functional as F
 import rules
 from rules import RuleConv2d, RuleLinear
 
-torch.set_default_dtype(torch.float64)     # exact comparisons; the layers are dtype-agnostic
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Exact comparisons in float64 (the layers are dtype-agnostic); restored afterwards."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
 
 CONV_CONFIGS = [  # (in, out, k, stride, padding, dilation, groups, bias)
     (4, 6, 3, 1, 1, 1, 1, True),
