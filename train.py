@@ -134,10 +134,12 @@ def evaluate(model, batches):
 
 # ============================================================================ search
 
-SEARCH_DEFAULTS = dict(batch_size=256, learning_rate=0.1, learning_rate_min=0.0, nesterov=True,
+SEARCH_DEFAULTS = dict(augment=True, batch_size=256, learning_rate=0.1, learning_rate_min=0.0,
+                       nesterov=True,
                        weight_decay=3e-4, epochs=50, init_channels=16, layers=5, nodes=4,
                        report_freq=50)
-TRAIN_DEFAULTS = dict(batch_size=96, learning_rate=0.025, learning_rate_min=0.0, nesterov=False,
+TRAIN_DEFAULTS = dict(augment=True, batch_size=96, learning_rate=0.025, learning_rate_min=0.0,
+                      nesterov=False,
                       weight_decay=3e-4, epochs=600, init_channels=36, layers=20, auxiliary=True,
                       cutout=16, drop_path_prob=0.2, label_smoothing=0.0, lr_schedule="cosine",
                       report_freq=50)
@@ -150,12 +152,12 @@ DATASET_DEFAULTS = {  # (mode, dataset): overrides (BioNAS Sec. 3.4.2 and App. A
 }
 EGNAS_DEFAULTS = dict(layers=8, warm_start_epochs=15)    # EG-NAS train_search.py
 QUICK = {  # --quick: search then a short retrain on Fashion-MNIST, minutes on a 2-core CPU
-    "search": dict(dataset="fashion-mnist", subset=2000, batch_size=32, learning_rate=0.05,
+    "search": dict(dataset="fashion-mnist", subset=1600, batch_size=32, learning_rate=0.05,
                    epochs=3, init_channels=4, layers=3, nodes=2, report_freq=10,
                    warm_start_epochs=1),
-    "train": dict(dataset="fashion-mnist", subset=30000, batch_size=128, learning_rate=0.05,
-                  epochs=2, init_channels=16, layers=6, auxiliary=False, cutout=0,
-                  drop_path_prob=0.0, report_freq=50),
+    "train": dict(dataset="fashion-mnist", subset=50000, batch_size=128, learning_rate=0.1,
+                  epochs=3, init_channels=8, layers=4, auxiliary=False, cutout=0,
+                  drop_path_prob=0.0, augment=False, report_freq=50),
 }
 
 
@@ -207,6 +209,8 @@ def split_search_data(args):
 
 def make_batches(args, x, y, device, train, cutout=0, seed_offset=0):
     _, _, _, _, pad, flip = DATASETS[args.dataset]
+    if getattr(args, "augment", True) is False:
+        pad, flip = 0, False
     mf = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
     return Batches(x, y, args.batch_size, device, train=train, pad=pad if train else 0,
                    flip=flip and train, cutout=cutout, seed=args.seed + seed_offset,
@@ -501,6 +505,8 @@ def build_parser():
     d.add_argument("--dataset", default="cifar10", choices=list(DATASETS))
     d.add_argument("--data", default="./data", help="dataset root")
     d.add_argument("--subset", type=int, default=None, help="use N training images")
+    d.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop and flip of training images (on)")
     d.add_argument("--gpu", type=int, default=None, help="CUDA device index (CPU if absent)")
     d.add_argument("--memory_format", choices=["channels_last", "contiguous"],
                    default="channels_last", help="channels_last is faster on CPU and GPU")
