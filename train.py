@@ -116,6 +116,34 @@ def check_finite(loss, run, where):
         raise SystemExit(2)
 
 
+def sgd_step(loss, logits, y, params, optimizer, args, run, meter, epoch, step, lr):
+    """Backward, clip the gradient norm to --grad_clip, step; stop on a non-finite loss; log."""
+    loss.backward()
+    nn.utils.clip_grad_norm_(params, args.grad_clip)
+    optimizer.step()
+    check_finite(loss.item(), run, f"epoch {epoch + 1} step {step + 1}")
+    meter.update(loss.item(), logits.detach(), y)
+    if (step + 1) % args.report_freq == 0 or step + 1 == meter.total:
+        run.log(f"epoch {epoch + 1}/{args.epochs} step {step + 1}/{meter.total} lr {lr:.4f} "
+                f"{meter.line()}")
+
+
+def resume(args, run, device, model, optimizer, scheduler, searcher=None):
+    """(first epoch, history): (0, []) for a new run, else everything restored from the run's
+    checkpoint -- weights, alpha, optimizers, schedule, searcher and RNG state."""
+    if not args.resume:
+        return 0, []
+    ckpt = torch.load(run.file("checkpoint.pt"), map_location=device, weights_only=False)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if searcher is not None:
+        searcher.load_state_dict(ckpt["searcher"])
+    set_rng_state(ckpt["rng"])
+    run.log(f"resumed from {run.file('checkpoint.pt')} after epoch {ckpt['epoch'] + 1}")
+    return ckpt["epoch"] + 1, ckpt["history"]
+
+
 @torch.no_grad()
 def evaluate(model, batches):
     """Top-1 accuracy (%) and mean loss on `batches` in eval mode."""
@@ -155,8 +183,8 @@ QUICK = {  # --quick: search then a short retrain on Fashion-MNIST, minutes on a
     "search": dict(dataset="fashion-mnist", subset=1600, batch_size=32, learning_rate=0.05,
                    epochs=3, init_channels=4, layers=3, nodes=2, report_freq=10,
                    warm_start_epochs=1),
-    "train": dict(dataset="fashion-mnist", subset=50000, batch_size=128, learning_rate=0.1,
-                  epochs=3, init_channels=8, layers=4, auxiliary=False, cutout=0,
+    "train": dict(dataset="fashion-mnist", subset=40000, batch_size=64, learning_rate=0.05,
+                  epochs=5, init_channels=8, layers=4, auxiliary=False, cutout=0,
                   drop_path_prob=0.0, augment=False, report_freq=50),
 }
 
@@ -242,16 +270,7 @@ def search(args, run, device):
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs,
                                                            eta_min=args.learning_rate_min)
     searcher = make_searcher(args, model, run)
-    start, history = 0, []
-    if args.resume:
-        ckpt = torch.load(run.file("checkpoint.pt"), map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        searcher.load_state_dict(ckpt["searcher"])
-        set_rng_state(ckpt["rng"])
-        start, history = ckpt["epoch"] + 1, ckpt["history"]
-        run.log(f"resumed from {run.file('checkpoint.pt')} after epoch {start}")
+    start, history = resume(args, run, device, model, optimizer, scheduler, searcher)
     run.log(f"search {args.search}: {len(candidates)} candidates, "
             f"{sum(p.numel() for p in model.weights()) / 1e6:.2f}M weights, "
             f"{len(xw)} weight / {len(xa)} alpha images, {args.epochs} epochs on {device}")
@@ -264,14 +283,8 @@ def search(args, run, device):
             optimizer.zero_grad(set_to_none=True)
             logits = model(x)
             loss = F.cross_entropy(logits, y)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.weights(), args.grad_clip)
-            optimizer.step()
-            check_finite(loss.item(), run, f"epoch {epoch + 1} step {step + 1}")
-            meter.update(loss.item(), logits.detach(), y)
-            if (step + 1) % args.report_freq == 0 or step + 1 == len(train_b):
-                run.log(f"epoch {epoch + 1}/{args.epochs} step {step + 1}/{len(train_b)} "
-                        f"lr {lr:.4f} {meter.line()}")
+            sgd_step(loss, logits, y, model.weights(), optimizer, args, run, meter, epoch, step,
+                     lr)
         scheduler.step()
         valid_acc, valid_loss = evaluate(model, eval_b)
         genotype = model.genotype()
@@ -363,15 +376,7 @@ def train(args, run, device, genotype=None):
     else:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs,
                                                                eta_min=args.learning_rate_min)
-    start, history = 0, []
-    if args.resume:
-        ckpt = torch.load(run.file("checkpoint.pt"), map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        set_rng_state(ckpt["rng"])
-        start, history = ckpt["epoch"] + 1, ckpt["history"]
-        run.log(f"resumed from {run.file('checkpoint.pt')} after epoch {start}")
+    start, history = resume(args, run, device, model, optimizer, scheduler)
     run.log(f"train: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
             f"rules {sorted(set(rules.layer_rules(model).values()))}, {len(xtr)} images, "
             f"{args.epochs} epochs on {device}; genotype {genotype}")
@@ -388,14 +393,8 @@ def train(args, run, device, genotype=None):
             if model.logits_aux is not None:
                 loss = loss + args.auxiliary_weight * F.cross_entropy(
                     model.logits_aux, y, label_smoothing=args.label_smoothing)
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-            optimizer.step()
-            check_finite(loss.item(), run, f"epoch {epoch + 1} step {step + 1}")
-            meter.update(loss.item(), logits.detach(), y)
-            if (step + 1) % args.report_freq == 0 or step + 1 == len(train_b):
-                run.log(f"epoch {epoch + 1}/{args.epochs} step {step + 1}/{len(train_b)} "
-                        f"lr {lr:.4f} {meter.line()}")
+            sgd_step(loss, logits, y, model.parameters(), optimizer, args, run, meter, epoch,
+                     step, lr)
         scheduler.step()
         test_acc, test_loss = evaluate(model, test_b)
         history.append(dict(epoch=epoch, train_loss=meter.loss / meter.n,

@@ -147,3 +147,22 @@ def test_attack_cli_on_retrained_checkpoint(tmp_path):
     with pytest.raises(SystemExit, match="does not exist"):
         train.main(["--attack", "fgsm", "--checkpoint", str(tmp_path / "missing.pt"),
                     "--save", str(tmp_path / "runs")])
+
+
+def test_egnas_search_through_train_py(tmp_path):
+    args = tiny_args(tmp_path, "--search", "egnas", "--epochs", "2", "--warm_start_epochs", "1",
+                     "--samples", "2", "--population_size", "4", "--run_name", "eg")
+    train.main(args)
+    run = tmp_path / "runs" / "eg"
+    hist = json.load(open(run / "history.json"))
+    ck = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert len(ck["config"]["candidates"]) == 21 and "none" not in ck["config"]["candidates"]
+    # epoch 1 is weight-only: alpha is still the initial one; epoch 2 moved it by xi * s
+    w0 = torch.tensor(hist[0]["weights_normal"])
+    w1 = torch.tensor(hist[1]["weights_normal"])
+    assert not torch.allclose(w0, w1)
+    assert ck["searcher"]["last_epoch"] == 1
+    assert "EG-NAS exploration (epoch 2)" in (run / "log.txt").read_text()
+    g = json.load(open(run / "genotype.json"))
+    assert g["search"] == "egnas"
+    assert all(op != "none" for op, _ in g["normal"] + g["reduce"])
