@@ -34,6 +34,27 @@ def _preprocess(C_pp, C_p, C, reduction_prev, base_rule, affine):
     return pre0, ops.ReLUConvBN(C_p, C, 1, 1, 0, base_rule, affine)
 
 
+def _build_body(net, in_channels, C, layers, stem_multiplier, base_rule, mean, std, make_cell):
+    """DARTS's body on `net`: normalization, stem, then `layers` cells with reductions (channels
+    doubled) at 1/3 and 2/3 depth; make_cell(C_pp, C_p, C, reduction, reduction_prev) builds a
+    cell with a `multiplier`. Returns the output width of every cell."""
+    net.normalize = ops.Normalize(mean, std) if mean is not None else nn.Identity()
+    C_curr = stem_multiplier * C
+    net.stem = _stem(in_channels, C_curr, base_rule)
+    C_pp, C_p, C_curr = C_curr, C_curr, C
+    net.cells, widths, reduction_prev = nn.ModuleList(), [], False
+    for i in range(layers):
+        reduction = i in (layers // 3, 2 * layers // 3)
+        if reduction:
+            C_curr *= 2
+        cell = make_cell(C_pp, C_p, C_curr, reduction, reduction_prev)
+        net.cells.append(cell)
+        reduction_prev = reduction
+        C_pp, C_p = C_p, cell.multiplier * C_curr
+        widths.append(C_p)
+    return widths
+
+
 # ----------------------------------------------------------------------------- search
 
 class SearchCell(nn.Module):
@@ -74,22 +95,12 @@ class Network(nn.Module):
                            in_channels=in_channels, base_rule=base_rule, mean=mean, std=std)
         for name in self.candidates:
             ops.parse_candidate(name)                     # fail early on unknown names
-        self.normalize = ops.Normalize(mean, std) if mean is not None else nn.Identity()
-        C_curr = stem_multiplier * C
-        self.stem = _stem(in_channels, C_curr, base_rule)
-        C_pp, C_p, C_curr = C_curr, C_curr, C
-        self.cells = nn.ModuleList()
-        reduction_prev = False
-        for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
-            if reduction:
-                C_curr *= 2
-            self.cells.append(SearchCell(steps, multiplier, C_pp, C_p, C_curr, reduction,
-                                         reduction_prev, self.candidates, base_rule))
-            reduction_prev = reduction
-            C_pp, C_p = C_p, multiplier * C_curr
+        widths = _build_body(self, in_channels, C, layers, stem_multiplier, base_rule, mean, std,
+                             lambda C_pp, C_p, C_c, red, red_prev: SearchCell(
+                                 steps, multiplier, C_pp, C_p, C_c, red, red_prev,
+                                 self.candidates, base_rule))
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = RuleLinear(C_p, num_classes, rule=base_rule)
+        self.classifier = RuleLinear(widths[-1], num_classes, rule=base_rule)
         k = sum(2 + i for i in range(steps))
         self.alphas_normal = nn.Parameter(1e-3 * torch.randn(k, len(self.candidates)))
         self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(k, len(self.candidates)))
@@ -359,27 +370,14 @@ class NetworkEval(nn.Module):
                            base_rule=base_rule, mean=mean, std=std)
         self.layers, self.auxiliary, self.drop_path_prob = layers, auxiliary, 0.0
         self.logits_aux = None
-        self.normalize = ops.Normalize(mean, std) if mean is not None else nn.Identity()
-        C_curr = stem_multiplier * C
-        self.stem = _stem(in_channels, C_curr, base_rule)
-        C_pp, C_p, C_curr = C_curr, C_curr, C
-        self.cells = nn.ModuleList()
-        reduction_prev = False
         self.aux_pos = 2 * layers // 3
-        for i in range(layers):
-            reduction = i in (layers // 3, 2 * layers // 3)
-            if reduction:
-                C_curr *= 2
-            cell = EvalCell(genotype, C_pp, C_p, C_curr, reduction, reduction_prev, base_rule)
-            self.cells.append(cell)
-            reduction_prev = reduction
-            C_pp, C_p = C_p, cell.multiplier * C_curr
-            if i == self.aux_pos:
-                C_aux = C_p
+        widths = _build_body(self, in_channels, C, layers, stem_multiplier, base_rule, mean, std,
+                             lambda C_pp, C_p, C_c, red, red_prev: EvalCell(
+                                 genotype, C_pp, C_p, C_c, red, red_prev, base_rule))
         if auxiliary:
-            self.auxiliary_head = AuxiliaryHead(C_aux, num_classes, base_rule)
+            self.auxiliary_head = AuxiliaryHead(widths[self.aux_pos], num_classes, base_rule)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
-        self.classifier = RuleLinear(C_p, num_classes, rule=base_rule)
+        self.classifier = RuleLinear(widths[-1], num_classes, rule=base_rule)
 
     def forward(self, x):
         """Logits. In training mode with the auxiliary head, its logits are left in

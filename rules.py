@@ -37,7 +37,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 RULES = ("bp", "fa", "usf", "brsf", "frsf", "hebbian")
-SIGN_RULES = ("usf", "brsf", "frsf")
 
 
 def check_rule(rule):
@@ -51,36 +50,21 @@ def check_rule(rule):
 # Hebbian update: Sanger's generalized Hebbian algorithm (an Oja-type rule)
 # ----------------------------------------------------------------------------------------
 
-def _hebbian_delta(y_gram, hebb, weight, groups, eps=1e-8):
+def _hebbian_delta(y2d, hebb, weight, groups, eps=1e-8):
     """Normalized Sanger/Oja update  dW_c = (sum y_c x - sum_{j<=c} (sum y_c y_j) w_j) / sum y_c^2.
 
-    y_gram: (C_out, C_out) Gram matrix of the outputs (block diagonal across groups),
-    hebb: sum over samples/positions of y_c x (shape of W). Dividing each unit's step by its
+    y2d: the outputs as (C_out, samples x positions); hebb: sum of y_c x (shape of W). The
+    Gram matrix sum y_c y_j is taken within each group only. Dividing each unit's step by its
     output power sum y_c^2 keeps the update bounded whatever the input scale: for a single unit
     along an eigenvector with norm a, a <- (1-lr) a + lr / a, whose fixed point is a = 1.
     """
-    c_out = weight.shape[0]
-    cg = c_out // groups
-    w = weight.reshape(groups, cg, -1)
-    gram = torch.stack([y_gram[g * cg:(g + 1) * cg, g * cg:(g + 1) * cg] for g in range(groups)]) \
-        if groups > 1 else y_gram.unsqueeze(0)
-    decay = torch.tril(gram) @ w                          # sum_{j<=c} <y_c y_j> w_j
+    cg = weight.shape[0] // groups
+    yg = y2d.reshape(groups, cg, -1)
+    gram = yg @ yg.transpose(1, 2)                        # (groups, cg, cg)
+    decay = torch.tril(gram) @ weight.reshape(groups, cg, -1)   # sum_{j<=c} <y_c y_j> w_j
     power = torch.diagonal(gram, dim1=1, dim2=2).unsqueeze(-1)
     delta = (hebb.reshape(groups, cg, -1) - decay) / (power + eps)
     return delta.reshape(weight.shape)
-
-
-def _group_gram(y2d, groups):
-    """(C, C) Gram matrix of y2d (C, M); only within-group blocks are used."""
-    if groups == 1:
-        return y2d @ y2d.t()
-    c = y2d.shape[0]
-    cg = c // groups
-    if cg == 1:                                            # depthwise: only the diagonal
-        return torch.diag((y2d * y2d).sum(1))
-    yg = y2d.reshape(groups, cg, -1)
-    blocks = yg @ yg.transpose(1, 2)
-    return torch.block_diag(*blocks)
 
 
 # ----------------------------------------------------------------------------------------
@@ -122,7 +106,7 @@ class FeedbackConv2dFunction(torch.autograd.Function):
                 hebb = conv_bw(y, x, weight, None, stride, padding, dilation, False, [0, 0],
                                groups, [False, True, False])[1]
                 y2d = y.transpose(0, 1).reshape(y.shape[1], -1)
-                gw = -_hebbian_delta(_group_gram(y2d, groups), hebb, weight, groups)
+                gw = -_hebbian_delta(y2d, hebb, weight, groups)
             if has_bias and ctx.needs_input_grad[2]:
                 gb = torch.zeros_like(bias)               # the Hebbian rule trains no bias
         elif ctx.needs_input_grad[1] or (has_bias and ctx.needs_input_grad[2]):
@@ -154,7 +138,7 @@ class FeedbackLinearFunction(torch.autograd.Function):
         if ctx.rule == "hebbian":
             if ctx.needs_input_grad[1]:
                 y = (out - bias if ctx.has_bias else out).reshape(-1, out.shape[-1])
-                gw = -_hebbian_delta(y.t() @ y, y.t() @ x2, weight, 1)
+                gw = -_hebbian_delta(y.t(), y.t() @ x2, weight, 1)
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 gb = torch.zeros_like(bias)
         else:

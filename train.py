@@ -217,11 +217,8 @@ def genotype_search_method(path):
 
 
 def write_genotype(genotype, run, method):
-    darts.save_genotype(genotype, run.file("genotype.json"))
-    with open(run.file("genotype.json")) as f:
-        data = json.load(f)
-    data["search"] = method
-    run.write_json(data, "genotype.json")
+    """genotype.json as darts.save_genotype writes it, plus the search method that found it."""
+    run.write_json(dict(genotype._asdict(), search=method), "genotype.json")
 
 
 def split_search_data(args):
@@ -233,6 +230,13 @@ def split_search_data(args):
         perm = perm[:args.subset]
     n = int(len(perm) * args.train_portion)
     return (xtr[perm[:n]], ytr[perm[:n]]), (xtr[perm[n:]], ytr[perm[n:]])
+
+
+def place(model, args, device):
+    """The model on `device` in the --memory_format (channels_last: 2-20x faster on CPU)."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if args.memory_format == \
+        "channels_last" else model
 
 
 def make_batches(args, x, y, device, train, cutout=0, seed_offset=0):
@@ -262,9 +266,7 @@ def search(args, run, device):
     train_b = make_batches(args, xw, yw, device, train=True)
     alpha_b = make_batches(args, xa, ya, device, train=True, seed_offset=1)
     eval_b = make_batches(args, xa, ya, device, train=False)
-    model = build_search_model(args, candidates).to(device)
-    if args.memory_format == "channels_last":
-        model = model.to(memory_format=torch.channels_last)
+    model = place(build_search_model(args, candidates), args, device)
     optimizer = torch.optim.SGD(model.weights(), args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay, nesterov=args.nesterov)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs,
@@ -366,9 +368,7 @@ def train(args, run, device, genotype=None):
         xtr, ytr = xtr[perm[:args.subset]], ytr[perm[:args.subset]]
     train_b = make_batches(args, xtr, ytr, device, train=True, cutout=args.cutout)
     test_b = make_batches(args, xte, yte, device, train=False)
-    model = build_eval_model(args, genotype).to(device)
-    if args.memory_format == "channels_last":
-        model = model.to(memory_format=torch.channels_last)
+    model = place(build_eval_model(args, genotype), args, device)
     optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay, nesterov=args.nesterov)
     if args.lr_schedule == "linear":
