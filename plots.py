@@ -1,4 +1,4 @@
-"""Figures of a run: alpha heatmaps, derived cells as graphs, training curves."""
+"""Figures of a run: alpha heatmaps, derived cells as graphs, training curves, bar charts."""
 import numpy as np
 import torch
 
@@ -116,6 +116,30 @@ def plot_curves(curves, path, xlabel, ylabel, title="", logx=False):
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_bars(groups, series, path, ylabel, title="", errors=None):
+    """Grouped bar chart: groups (x labels), series {label: [value per group]} (None = absent),
+    optional errors {label: [std per group]}."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(groups)), 4.0))
+    width = 0.8 / max(1, len(series))
+    for i, (label, vals) in enumerate(series.items()):
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        ys = [np.nan if v is None else v for v in vals]
+        err = None if errors is None or label not in errors else errors[label]
+        ax.bar(xs, ys, width, label=label, yerr=err, capsize=2)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels(groups, fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_ylim(0, 100 if max((v or 0) for vs in series.values() for v in vs) <= 100 else None)
+    ncol = 2 if max(map(len, series)) > 20 else min(4, len(series))
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=ncol)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -4,6 +4,7 @@
     python train.py --train --genotype runs/X/genotype.json
     python train.py --search darts --quick            # search + short retrain, Fashion-MNIST, CPU
     python train.py --resume runs/X                   # continue a run from its last checkpoint
+    python train.py --plasticity table2 --quick       # plasticity-rules paper, Table 2
 
 Flag names follow the original DARTS scripts (train_search.py, train.py). Every run writes a
 run directory: log.txt, args.json, checkpoint.pt (each epoch, atomically), alpha per epoch,
@@ -11,13 +12,10 @@ genotype.json and plots.
 """
 import argparse
 import json
-import math
 import os
-import sys
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import darts
@@ -25,140 +23,7 @@ import ops
 import rules
 from data import DATASETS, Batches, load_dataset
 from plots import plot_alphas, plot_cell, plot_curves, plot_history
-
-# ============================================================================ runs
-
-def pick_device(gpu):
-    """cuda:N when it exists, else the CPU (with a message)."""
-    if gpu is None:
-        return torch.device("cpu")
-    if torch.cuda.is_available() and gpu < torch.cuda.device_count():
-        return torch.device(f"cuda:{gpu}")
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    print(f"warning: --gpu {gpu} requested but this machine has {n} CUDA device(s); "
-          f"running on the CPU", file=sys.stderr)
-    return torch.device("cpu")
-
-
-class Run:
-    """A run directory: log.txt, args.json, checkpoint.pt (atomic), metrics.json."""
-
-    def __init__(self, path):
-        self.path = path
-        os.makedirs(path, exist_ok=True)
-        self.log_file = open(os.path.join(path, "log.txt"), "a")
-
-    def log(self, msg):
-        line = time.strftime("%H:%M:%S ") + msg
-        print(line, flush=True)
-        self.log_file.write(line + "\n")
-        self.log_file.flush()
-
-    def file(self, name):
-        return os.path.join(self.path, name)
-
-    def save(self, obj, name):
-        """torch.save to a temp file, then rename: a crash never leaves a broken file."""
-        tmp = self.file(name + ".tmp")
-        torch.save(obj, tmp)
-        os.replace(tmp, self.file(name))
-
-    def write_json(self, obj, name):
-        tmp = self.file(name + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=1)
-        os.replace(tmp, self.file(name))
-
-
-def rng_state():
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def fmt_eta(seconds):
-    seconds = int(max(0, seconds))
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-class Meter:
-    """Running loss/accuracy, images/s and ETA for the log line."""
-
-    def __init__(self, total_steps):
-        self.total, self.t0, self.n, self.loss, self.correct, self.steps = total_steps, \
-            time.time(), 0, 0.0, 0, 0
-
-    def update(self, loss, logits, y):
-        self.n += len(y)
-        self.loss += loss * len(y)
-        self.correct += (logits.argmax(1) == y).sum().item()
-        self.steps += 1
-
-    def line(self):
-        dt = time.time() - self.t0
-        eta = dt / max(self.steps, 1) * (self.total - self.steps)
-        return (f"loss {self.loss / max(self.n, 1):.4f} acc {100 * self.correct / max(self.n, 1):.2f}% "
-                f"{self.n / max(dt, 1e-9):.0f} img/s ETA {fmt_eta(eta)}")
-
-
-def check_finite(loss, run, where):
-    if not math.isfinite(loss):
-        run.log(f"error: the loss became {loss} at {where}. Lower --learning_rate (or "
-                f"--arch_learning_rate), keep --grad_clip on, or try another --seed; the last "
-                f"good checkpoint is {run.file('checkpoint.pt')} (resume with --resume).")
-        raise SystemExit(2)
-
-
-def sgd_step(loss, logits, y, params, optimizer, args, run, meter, epoch, step, lr):
-    """Backward, clip the gradient norm to --grad_clip, step; stop on a non-finite loss; log."""
-    loss.backward()
-    nn.utils.clip_grad_norm_(params, args.grad_clip)
-    optimizer.step()
-    check_finite(loss.item(), run, f"epoch {epoch + 1} step {step + 1}")
-    meter.update(loss.item(), logits.detach(), y)
-    if (step + 1) % args.report_freq == 0 or step + 1 == meter.total:
-        run.log(f"epoch {epoch + 1}/{args.epochs} step {step + 1}/{meter.total} lr {lr:.4f} "
-                f"{meter.line()}")
-
-
-def resume(args, run, device, model, optimizer, scheduler, searcher=None):
-    """(first epoch, history): (0, []) for a new run, else everything restored from the run's
-    checkpoint -- weights, alpha, optimizers, schedule, searcher and RNG state."""
-    if not args.resume:
-        return 0, []
-    ckpt = torch.load(run.file("checkpoint.pt"), map_location=device, weights_only=False)
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
-    if searcher is not None:
-        searcher.load_state_dict(ckpt["searcher"])
-    set_rng_state(ckpt["rng"])
-    run.log(f"resumed from {run.file('checkpoint.pt')} after epoch {ckpt['epoch'] + 1}")
-    return ckpt["epoch"] + 1, ckpt["history"]
-
-
-@torch.no_grad()
-def evaluate(model, batches):
-    """Top-1 accuracy (%) and mean loss on `batches` in eval mode."""
-    was = model.training
-    model.eval()
-    correct = n = 0
-    loss = 0.0
-    for x, y in batches:
-        logits = model(x)
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-        n += len(y)
-    model.train(was)
-    return 100.0 * correct / max(n, 1), loss / max(n, 1)
-
+from run_dir import Meter, Run, evaluate, pick_device, resume, rng_state, sgd_step
 
 # ============================================================================ search
 
@@ -487,6 +352,64 @@ def attack(args, run, device):
     return rows
 
 
+def plasticity_attack(steps=20, alpha=None):
+    """The plasticity paper's attack (Sec. 4, A.3) as attack(net, X, y, eps) -> broken mask:
+    attacks.targeted_l2 (nine targets, raw-gradient steps, L2 ball, [0, 1]). The paper gives
+    neither alpha nor the number of steps; unless `alpha` is given, alpha = (eps / 4) / the median
+    over images of |grad_x (z_y - z_j)|, j the runner-up class, so that a typical first step
+    has length eps/4 whatever the scale of the network's logits."""
+    import attacks
+
+    def attack(net, X, y, eps):
+        a = alpha
+        if a is None:
+            x = X.clone().requires_grad_(True)
+            z = net(x)
+            runner_up = z.detach().scatter(1, y[:, None], float("-inf")).argmax(1)
+            margin = z.gather(1, y[:, None]) - z.gather(1, runner_up[:, None])
+            g, = torch.autograd.grad(margin.sum(), x)
+            a = eps / 4 / float(g.flatten(1).norm(dim=1).median().clamp_min(1e-12))
+        return attacks.targeted_l2(net, X, y, eps, a, steps, return_broken=True)[1]
+    return attack
+
+
+def plasticity(args, run, device):
+    """--plasticity NAME: an experiment of the plasticity-rules paper (plasticity_experiments.py)
+    on flattened MNIST / Fashion-MNIST (A.2: 10k random training images) with the Sec. 4 attack."""
+    import plasticity_experiments as PE
+    names = [args.dataset] + [d for d in ("fashion-mnist", "mnist")
+                              if args.plasticity == "generalization" and d != args.dataset]
+    data = {}
+    for name in names:
+        if name not in ("mnist", "fashion-mnist"):
+            raise SystemExit(f"error: --plasticity runs on mnist or fashion-mnist, not {name}")
+        try:
+            xtr, ytr, xte, yte = load_dataset(name, args.data)
+        except SystemExit as e:
+            if name == args.dataset:
+                raise
+            run.log(f"{name} left out of the generalization table: {e}")
+            continue
+        idx = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(args.seed))
+        idx = idx[:args.subset or 10000]
+        flat = lambda x: x.reshape(len(x), -1).float().div_(255).to(device)
+        data[name] = (flat(xtr[idx]), ytr[idx].to(device), flat(xte), yte.to(device))
+    steps = args.attack_steps or 20
+    attack = plasticity_attack(steps, args.attack_alpha)
+    run.log(f"plasticity experiment {args.plasticity} ({'quick' if args.quick else 'full'}) on "
+            f"{', '.join(data)}; attack targeted_l2, {steps} steps, alpha "
+            f"{args.attack_alpha or '(eps/4) / median |grad margin|'}")
+    t0 = time.time()
+    try:
+        out = PE.run(args.plasticity, data, run.path, quick=args.quick, attack=attack,
+                     seed=args.seed, log=run.log)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    run.log(f"{args.plasticity} done in {time.time() - t0:.0f}s: "
+            f"{run.file(args.plasticity + '.md')}\n" + open(run.file(args.plasticity + ".md")).read())
+    return out
+
+
 # ============================================================================ command line
 
 def build_parser():
@@ -498,10 +421,14 @@ def build_parser():
     m.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint")
     m.add_argument("--attack", metavar="LIST", help="attacks to run on --checkpoint, e.g. "
                    "fgsm,pgd,tpgd,apgd,onepixel (also targeted_l2)")
+    m.add_argument("--plasticity", choices=["table2", "generalization", "convergence",
+                                            "robustness"],
+                   help="an experiment of the plasticity-rules paper (Table 2, Figs. 3, 2, 5)")
     m.add_argument("--quick", action="store_true",
                    help="CPU-sized preset on Fashion-MNIST (a search is followed by a retrain)")
     d = p.add_argument_group("data and machine")
-    d.add_argument("--dataset", default="cifar10", choices=list(DATASETS))
+    d.add_argument("--dataset", choices=list(DATASETS),
+                   help="cifar10; fashion-mnist with --plasticity")
     d.add_argument("--data", default="./data", help="dataset root")
     d.add_argument("--subset", type=int, default=None, help="use N training images")
     d.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
@@ -575,6 +502,7 @@ def check_rules_arg(text, flag):
 
 def new_run(args, mode):
     tag = mode if mode == "attack" else f"{mode}-{args.dataset}"
+    tag = f"plasticity-{args.plasticity}" if mode == "plasticity" else tag
     name = args.run_name or time.strftime(f"{tag}-%Y%m%d-%H%M%S")
     run = Run(os.path.join(args.save, name))
     run.write_json(vars(args), "args.json")
@@ -583,6 +511,8 @@ def new_run(args, mode):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if not args.resume and args.dataset is None:
+        args.dataset = "fashion-mnist" if args.plasticity else "cifar10"
     if args.resume:
         path = args.resume
         if not os.path.exists(os.path.join(path, "args.json")):
@@ -600,10 +530,13 @@ def main(argv=None):
     elif args.attack:
         args.data = args.data if args.data != "./data" else None
         run = new_run(args, "attack")
+    elif args.plasticity:
+        run = new_run(args, "plasticity")
+        return plasticity(args, run, pick_device(args.gpu))
     elif not (args.search or args.train):
         build_parser().print_help()
-        raise SystemExit("error: choose what to run: --search darts|egnas, --train, --attack "
-                         "or --resume")
+        raise SystemExit("error: choose what to run: --search darts|egnas, --train, --attack, "
+                         "--plasticity or --resume")
     else:
         args.quick_retrain = bool(args.search and args.quick)
         apply_defaults(args, "search" if args.search else "train")

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import plasticity as P
+import plasticity_experiments as PE
 
 
 def _tiny_net(rounds=2):
@@ -223,7 +224,7 @@ def test_table2_robustness_path_with_local_attack():
     protos = torch.rand(3, 784, generator=g)                   # three noisy prototype "images"
     y = torch.randint(0, 3, (400,), generator=g)
     X = (protos[y] + 0.3 * torch.randn(400, 784, generator=g)).clamp(0, 1)
-    rows = P.experiment_table2(X[:300], y[:300], X[300:], y[300:], quick=True, attack=_local_targeted_l2,
+    rows = PE.experiment_table2(X[:300], y[:300], X[300:], y[300:], quick=True, attack=_local_targeted_l2,
                                epochs=1, meta_steps=3, n_attack=10)
     assert [r["model"] for r in rows] == ["T=1", "T=1*", "T=3"]
     for r in rows:
@@ -233,5 +234,5 @@ def test_table2_robustness_path_with_local_attack():
     net = P.CapRNN(784, 3, num_v=200, cap=100, rounds=1, seed=0)
     P.train_with_rules(net, X[:300], y[:300], output_rule=P.perceptron_output_rule(1))
     Xa, ya = X[300:340], y[300:340]
-    assert P.robust_accuracy(net, Xa, ya, 0, _local_targeted_l2) == P.accuracy(net, Xa, ya)
-    assert P.robust_accuracy(net, Xa, ya, 50.0, _local_targeted_l2) == 0.0
+    assert PE.robust_accuracy(net, Xa, ya, 0, _local_targeted_l2) == P.accuracy(net, Xa, ya)
+    assert PE.robust_accuracy(net, Xa, ya, 50.0, _local_targeted_l2) == 0.0
