@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import ops
-from rules import RuleConv2d, RuleLinear
+from rules import RuleConv2d, RuleLinear, check_rule
 
 Genotype = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
 
@@ -295,6 +295,37 @@ def check_genotype(g):
         if not concat or any(not isinstance(c, int) or not 0 <= c < 2 + len(edges) // 2
                              for c in concat):
             raise ValueError(f"'{cell}_concat' {concat!r} names nodes that do not exist")
+
+
+def force_rule(genotype, rule):
+    """The genotype with every ruled op (convolutions and skip_connect) trained by `rule`:
+    BioNAS Fig. 4's architecture "converted" to one learning rule."""
+    check_rule(rule)
+
+    def conv(edges):
+        return [(ops.candidate_name(op, rule if r is not None else None), j)
+                for (op, r), j in ((ops.parse_candidate(n), j) for n, j in edges)]
+    return Genotype(conv(genotype.normal), list(genotype.normal_concat),
+                    conv(genotype.reduce), list(genotype.reduce_concat))
+
+
+def random_rules(genotype, seed, rules=("fa", "usf", "brsf", "frsf"),
+                 skip_rules=("usf", "brsf", "frsf")):
+    """The genotype's ops with each edge's rule drawn uniformly at random (convolutions from
+    `rules`, skip_connect from `skip_rules`): the random assignments of BioNAS (arXiv) Table 5."""
+    g = torch.Generator().manual_seed(seed)
+
+    def draw(edges):
+        out = []
+        for name, j in edges:
+            op, r = ops.parse_candidate(name)
+            if r is not None:
+                pool = skip_rules if op == "skip_connect" else rules
+                r = pool[int(torch.randint(len(pool), (1,), generator=g))]
+            out.append((ops.candidate_name(op, r), j))
+        return out
+    return Genotype(draw(genotype.normal), list(genotype.normal_concat),
+                    draw(genotype.reduce), list(genotype.reduce_concat))
 
 
 # ----------------------------------------------------------------------------- evaluation

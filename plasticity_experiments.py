@@ -8,7 +8,6 @@ NAME.md, NAME.csv and NAME.png into a directory (`python train.py --plasticity N
 The adversary is passed in: attack(net, X, y, eps) -> bool tensor, True where the image is
 broken (train.py wraps attacks.targeted_l2, the paper's Sec. 4 / A.3 attack).
 """
-import csv
 import os
 import time
 
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 
 from plots import plot_bars, plot_curves
+from run_dir import write_table
 from plasticity import (CapRNN, MLPRule, OutputRuleTable, accuracy, halfspace, meta_learn,
                         perceptron_output_rule, relu_data, rnn_data, train_gd, train_with_rules)
 
@@ -208,35 +208,8 @@ def experiment_robustness(train_X, train_y, test_X, test_y, quick=False, attack=
 
 
 # ----------------------------------------------------------------------------------------
-# Reports: NAME.md, NAME.csv, NAME.png (each written to a temp file, then renamed)
+# Reports: NAME.md, NAME.csv (run_dir.write_table), NAME.png
 # ----------------------------------------------------------------------------------------
-
-def _atomic(path, write):
-    tmp = path + ".tmp"
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def write_table(rows, columns, path_stem, title=""):
-    """rows (dicts) as a markdown table (path_stem.md) and CSV (path_stem.csv)."""
-    def cell(v):
-        return "—" if v is None else str(v)
-
-    def md(p):
-        with open(p, "w") as f:
-            f.write((f"{title}\n\n" if title else "") + "| " + " | ".join(h for h, _ in columns) + " |\n"
-                    + "|" + "---|" * len(columns) + "\n"
-                    + "".join("| " + " | ".join(cell(fn(r)) for _, fn in columns) + " |\n" for r in rows))
-
-    def csv_(p):
-        keys = list(dict.fromkeys(k for r in rows for k in r))
-        with open(p, "w", newline="") as f:
-            w = csv.DictWriter(f, keys)
-            w.writeheader()
-            w.writerows(rows)
-    _atomic(path_stem + ".md", md)
-    _atomic(path_stem + ".csv", csv_)
-
 
 def _curve_rows(curves, xname):
     xs = sorted({x for pts in curves.values() for x, _ in pts})

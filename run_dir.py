@@ -6,6 +6,7 @@ schedule, searcher and RNG state from it. Also: the device choice (--gpu N, CPU 
 SGD step with gradient clipping and a clear stop on a non-finite loss, progress with ETA, and
 evaluation.
 """
+import csv
 import json
 import math
 import os
@@ -105,9 +106,13 @@ def check_finite(loss, run, where):
         raise SystemExit(2)
 
 
-def sgd_step(loss, logits, y, params, optimizer, args, run, meter, epoch, step, lr):
-    """Backward, clip the gradient norm to --grad_clip, step; stop on a non-finite loss; log."""
+def sgd_step(loss, logits, y, params, optimizer, args, run, meter, epoch, step, lr,
+             before_clip=None):
+    """Backward, clip the gradient norm to --grad_clip, step; stop on a non-finite loss; log.
+    before_clip() runs between backward and clipping (to record raw gradients)."""
     loss.backward()
+    if before_clip is not None:
+        before_clip()
     nn.utils.clip_grad_norm_(params, args.grad_clip)
     optimizer.step()
     check_finite(loss.item(), run, f"epoch {epoch + 1} step {step + 1}")
@@ -147,3 +152,30 @@ def evaluate(model, batches):
         n += len(y)
     model.train(was)
     return 100.0 * correct / max(n, 1), loss / max(n, 1)
+
+
+def _atomic(path, write):
+    tmp = path + ".tmp"
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_table(rows, columns, path_stem, title=""):
+    """rows (dicts) as a markdown table (path_stem.md) and CSV (path_stem.csv)."""
+    def cell(v):
+        return "—" if v is None else str(v)
+
+    def md(p):
+        with open(p, "w") as f:
+            f.write((f"{title}\n\n" if title else "") + "| " + " | ".join(h for h, _ in columns) + " |\n"
+                    + "|" + "---|" * len(columns) + "\n"
+                    + "".join("| " + " | ".join(cell(fn(r)) for _, fn in columns) + " |\n" for r in rows))
+
+    def csv_(p):
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        with open(p, "w", newline="") as f:
+            w = csv.DictWriter(f, keys)
+            w.writeheader()
+            w.writerows(rows)
+    _atomic(path_stem + ".md", md)
+    _atomic(path_stem + ".csv", csv_)

@@ -18,11 +18,13 @@ import time
 import torch
 import torch.nn.functional as F
 
+import bionas_experiments
 import darts
 import ops
 import rules
 from data import DATASETS, Batches, load_dataset
 from plots import plot_alphas, plot_cell, plot_curves, plot_history
+from retrain import build_eval_model, load_checkpoint_model, make_batches, place, train
 from run_dir import Meter, Run, evaluate, pick_device, resume, rng_state, sgd_step
 
 # ============================================================================ search
@@ -43,6 +45,11 @@ DATASET_DEFAULTS = {  # (mode, dataset): overrides (BioNAS Sec. 3.4.2 and App. A
                                       lr_schedule="linear"),
     ("search", "imagenet16-120"): dict(batch_size=512, learning_rate=0.5),
 }
+# ResNet baselines: Sanfiz & Akrout's Biotorch benchmark (BioNAS Sec. 3.4: "the same setup")
+RESNET_DEFAULTS = dict(augment=True, batch_size=128, learning_rate=0.1, learning_rate_min=0.0,
+                       nesterov=False, weight_decay=1e-4, epochs=250, auxiliary=False, cutout=0,
+                       drop_path_prob=0.0, label_smoothing=0.0, lr_schedule="multistep",
+                       report_freq=50)
 EGNAS_DEFAULTS = dict(layers=8, warm_start_epochs=15)    # EG-NAS train_search.py
 QUICK = {  # --quick: search then a short retrain on Fashion-MNIST, minutes on a 2-core CPU
     "search": dict(dataset="fashion-mnist", subset=1600, batch_size=32, learning_rate=0.05,
@@ -51,16 +58,22 @@ QUICK = {  # --quick: search then a short retrain on Fashion-MNIST, minutes on a
     "train": dict(dataset="fashion-mnist", subset=40000, batch_size=64, learning_rate=0.05,
                   epochs=5, init_channels=8, layers=4, auxiliary=False, cutout=0,
                   drop_path_prob=0.0, augment=False, report_freq=50),
+    # --experiment --quick: every retraining of the experiment at this size
+    "experiment": dict(dataset="fashion-mnist", subset=5000, batch_size=64, learning_rate=0.05,
+                       epochs=2, init_channels=8, layers=4, auxiliary=False, cutout=0,
+                       drop_path_prob=0.0, augment=False, lr_schedule="cosine", report_freq=40),
 }
 
 
 def apply_defaults(args, mode):
     """Fill every flag left unset with the paper's default for this mode and dataset."""
     if args.quick:
-        for k, v in QUICK[mode].items():
+        for k, v in QUICK["experiment" if getattr(args, "experiment", None) else mode].items():
             if getattr(args, k, None) is None or k == "dataset":
                 setattr(args, k, v)
     base = dict(SEARCH_DEFAULTS if mode == "search" else TRAIN_DEFAULTS)
+    if mode in ("train", "experiment") and getattr(args, "model", "darts") != "darts":
+        base = dict(RESNET_DEFAULTS)
     if mode == "search" and args.search == "egnas":
         base.update(EGNAS_DEFAULTS)
     if mode == "train" and genotype_search_method(args.genotype) == "egnas":
@@ -95,23 +108,6 @@ def split_search_data(args):
         perm = perm[:args.subset]
     n = int(len(perm) * args.train_portion)
     return (xtr[perm[:n]], ytr[perm[:n]]), (xtr[perm[n:]], ytr[perm[n:]])
-
-
-def place(model, args, device):
-    """The model on `device` in the --memory_format (channels_last: 2-20x faster on CPU)."""
-    model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if args.memory_format == \
-        "channels_last" else model
-
-
-def make_batches(args, x, y, device, train, cutout=0, seed_offset=0):
-    _, _, _, _, pad, flip = DATASETS[args.dataset]
-    if getattr(args, "augment", True) is False:
-        pad, flip = 0, False
-    mf = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
-    return Batches(x, y, args.batch_size, device, train=train, pad=pad if train else 0,
-                   flip=flip and train, cutout=cutout, seed=args.seed + seed_offset,
-                   memory_format=mf)
 
 
 def build_search_model(args, candidates):
@@ -211,101 +207,7 @@ def make_searcher(args, model, run):
     return DartsSearcher(args, model)
 
 
-# ============================================================================ retrain
-
-def build_eval_model(args, genotype):
-    c_in, classes, mean, std, _, _ = DATASETS[args.dataset]
-    return darts.NetworkEval(args.init_channels, classes, args.layers, genotype, args.auxiliary,
-                             in_channels=c_in, base_rule=args.base_rule, mean=mean, std=std)
-
-
-def train(args, run, device, genotype=None):
-    """Retrain a genotype from scratch (DARTS train.py): SGD, cosine (or linear) decay,
-    auxiliary head, cutout, drop-path rising linearly to --drop_path_prob, gradient clipping."""
-    torch.manual_seed(args.seed)
-    if genotype is None:
-        if not args.genotype:
-            raise SystemExit("error: --train needs --genotype PATH (a genotype.json of a search)")
-        genotype = darts.load_genotype(args.genotype)
-    xtr, ytr, xte, yte = load_dataset(args.dataset, args.data)
-    if args.subset:
-        perm = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(args.seed))
-        xtr, ytr = xtr[perm[:args.subset]], ytr[perm[:args.subset]]
-    train_b = make_batches(args, xtr, ytr, device, train=True, cutout=args.cutout)
-    test_b = make_batches(args, xte, yte, device, train=False)
-    model = place(build_eval_model(args, genotype), args, device)
-    optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
-                                weight_decay=args.weight_decay, nesterov=args.nesterov)
-    if args.lr_schedule == "linear":
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1 - e / args.epochs)
-    else:
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs,
-                                                               eta_min=args.learning_rate_min)
-    start, history = resume(args, run, device, model, optimizer, scheduler)
-    run.log(f"train: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-            f"rules {sorted(set(rules.layer_rules(model).values()))}, {len(xtr)} images, "
-            f"{args.epochs} epochs on {device}; genotype {genotype}")
-    for epoch in range(start, args.epochs):
-        lr = scheduler.get_last_lr()[0]
-        model.drop_path_prob = args.drop_path_prob * epoch / args.epochs
-        train_b.epoch = epoch
-        meter = Meter(len(train_b))
-        model.train()
-        for step, (x, y) in enumerate(train_b):
-            optimizer.zero_grad(set_to_none=True)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
-            if model.logits_aux is not None:
-                loss = loss + args.auxiliary_weight * F.cross_entropy(
-                    model.logits_aux, y, label_smoothing=args.label_smoothing)
-            sgd_step(loss, logits, y, model.parameters(), optimizer, args, run, meter, epoch,
-                     step, lr)
-        scheduler.step()
-        test_acc, test_loss = evaluate(model, test_b)
-        history.append(dict(epoch=epoch, train_loss=meter.loss / meter.n,
-                            train_acc=100 * meter.correct / meter.n, test_acc=test_acc,
-                            test_loss=test_loss, seconds=time.time() - meter.t0))
-        run.log(f"epoch {epoch + 1} done: test acc {test_acc:.2f}% loss {test_loss:.4f} "
-                f"({time.time() - meter.t0:.0f}s)")
-        run.save(dict(kind="eval", config=model.config, model=model.state_dict(),
-                      optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                      rng=rng_state(), epoch=epoch, history=history, args=vars(args)),
-                 "checkpoint.pt")
-        run.write_json(history, "history.json")
-        plot_history(history, run.file("curves.png"), ["train_acc", "test_acc", "train_loss"])
-        if args.stop_after and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
-            run.log(f"stopping after epoch {epoch + 1} (--stop_after); continue with "
-                    f"--resume {run.path}")
-            return None
-    torch.save(model.state_dict(), run.file("model.pt"))
-    run.log(f"training finished: test accuracy {history[-1]['test_acc']:.2f}%")
-    return history[-1]["test_acc"]
-
-
 # ============================================================================ attacks
-
-def load_checkpoint_model(path, device):
-    """Rebuild the network saved in a train.py checkpoint (search supernet or retrained net)."""
-    if not path or not os.path.exists(path):
-        raise SystemExit(f"error: checkpoint {path!r} does not exist; pass --checkpoint "
-                         f"RUN_DIR/checkpoint.pt (or model.pt's run directory's checkpoint.pt)")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    if not isinstance(ckpt, dict) or ckpt.get("kind") not in ("search", "eval"):
-        raise SystemExit(f"error: {path} is not a checkpoint written by train.py (it has no "
-                         f"'kind' of search or eval)")
-    cfg = dict(ckpt["config"])
-    if ckpt["kind"] == "search":
-        model = darts.Network(**cfg)
-    else:
-        cfg["genotype"] = darts.Genotype(**cfg["genotype"])
-        model = darts.NetworkEval(**cfg)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise SystemExit(f"error: the weights in {path} do not match the network described by "
-                         f"its config: {str(e).splitlines()[0]}") from None
-    return model.to(device), ckpt
-
 
 def attack(args, run, device):
     """Robustness table (BioNAS Table 2 layout) of a trained network, exact and/or feedback
@@ -410,6 +312,71 @@ def plasticity(args, run, device):
     return out
 
 
+def experiment(args, run, device):
+    """--experiment NAME: a BioNAS analysis (bionas_experiments.py). Each retraining is a train.py
+    run in RUN/LABEL: a finished one (result.json) is reused, an interrupted one resumes, so
+    `--resume RUN` continues the experiment where it stopped."""
+    import attacks
+    if args.experiment != "table1" and not args.genotype:
+        raise SystemExit(f"error: --experiment {args.experiment} needs --genotype PATH, the "
+                         f"genotype.json of a search (e.g. of python train.py --search darts --quick)")
+    genotype = darts.load_genotype(args.genotype) if args.genotype else None
+    probe = apply_defaults(argparse.Namespace(**vars(args)), "train")
+
+    def sub_args(overrides):
+        targs = argparse.Namespace(**dict(vars(args), **overrides))
+        targs.train, targs.stop_after = True, None
+        apply_defaults(targs, "train")
+        targs.experiment = None                 # `--resume RUN/LABEL` resumes just this run
+        return targs
+
+    def train_fn(label, overrides):
+        sub = Run(os.path.join(run.path, label))
+        if os.path.exists(sub.file("result.json")):
+            with open(sub.file("result.json")) as f:
+                return json.load(f)
+        targs = sub_args(overrides)
+        targs.resume = sub.path if os.path.exists(sub.file("checkpoint.pt")) else None
+        sub.write_json(vars(targs), "args.json")
+        acc = train(targs, sub, device, genotype if targs.model == "darts" else None)
+        with open(sub.file("layers.json")) as f:
+            layers = json.load(f)
+        with open(sub.file("history.json")) as f:
+            seconds = sum(h["seconds"] for h in json.load(f))
+        cells = [r for n, r in zip(layers["names"], layers["rules"]) if ".ops." in n]  # edges
+        result = dict(test_acc=acc, layers=layers, seconds=seconds, rules=cells or layers["rules"],
+                      params=sum(p.numel() for p in build_eval_model(targs, genotype).parameters()))
+        sub.write_json(result, "result.json")
+        run.log(f"{label}: test accuracy {acc:.2f}% ({seconds:.0f}s)")
+        return result
+
+    def attack_fn(label):
+        sub = Run(os.path.join(run.path, label))
+        if os.path.exists(sub.file("robustness.json")):
+            with open(sub.file("robustness.json")) as f:
+                return json.load(f)
+        model, _ = load_checkpoint_model(sub.file("checkpoint.pt"), device)
+        names = args.attack.split(",") if args.attack else ["onepixel", "fgsm", "pgd", "tpgd", "apgd"]
+        _, _, xte, yte = load_dataset(probe.dataset, args.data)
+        quick = dict(onepixel=dict(popsize=20, steps=5), apgd=dict(steps=20)) if args.quick else {}
+        n = args.attack_batches or (1 if args.quick else None)
+        rows = attacks.evaluate_robustness(model, Batches(xte, yte, 50 if args.quick else 100, device,
+                                                          train=False),
+                                           names,
+                                           grads=("exact", "feedback"), max_batches=n,
+                                           preset=args.attack_preset, overrides=quick)
+        sub.write_json(rows, "robustness.json")
+        return rows
+    run.log(f"experiment {args.experiment} ({'quick' if args.quick else 'full'}) on "
+            f"{probe.dataset}, runs in {run.path}")
+    t0 = time.time()
+    out = bionas_experiments.run(args.experiment, train_fn, attack_fn, run.path, probe.dataset,
+                                 [int(s) for s in args.seeds.split(",")], log=run.log)
+    with open(run.file(args.experiment + ".md")) as f:
+        run.log(f"{args.experiment} done in {time.time() - t0:.0f}s\n" + f.read())
+    return out
+
+
 # ============================================================================ command line
 
 def build_parser():
@@ -420,10 +387,15 @@ def build_parser():
     m.add_argument("--train", action="store_true", help="retrain a genotype (--genotype)")
     m.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint")
     m.add_argument("--attack", metavar="LIST", help="attacks to run on --checkpoint, e.g. "
-                   "fgsm,pgd,tpgd,apgd,onepixel (also targeted_l2)")
+                   "fgsm,pgd,tpgd,apgd,onepixel (also targeted_l2); with --experiment "
+                   "robustness, the attacks it runs (default all but targeted_l2)")
     m.add_argument("--plasticity", choices=["table2", "generalization", "convergence",
                                             "robustness"],
                    help="an experiment of the plasticity-rules paper (Table 2, Figs. 3, 2, 5)")
+    m.add_argument("--experiment", choices=list(bionas_experiments.EXPERIMENTS),
+                   help="a BioNAS analysis: table1 (ResNets), mixed-vs-single (needs "
+                        "--genotype), random-rules (--genotype), robustness (--genotype)")
+    m.add_argument("--seeds", default="1,2,3", help="random-rules: the SEEDs to draw")
     m.add_argument("--quick", action="store_true",
                    help="CPU-sized preset on Fashion-MNIST (a search is followed by a retrain)")
     d = p.add_argument_group("data and machine")
@@ -451,9 +423,17 @@ def build_parser():
     o.add_argument("--weight_decay", type=float)
     o.add_argument("--epochs", type=int)
     o.add_argument("--grad_clip", type=float, default=5.0)
-    o.add_argument("--lr_schedule", choices=["cosine", "linear"])
+    o.add_argument("--lr_schedule", choices=["cosine", "linear", "multistep"])
     o.add_argument("--label_smoothing", type=float)
     a = p.add_argument_group("architecture")
+    a.add_argument("--model", default="darts", choices=["darts", "resnet20", "resnet56"],
+                   help="retrain a --genotype (darts) or a CIFAR ResNet with --rule everywhere")
+    a.add_argument("--rule", default="bp", help="the rule of every layer of a ResNet")
+    a.add_argument("--force-rule", dest="force_rule", metavar="RULE",
+                   help="retrain the genotype with every ruled op trained by RULE")
+    a.add_argument("--random-rules", dest="random_rules", type=int, metavar="SEED",
+                   help="retrain the genotype's ops with rules drawn at random (--rules, "
+                        "--skip_rules) from SEED")
     a.add_argument("--init_channels", type=int)
     a.add_argument("--layers", type=int)
     a.add_argument("--nodes", type=int, help="intermediate nodes per cell (4)")
@@ -502,7 +482,8 @@ def check_rules_arg(text, flag):
 
 def new_run(args, mode):
     tag = mode if mode == "attack" else f"{mode}-{args.dataset}"
-    tag = f"plasticity-{args.plasticity}" if mode == "plasticity" else tag
+    tag = f"{mode}-{args.plasticity or args.experiment}" if mode in ("plasticity", "experiment") \
+        else tag
     name = args.run_name or time.strftime(f"{tag}-%Y%m%d-%H%M%S")
     run = Run(os.path.join(args.save, name))
     run.write_json(vars(args), "args.json")
@@ -521,12 +502,14 @@ def main(argv=None):
         with open(os.path.join(path, "args.json")) as f:
             saved = json.load(f)
         gpu = args.gpu
-        args = argparse.Namespace(**saved)
+        args = argparse.Namespace(**dict(vars(build_parser().parse_args([])), **saved))
         args.resume, args.gpu = path, gpu if gpu is not None else saved.get("gpu")
         if not os.path.exists(os.path.join(path, "checkpoint.pt")):
             args.resume = None                                 # crashed before epoch 1 ended
         run = Run(path)
         run.log(f"resuming {path}")
+    elif args.experiment:
+        run = new_run(args, "experiment")
     elif args.attack:
         args.data = args.data if args.data != "./data" else None
         run = new_run(args, "attack")
@@ -543,9 +526,13 @@ def main(argv=None):
         run = new_run(args, "search" if args.search else "train")
     check_rules_arg(args.rules, "--rules")
     check_rules_arg(args.skip_rules, "--skip_rules")
+    check_rules_arg(args.rule, "--rule")
+    check_rules_arg(args.force_rule or "bp", "--force-rule")
     rules.check_rule(args.base_rule)
     device = pick_device(args.gpu)
     try:
+        if args.experiment:
+            return experiment(args, run, device)
         if args.attack and not args.resume:
             attack(args, run, device)
         elif args.search:

@@ -1,0 +1,279 @@
+"""The BioNAS paper's analyses (Sec. 4, 4.1, Tables 1, 2, 5, Figs. 4-7, App. A.2-A.3).
+
+Two parts:
+
+* `LayerMonitor` follows a network's rule layers during training: per epoch, the variance of
+  each layer's weight gradient across the epoch's mini-batches (Eq. 8) and the angle between
+  its weights W and the feedback B it uses (`rules.alignment`; 0 for backprop); at the end, the
+  histogram of its weights (Figs. 5-6). train.py writes them to layers.json and layers.png.
+* `run(name, train_fn, attack_fn, out_dir)` runs one experiment as a sequence of retrainings
+  -- each one a train.py run in its own subdirectory, so an interrupted experiment resumes
+  where it stopped -- and writes NAME.md, NAME.csv and plots beside the paper's numbers:
+
+    table1           ResNet-20 and ResNet-56, each trained with bp, fa, usf, brsf, frsf (Table 1)
+    mixed-vs-single  a searched genotype with its mixed rules, and with every ruled op forced to
+                     one rule (Fig. 4), with gradient variance (Fig. 7), weights (Figs. 5-6) and
+                     alignment per layer
+    random-rules     the searched genotype against the same ops with rules drawn at random
+                     (arXiv version, Table 5)
+    robustness       the searched model, ResNet-56 with each FA-family rule and ResNet-20 with
+                     backprop under the attack preset, exact and feedback gradients (Table 2)
+
+train_fn(label, overrides) -> dict(test_acc, layers, params, rules, seconds) trains one
+configuration (train.py flags as overrides); attack_fn(label) -> rows of
+attacks.evaluate_robustness for the network trained under `label`.
+"""
+import os
+
+import numpy as np
+import torch
+
+import rules
+from plots import _plt, plot_bars
+from run_dir import write_table
+
+EXPERIMENTS = ("table1", "mixed-vs-single", "random-rules", "robustness")
+SINGLE_RULES = ("bp", "fa", "usf", "brsf", "frsf")
+
+# Table 1: test error (%) on CIFAR-10 and CIFAR-100 (None: not reported)
+PAPER_TABLE1 = {
+    ("resnet20", "fa"): (32.16, 75.70), ("resnet20", "frsf"): (11.2, 58.68),
+    ("resnet20", "brsf"): (11.02, 58.37), ("resnet20", "usf"): (10.05, 56.09),
+    ("resnet56", "fa"): (34.88, 50.07), ("resnet56", "frsf"): (9.49, None),
+    ("resnet56", "brsf"): (8.69, None), ("resnet56", "usf"): (8.2, None),
+    ("resnet20", "bp"): (8.63, None), ("resnet56", "bp"): (8.3, None),
+}
+# Fig. 4: CIFAR-10 top-1 (%) of the BioNAS-DARTS architecture, mixed and forced to one rule
+PAPER_FIG4 = {"mixed": 94.86, "brsf": 83.17, "frsf": 90.58, "usf": 86.54}
+# arXiv version, Table 5: searched rule assignment vs random assignments (CIFAR-10 top-1, %)
+PAPER_TABLE5 = {"searched": 94.87, "random": 94.86}
+# Table 2 (CIFAR-10, %): clean, one-pixel 1..5, FGSM, PGD, TPGD, APGD
+TABLE2_COLUMNS = ("clean", "onepixel-1", "onepixel-2", "onepixel-3", "onepixel-4",
+                  "onepixel-5", "fgsm", "pgd", "tpgd", "apgd")
+PAPER_TABLE2 = {
+    "resnet56-fa": (65.80, 47.80, 40.60, 38.20, 38.19, 38.00, 61.72, 63.28, 67.19, 33.59),
+    "resnet56-usf": (91.60, 63.80, 44.00, 38.40, 36.40, 34.40, 14.60, 0.00, 40.62, 0.00),
+    "resnet56-frsf": (89.80, 62.60, 42.40, 40.60, 38.60, 35.40, 18.75, 0.00, 46.09, 0.00),
+    "resnet56-brsf": (89.80, 65.40, 45.00, 42.00, 40.40, 38.00, 73.43, 0.00, 50.00, 0.00),
+    "resnet20-bp": (91.99, 59.60, 35.80, 32.40, 32.00, 28.20, 12.50, 0.00, 33.59, 0.00),
+    "searched": (94.86, 90.89, 89.38, 87.46, 86.17, 84.93, 61.05, 60.58, 67.48, 66.99),
+}
+
+
+# ----------------------------------------------------------------------------------------
+# Learning dynamics of one network (Eq. 8, Figs. 5-7)
+# ----------------------------------------------------------------------------------------
+
+class LayerMonitor:
+    """Per rule layer (convolutions and linear layers, in module order):
+
+    grad_variance  Eq. 8 for each weight, Var = (1/n) sum_i (g_i - mean_i g_i)^2 over the n
+                   mini-batches of the epoch (g_i the layer's weight gradient before clipping),
+                   averaged over the layer's weights (Welford's running update, float64)
+    alignment      the angle in degrees between W and the feedback B at the end of the epoch
+    """
+
+    def __init__(self, model):
+        self.names, self.layers = zip(*[(n, m) for n, m in model.named_modules()
+                                        if isinstance(m, rules.RULE_LAYERS)])
+        self.rules = [m.rule for m in self.layers]
+        self.history = []                           # one dict per finished epoch
+        self._reset()
+
+    def _reset(self):
+        self.n, self.mean, self.m2 = 0, None, None
+
+    @torch.no_grad()
+    def step(self):
+        """Record the current weight gradients (call after backward, before clipping)."""
+        g = [(m.weight.grad if m.weight.grad is not None else torch.zeros_like(m.weight))
+             .detach().double().flatten() for m in self.layers]
+        self.n += 1
+        if self.mean is None:
+            self.mean, self.m2 = [x.clone() for x in g], [torch.zeros_like(x) for x in g]
+            return
+        for x, mu, m2 in zip(g, self.mean, self.m2):
+            d = x - mu
+            mu.add_(d / self.n)
+            m2.add_(d * (x - mu))
+
+    def end_epoch(self, epoch):
+        """Close the epoch: append and return its per-layer variance and alignment."""
+        var = [float(m2.sum() / (self.n * m2.numel())) if self.n else float("nan")
+               for m2 in (self.m2 or [torch.zeros(1)] * len(self.layers))]
+        entry = dict(epoch=epoch, batches=self.n, grad_variance=var,
+                     alignment=[rules.alignment(m) for m in self.layers])
+        self.history.append(entry)
+        self._reset()
+        return entry
+
+    def weight_histogram(self, bins=81, limit=2.0):
+        """Counts of all rule-layer weights in `bins` bins on [-limit, limit] (App. A.2 drops
+        |w| > 2 as negligible; narrower when all weights are smaller), the number outside,
+        their standard deviation and kurtosis (3 for a Gaussian; "steeper" is larger)."""
+        w = torch.cat([m.weight.detach().flatten().float().cpu() for m in self.layers])
+        limit = min(limit, 1.05 * float(w.abs().max()))
+        counts = torch.histc(w, bins, -limit, limit)
+        return dict(edges=np.linspace(-limit, limit, bins + 1).tolist(),
+                    counts=counts.long().tolist(), outside=int((w.abs() > limit).sum()),
+                    std=float(w.std()), kurtosis=float(((w - w.mean()) ** 4).mean() / w.var() ** 2))
+
+    def summary(self):
+        """What layers.json holds: layer names, rules, per-epoch history, weight histogram."""
+        return dict(names=list(self.names), rules=self.rules, history=self.history,
+                    weights=self.weight_histogram())
+
+
+def plot_layers(summary, path, title=""):
+    """One run: gradient variance and alignment angle per layer at the first, middle and last
+    epoch, and the weight histogram."""
+    plt = _plt()
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.6))
+    hist = summary["history"]
+    for e in sorted({0, len(hist) // 2, len(hist) - 1}):
+        if 0 <= e < len(hist):
+            label = f"epoch {hist[e]['epoch'] + 1}"
+            ax[0].semilogy(hist[e]["grad_variance"], marker=".", ms=3, label=label)
+            ax[1].plot(hist[e]["alignment"], marker=".", ms=3, label=label)
+    ax[0].set(xlabel="layer (input to output)", ylabel="Var of weight gradient (Eq. 8)")
+    ax[1].set(xlabel="layer (input to output)", ylabel="angle(W, B) in degrees")
+    ax[1].set_ylim(bottom=-2)
+    w = summary["weights"]
+    ax[2].stairs(w["counts"], w["edges"], fill=True, alpha=0.6)
+    ax[2].set(xlabel="weight", ylabel="count", yscale="log")
+    for a in ax:
+        a.grid(alpha=0.3)
+    if len(hist):
+        ax[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------
+# Experiments
+# ----------------------------------------------------------------------------------------
+
+def plan(name, seeds=(1, 2, 3)):
+    """[(label, train.py overrides)] of the retrainings experiment `name` needs."""
+    if name == "table1":
+        return [(f"resnet{d}-{r}", dict(model=f"resnet{d}", rule=r)) for d in (20, 56) for r in SINGLE_RULES]
+    if name == "mixed-vs-single":
+        return [("mixed", {})] + [(f"forced-{r}", dict(force_rule=r)) for r in SINGLE_RULES]
+    if name == "random-rules":
+        return [("searched", {})] + [(f"random-{s}", dict(random_rules=s)) for s in seeds]
+    if name == "robustness":
+        return ([("searched", {})] + [(f"resnet56-{r}", dict(model="resnet56", rule=r)) for r in ("fa", "usf", "frsf", "brsf")]
+                + [("resnet20-bp", dict(model="resnet20", rule="bp"))])
+    raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+
+
+def _layer_stats(res):
+    """Mean over layers of log10 Var (last epoch) and its spread (std over layers), mean angle."""
+    last = res["layers"]["history"][-1]
+    lv = np.log10(np.maximum(np.array(last["grad_variance"]), 1e-300))
+    return dict(log10_grad_var_mean=round(float(lv.mean()), 3), log10_grad_var_std=round(float(lv.std()), 3),
+                alignment_mean=round(float(np.mean(last["alignment"])), 1),
+                weight_std=round(res["layers"]["weights"]["std"], 4),
+                weight_kurtosis=round(res["layers"]["weights"]["kurtosis"], 2))
+
+
+def run(name, train_fn, attack_fn, out_dir, dataset="cifar10", seeds=(1, 2, 3), log=print):
+    """Run experiment `name` (EXPERIMENTS): every retraining of plan(name), then the report."""
+    results = {}
+    todo = plan(name, seeds)
+    for i, (label, overrides) in enumerate(todo):
+        log(f"[{i + 1}/{len(todo)}] {label}: {overrides or 'the genotype as searched'}")
+        results[label] = train_fn(label, overrides)
+    stem = os.path.join(out_dir, name)
+    paper_col = "CIFAR-10" if dataset != "cifar100" else "CIFAR-100"
+    if name == "table1":
+        rows = []
+        for label, overrides in todo:
+            r = results[label]
+            paper = PAPER_TABLE1[(overrides["model"], overrides["rule"])][0 if dataset != "cifar100" else 1]
+            rows.append(dict(model=overrides["model"], rule=overrides["rule"], params=r["params"],
+                             paper_error=paper, error=round(100 - r["test_acc"], 2),
+                             test_acc=round(r["test_acc"], 2), seconds=round(r["seconds"]), **_layer_stats(r)))
+        write_table(rows, [("model", lambda r: r["model"]), ("rule", lambda r: r["rule"]),
+                           ("parameters", lambda r: f"{r['params'] / 1e6:.2f}M"),
+                           (f"paper test error {paper_col} %", lambda r: r["paper_error"]),
+                           (f"measured test error {dataset} %", lambda r: r["error"]),
+                           ("train s", lambda r: r["seconds"])], stem, f"Table 1: single-rule ResNets on {dataset}")
+        plot_bars([f"{r['model'][6:]} {r['rule']}" for r in rows],
+                  {f"paper error {paper_col}": [r["paper_error"] for r in rows],
+                   f"measured error {dataset}": [r["error"] for r in rows]}, stem + ".png", "test error (%)",
+                  f"Table 1: ResNet-20 / ResNet-56 with one rule ({dataset})")
+        return rows
+    if name in ("mixed-vs-single", "random-rules"):
+        rows = []
+        for label, _ in todo:
+            r = results[label]
+            paper = (PAPER_FIG4.get("mixed" if label == "mixed" else label.replace("forced-", ""))
+                     if name == "mixed-vs-single" else PAPER_TABLE5["searched" if label == "searched" else "random"])
+            rows.append(dict(variant=label, rules=" ".join(sorted(set(r["rules"]))), paper_acc=paper,
+                             test_acc=round(r["test_acc"], 2), seconds=round(r["seconds"]), **_layer_stats(r)))
+        cols = [("variant", lambda r: r["variant"]), ("rules in the cells", lambda r: r["rules"]),
+                (f"paper {paper_col} %", lambda r: r["paper_acc"]), (f"measured {dataset} %", lambda r: r["test_acc"]),
+                ("log10 grad var, mean / std over layers", lambda r: f"{r['log10_grad_var_mean']} / {r['log10_grad_var_std']}"),
+                ("mean angle(W, B)°", lambda r: r["alignment_mean"]),
+                ("weight std / kurtosis", lambda r: f"{r['weight_std']} / {r['weight_kurtosis']}")]
+        title = ("Fig. 4 and Figs. 5-7: the searched architecture, mixed rules vs one rule" if name == "mixed-vs-single"
+                 else "Table 5 (arXiv): searched rule assignment vs random ones")
+        write_table(rows, cols, stem, f"{title} ({dataset})")
+        plot_bars([r["variant"] for r in rows], {f"paper {paper_col}": [r["paper_acc"] for r in rows],
+                                                  f"measured {dataset}": [r["test_acc"] for r in rows]},
+                  stem + ".png", "test accuracy (%)", f"{title} ({dataset})")
+        plot_dynamics(results, stem + "_dynamics.png", f"{name} ({dataset})")
+        return rows
+    rows = []
+    for i, (label, _) in enumerate(todo):
+        log(f"[{i + 1}/{len(todo)}] attacking {label}")
+        for r in attack_fn(label):
+            rows.append(dict(model=label, **r))
+            paper = PAPER_TABLE2.get(label)
+            if paper is not None and r.get("grad") == "exact":
+                rows.append(dict(model=label, grad="paper", **dict(zip(TABLE2_COLUMNS, paper))))
+    cols = ["clean"] + [c for c in TABLE2_COLUMNS[1:] if any(c in r for r in rows)]
+    fmt = lambda v: None if v is None else (round(v, 2) if isinstance(v, float) else v)
+    write_table(rows, [("model", lambda r: r["model"]), ("gradient", lambda r: r["grad"])]
+                + [(c, lambda r, c=c: fmt(r.get(c))) for c in cols], stem,
+                f"Table 2: robust accuracy (%) on {dataset}; 'paper' rows are the paper's CIFAR-10 numbers")
+    measured = [r for r in rows if r["grad"] != "paper"]
+    plot_bars(cols, {f"{r['model']} ({r['grad']})": [r.get(c) for c in cols] for r in measured}, stem + ".png",
+              "accuracy (%)", f"Table 2 layout, measured on {dataset}")
+    return rows
+
+
+def plot_dynamics(results, path, title=""):
+    """Mixed vs single rule: Eq. 8 variance per layer (last epoch), mean log-variance per epoch,
+    alignment per layer (last epoch), mean alignment per epoch, weight histograms (Figs. 5-7)."""
+    plt = _plt()
+    fig, ax = plt.subplots(1, 5, figsize=(21, 3.8))
+    for label, r in results.items():
+        hist = r["layers"]["history"]
+        ax[0].semilogy(hist[-1]["grad_variance"], marker=".", ms=3, lw=1, label=label)
+        ax[1].plot([h["epoch"] + 1 for h in hist],
+                   [float(np.mean(np.log10(np.maximum(h["grad_variance"], 1e-300)))) for h in hist],
+                   marker="o", ms=3, label=label)
+        ax[2].plot(hist[-1]["alignment"], marker=".", ms=3, lw=1, label=label)
+        ax[3].plot([h["epoch"] + 1 for h in hist], [float(np.mean(h["alignment"])) for h in hist],
+                   marker="o", ms=3, label=label)
+        w = r["layers"]["weights"]
+        total = max(1, sum(w["counts"]))
+        ax[4].stairs([c / total for c in w["counts"]], w["edges"], label=label)
+    ax[0].set(xlabel="layer", ylabel="Var of weight gradient (Eq. 8), last epoch")
+    ax[1].set(xlabel="epoch", ylabel="mean log10 Var over layers")
+    ax[2].set(xlabel="layer", ylabel="angle(W, B) in degrees, last epoch")
+    ax[2].set_ylim(bottom=-2)
+    ax[3].set(xlabel="epoch", ylabel="mean angle(W, B) over layers")
+    ax[4].set(xlabel="weight", ylabel="fraction of weights", yscale="log")
+    for a in ax:
+        a.grid(alpha=0.3)
+    ax[4].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+

@@ -1,0 +1,155 @@
+"""Retraining from scratch (DARTS's train.py): a searched genotype's network, or a CIFAR ResNet
+with one learning rule (the BioNAS baselines), trained by SGD with the paper's schedule, with
+per-epoch checkpoints, resume and the learning-dynamics monitor (gradient variance, alignment,
+weights) of bionas_experiments.LayerMonitor. train.py's --train, --experiment and --quick call it.
+"""
+import os
+import time
+
+import torch
+import torch.nn.functional as F
+
+import bionas_experiments
+import darts
+import resnet
+import rules
+from data import DATASETS, Batches, load_dataset
+from plots import plot_history
+from run_dir import Meter, evaluate, resume, rng_state, sgd_step
+
+
+def place(model, args, device):
+    """The model on `device` in the --memory_format (channels_last: 2-20x faster on CPU)."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if args.memory_format == \
+        "channels_last" else model
+
+
+def make_batches(args, x, y, device, train, cutout=0, seed_offset=0):
+    _, _, _, _, pad, flip = DATASETS[args.dataset]
+    if getattr(args, "augment", True) is False:
+        pad, flip = 0, False
+    mf = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
+    return Batches(x, y, args.batch_size, device, train=train, pad=pad if train else 0,
+                   flip=flip and train, cutout=cutout, seed=args.seed + seed_offset,
+                   memory_format=mf)
+
+
+def build_eval_model(args, genotype):
+    """The network to retrain: a CIFAR ResNet with --rule everywhere, or the genotype's network,
+    its rules forced to one (--force-rule) or drawn at random (--random-rules SEED)."""
+    c_in, classes, mean, std, _, _ = DATASETS[args.dataset]
+    if args.model != "darts":
+        return resnet.ResNet(int(args.model[6:]), classes, args.rule, c_in, mean, std)
+    if args.force_rule:
+        genotype = darts.force_rule(genotype, args.force_rule)
+    if args.random_rules is not None:
+        genotype = darts.random_rules(genotype, args.random_rules, args.rules.split(","),
+                                      args.skip_rules.split(","))
+    return darts.NetworkEval(args.init_channels, classes, args.layers, genotype, args.auxiliary,
+                             in_channels=c_in, base_rule=args.base_rule, mean=mean, std=std)
+
+
+def make_scheduler(args, optimizer):
+    """cosine to --learning_rate_min, linear to 0, or multistep (x0.1 at 40/60/80% of the
+    epochs: Biotorch's 100/150/200 of 250)."""
+    if args.lr_schedule == "linear":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1 - e / args.epochs)
+    if args.lr_schedule == "multistep":
+        steps = sorted({max(1, round(f * args.epochs)) for f in (0.4, 0.6, 0.8)})
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, steps, 0.1)
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs,
+                                                      eta_min=args.learning_rate_min)
+
+
+def train(args, run, device, genotype=None):
+    """Retrain a genotype from scratch (DARTS train.py): SGD, cosine (or linear) decay,
+    auxiliary head, cutout, drop-path rising linearly to --drop_path_prob, gradient clipping."""
+    torch.manual_seed(args.seed)
+    if genotype is None and args.model == "darts":
+        if not args.genotype:
+            raise SystemExit("error: --train needs --genotype PATH (a genotype.json of a search)")
+        genotype = darts.load_genotype(args.genotype)
+    xtr, ytr, xte, yte = load_dataset(args.dataset, args.data)
+    if args.subset:
+        perm = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(args.seed))
+        xtr, ytr = xtr[perm[:args.subset]], ytr[perm[:args.subset]]
+    train_b = make_batches(args, xtr, ytr, device, train=True, cutout=args.cutout)
+    test_b = make_batches(args, xte, yte, device, train=False)
+    model = place(build_eval_model(args, genotype), args, device)
+    optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
+                                weight_decay=args.weight_decay, nesterov=args.nesterov)
+    scheduler = make_scheduler(args, optimizer)
+    start, history = resume(args, run, device, model, optimizer, scheduler)
+    monitor = bionas_experiments.LayerMonitor(model)
+    if start:
+        monitor.history = torch.load(run.file("checkpoint.pt"), weights_only=False)["layers"]
+    what = args.model if args.model != "darts" else f"genotype {model.config['genotype']}"
+    run.log(f"train: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+            f"rules {sorted(set(rules.layer_rules(model).values()))}, {len(xtr)} images, "
+            f"{args.epochs} epochs on {device}; {what}")
+    for epoch in range(start, args.epochs):
+        lr = scheduler.get_last_lr()[0]
+        model.drop_path_prob = args.drop_path_prob * epoch / args.epochs
+        train_b.epoch = epoch
+        meter = Meter(len(train_b))
+        model.train()
+        for step, (x, y) in enumerate(train_b):
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
+            if model.logits_aux is not None:
+                loss = loss + args.auxiliary_weight * F.cross_entropy(
+                    model.logits_aux, y, label_smoothing=args.label_smoothing)
+            sgd_step(loss, logits, y, model.parameters(), optimizer, args, run, meter, epoch,
+                     step, lr, before_clip=monitor.step)
+        scheduler.step()
+        monitor.end_epoch(epoch)
+        test_acc, test_loss = evaluate(model, test_b)
+        history.append(dict(epoch=epoch, train_loss=meter.loss / meter.n,
+                            train_acc=100 * meter.correct / meter.n, test_acc=test_acc,
+                            test_loss=test_loss, seconds=time.time() - meter.t0))
+        run.log(f"epoch {epoch + 1} done: test acc {test_acc:.2f}% loss {test_loss:.4f} "
+                f"({time.time() - meter.t0:.0f}s)")
+        run.save(dict(kind="resnet" if args.model != "darts" else "eval", config=model.config,
+                      model=model.state_dict(), optimizer=optimizer.state_dict(),
+                      scheduler=scheduler.state_dict(), rng=rng_state(), epoch=epoch,
+                      history=history, layers=monitor.history, args=vars(args)),
+                 "checkpoint.pt")
+        run.write_json(history, "history.json")
+        run.write_json(monitor.summary(), "layers.json")
+        plot_history(history, run.file("curves.png"), ["train_acc", "test_acc", "train_loss"])
+        bionas_experiments.plot_layers(monitor.summary(), run.file("layers.png"),
+                                       f"{os.path.basename(run.path)}: epoch {epoch + 1}")
+        if args.stop_after and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
+            run.log(f"stopping after epoch {epoch + 1} (--stop_after); continue with "
+                    f"--resume {run.path}")
+            return None
+    torch.save(model.state_dict(), run.file("model.pt"))
+    run.log(f"training finished: test accuracy {history[-1]['test_acc']:.2f}%")
+    return history[-1]["test_acc"]
+
+
+def load_checkpoint_model(path, device):
+    """Rebuild the network saved in a train.py checkpoint (search supernet or retrained net)."""
+    if not path or not os.path.exists(path):
+        raise SystemExit(f"error: checkpoint {path!r} does not exist; pass --checkpoint "
+                         f"RUN_DIR/checkpoint.pt (or model.pt's run directory's checkpoint.pt)")
+    ckpt = torch.load(path, map_location=device, weights_only=False)
+    if not isinstance(ckpt, dict) or ckpt.get("kind") not in ("search", "eval", "resnet"):
+        raise SystemExit(f"error: {path} is not a checkpoint written by train.py (it has no "
+                         f"'kind' of search or eval)")
+    cfg = dict(ckpt["config"])
+    if ckpt["kind"] == "search":
+        model = darts.Network(**cfg)
+    elif ckpt["kind"] == "resnet":
+        model = resnet.ResNet(**cfg)
+    else:
+        cfg["genotype"] = darts.Genotype(**cfg["genotype"])
+        model = darts.NetworkEval(**cfg)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise SystemExit(f"error: the weights in {path} do not match the network described by "
+                         f"its config: {str(e).splitlines()[0]}") from None
+    return model.to(device), ckpt

@@ -1,0 +1,252 @@
+"""ResNet baselines, forced / random rules, the layer monitor (Eq. 8) and the --experiment
+commands end to end on small generated data."""
+import csv
+import json
+import math
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import bionas_experiments as BE
+import darts
+import data
+import resnet
+import retrain
+import rules
+import train
+from test_train import make_fake_mnist
+
+GENOTYPE = darts.Genotype(
+    normal=[("sep_conv_3x3_fa", 0), ("skip_connect", 1), ("dil_conv_3x3_usf", 0), ("max_pool_3x3", 2)],
+    normal_concat=[2, 3],
+    reduce=[("skip_connect_brsf", 0), ("sep_conv_5x5_frsf", 1), ("avg_pool_3x3", 0), ("dil_conv_5x5_fa", 2)],
+    reduce_concat=[2, 3])
+
+
+def resnet_params_by_hand(depth, classes=10, c_in=3):
+    """He et al.'s CIFAR ResNet: 3x3 convs without bias, BN (weight + bias), option-A
+    shortcuts (no parameters), a linear classifier with bias."""
+    n = (depth - 2) // 6
+    total = c_in * 16 * 9 + 2 * 16
+    c_prev = 16
+    for c in (16, 32, 64):
+        for _ in range(n):
+            total += c_prev * c * 9 + c * c * 9 + 4 * c
+            c_prev = c
+    return total + 64 * classes + classes
+
+
+def test_resnet_parameter_counts():
+    for depth, paper in ((20, 0.27e6), (56, 0.85e6)):
+        m = resnet.ResNet(depth, 10, "fa")
+        count = sum(p.numel() for p in m.parameters())
+        assert count == resnet_params_by_hand(depth)
+        assert abs(count - paper) / paper < 0.01
+    assert set(rules.layer_rules(resnet.resnet56(rule="brsf")).values()) == {"brsf"}
+    assert len(rules.layer_rules(resnet.resnet20())) == 20               # 19 convs + classifier
+    with pytest.raises(ValueError, match="depth 6n\\+2"):
+        resnet.ResNet(21)
+    with pytest.raises(ValueError, match="unknown learning rule .sgd."):
+        resnet.ResNet(20, rule="sgd")
+
+
+def test_option_a_shortcut_is_subsample_and_zero_channels():
+    block = resnet.BasicBlock(16, 32, 2, "bp")
+    x = torch.randn(2, 16, 8, 8)
+    s = block.shortcut(x)
+    assert s.shape == (2, 32, 4, 4)
+    assert torch.equal(s[:, 8:24], x[:, :, ::2, ::2])
+    assert not s[:, :8].any() and not s[:, 24:].any()
+
+
+def _eval_args(**kw):
+    a = train.build_parser().parse_args(["--dataset", "cifar10", "--init_channels", "4", "--layers", "3"])
+    a.auxiliary = False
+    for k, v in kw.items():
+        setattr(a, k, v)
+    return a
+
+
+def _edge_rules(model):
+    """{layer name: rule} of the layers inside the cells' edge ops, and of the others."""
+    lr = rules.layer_rules(model)
+    edge = {n: r for n, r in lr.items() if ".ops." in n}
+    return edge, {n: r for n, r in lr.items() if n not in edge}
+
+
+def test_force_rule_changes_every_ruled_convolution():
+    mixed_edge, _ = _edge_rules(retrain.build_eval_model(_eval_args(), GENOTYPE))
+    assert set(mixed_edge.values()) == {"fa", "usf", "brsf", "frsf"}
+    for rule in ("bp", "fa", "usf", "brsf", "frsf"):
+        edge, other = _edge_rules(retrain.build_eval_model(_eval_args(force_rule=rule), GENOTYPE))
+        assert edge.keys() == mixed_edge.keys()                       # the same convolutions
+        assert set(edge.values()) == {rule}
+        assert set(other.values()) == {"bp"}                          # stem, preprocessing, classifier
+    g = darts.force_rule(GENOTYPE, "usf")
+    assert [n for n, _ in g.normal] == ["sep_conv_3x3_usf", "skip_connect_usf", "dil_conv_3x3_usf", "max_pool_3x3"]
+    assert [j for _, j in g.reduce] == [j for _, j in GENOTYPE.reduce]
+
+
+def test_random_rules_draw_per_edge_from_the_given_sets():
+    seen = {"conv": [], "skip": []}
+    for seed in range(300):
+        g = darts.random_rules(GENOTYPE, seed)
+        for (name, j), (orig, j0) in zip(g.normal + g.reduce, GENOTYPE.normal + GENOTYPE.reduce):
+            op, r = darts.ops.parse_candidate(name)
+            op0, r0 = darts.ops.parse_candidate(orig)
+            assert op == op0 and j == j0
+            if r0 is None:
+                assert r is None
+            else:
+                seen["skip" if op == "skip_connect" else "conv"].append(r)
+    for kind, pool in (("conv", ("fa", "usf", "brsf", "frsf")), ("skip", ("usf", "brsf", "frsf"))):
+        n = len(seen[kind])
+        for r in pool:                                   # uniform: binomial within 5 sigma
+            p = 1 / len(pool)
+            assert abs(seen[kind].count(r) - n * p) < 5 * math.sqrt(n * p * (1 - p))
+        assert set(seen[kind]) == set(pool)
+    assert darts.random_rules(GENOTYPE, 7) == darts.random_rules(GENOTYPE, 7)
+    assert len({tuple(darts.random_rules(GENOTYPE, s).normal) for s in range(10)}) > 1
+    edge, _ = _edge_rules(retrain.build_eval_model(_eval_args(random_rules=3), GENOTYPE))
+    drawn = darts.random_rules(GENOTYPE, 3)
+    for k, (name, _) in enumerate(drawn.normal):          # every conv of edge k has its drawn rule
+        r = darts.ops.parse_candidate(name)[1]
+        got = {v for n, v in edge.items() if n.startswith(f"cells.0.ops.{k}.")}
+        assert got == ({r} if r is not None and name.split("_")[0] != "skip" else set())
+
+
+def test_layer_monitor_is_eq8_per_layer_and_the_alignment_angle():
+    torch.manual_seed(0)
+    model = nn.Sequential(rules.RuleLinear(6, 5, rule="fa"), nn.ReLU(), rules.RuleLinear(5, 3, rule="usf"))
+    mon = BE.LayerMonitor(model)
+    grads = [[], []]
+    for _ in range(7):
+        model.zero_grad()
+        x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
+        F.cross_entropy(model(x), y).backward()
+        mon.step()
+        for k, i in enumerate((0, 2)):
+            grads[k].append(model[i].weight.grad.clone().double())
+    entry = mon.end_epoch(0)
+    for k in range(2):
+        g = torch.stack(grads[k])
+        direct = ((g - g.mean(0)) ** 2).mean(0).mean()           # Eq. 8, 1/n, then over weights
+        assert entry["grad_variance"][k] == pytest.approx(float(direct), rel=1e-9)
+    W, B = model[0].weight.detach().double().flatten(), model[0].weight_backward.double().flatten()
+    angle = math.degrees(math.acos(float(W @ B / (W.norm() * B.norm()))))
+    assert entry["alignment"][0] == pytest.approx(angle, abs=1e-6)
+    W = model[2].weight.detach().double().flatten()             # uSF: B = s * sign(W)
+    angle = math.degrees(math.acos(float(W.abs().sum() / (W.norm() * math.sqrt(W.numel())))))
+    assert entry["alignment"][1] == pytest.approx(angle, abs=1e-6)
+    assert mon.end_epoch(1)["batches"] == 0                      # reset between epochs
+    h = mon.weight_histogram(bins=10)
+    assert sum(h["counts"]) + h["outside"] == 6 * 5 + 5 * 3
+
+
+@pytest.fixture
+def fake(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST", str(tmp_path / "nowhere"))
+    root = str(tmp_path / "d")
+    make_fake_mnist(root, n_train=64, n_test=48)
+    gpath = str(tmp_path / "genotype.json")
+    darts.save_genotype(GENOTYPE, gpath)
+    return ["--data", root, "--save", str(tmp_path / "runs"), "--quick", "--subset", "64",
+            "--batch_size", "32", "--epochs", "1", "--init_channels", "4", "--layers", "3"], gpath
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_resnet_cli_logs_finite_layer_statistics(tmp_path, fake):
+    flags, _ = fake
+    train.main(["--train", "--model", "resnet20", "--rule", "frsf", "--run_name", "r"] + flags + ["--epochs", "2"])
+    run = tmp_path / "runs" / "r"
+    layers = json.loads((run / "layers.json").read_text())
+    assert len(layers["names"]) == 20 and set(layers["rules"]) == {"frsf"}
+    assert len(layers["history"]) == 2
+    for h in layers["history"]:
+        assert len(h["grad_variance"]) == 20 and all(math.isfinite(v) and v > 0 for v in h["grad_variance"])
+        assert all(0 < a < 90 for a in h["alignment"])
+    model, ckpt = retrain.load_checkpoint_model(str(run / "checkpoint.pt"), torch.device("cpu"))
+    assert ckpt["kind"] == "resnet" and set(rules.layer_rules(model).values()) == {"frsf"}
+    assert (run / "layers.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_experiment_table1_cli(tmp_path, fake):
+    flags, _ = fake
+    train.main(["--experiment", "table1", "--run_name", "t1"] + flags)
+    out = tmp_path / "runs" / "t1"
+    rows = _rows(out / "table1.csv")
+    assert [(r["model"], r["rule"]) for r in rows] == [(f"resnet{d}", r) for d in (20, 56)
+                                                       for r in ("bp", "fa", "usf", "brsf", "frsf")]
+    assert {int(r["params"]) for r in rows} == {resnet_params_by_hand(20, 10, 1), resnet_params_by_hand(56, 10, 1)}
+    assert [float(r["paper_error"]) for r in rows[:5]] == [8.63, 32.16, 10.05, 11.02, 11.2]
+    for r in rows:
+        assert float(r["error"]) == pytest.approx(100 - float(r["test_acc"]), abs=0.011)
+        sub = json.loads((out / f"{r['model']}-{r['rule']}" / "result.json").read_text())
+        assert set(sub["rules"]) == {r["rule"]}
+    assert (out / "table1.png").exists() and "| resnet56 | usf | 0.85M | 8.2 |" in (out / "table1.md").read_text()
+
+
+def test_experiment_mixed_vs_single_and_resume(tmp_path, fake, monkeypatch):
+    flags, gpath = fake
+    train.main(["--experiment", "mixed-vs-single", "--genotype", gpath, "--run_name", "m"] + flags)
+    out = tmp_path / "runs" / "m"
+    rows = _rows(out / "mixed-vs-single.csv")
+    assert [r["variant"] for r in rows] == ["mixed", "forced-bp", "forced-fa", "forced-usf", "forced-brsf", "forced-frsf"]
+    assert rows[0]["rules"] == "brsf fa frsf usf"
+    for r in rows[1:]:
+        assert r["rules"] == r["variant"][7:]                  # every cell-edge conv has the forced rule
+    assert [r["paper_acc"] for r in rows] == ["94.86", "", "", "86.54", "83.17", "90.58"]
+    assert (out / "mixed-vs-single_dynamics.png").exists() and (out / "mixed-vs-single.png").exists()
+    # --resume reuses every finished retraining instead of training again
+    monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("retrained a finished run"))
+    rows2 = train.main(["--resume", str(out)])
+    assert [r["test_acc"] for r in rows2] == [float(r["test_acc"]) for r in rows]
+
+
+def test_experiment_random_rules_and_robustness_cli(tmp_path, fake):
+    flags, gpath = fake
+    rows = train.main(["--experiment", "random-rules", "--genotype", gpath, "--seeds", "4,5", "--run_name", "rr"] + flags)
+    assert [r["variant"] for r in rows] == ["searched", "random-4", "random-5"]
+    for r, s in zip(rows[1:], (4, 5)):
+        drawn = darts.random_rules(GENOTYPE, s, ("fa", "usf", "brsf", "frsf"), ("usf", "brsf", "frsf"))
+        want = {darts.ops.parse_candidate(n)[1] for n, _ in drawn.normal + drawn.reduce} - {None}
+        assert set(r["rules"].split()) == want
+    rows = train.main(["--experiment", "robustness", "--genotype", gpath, "--attack", "fgsm,pgd",
+                       "--run_name", "rb"] + flags)
+    models = ["searched", "resnet56-fa", "resnet56-usf", "resnet56-frsf", "resnet56-brsf", "resnet20-bp"]
+    assert [(r["model"], r["grad"]) for r in rows if r["grad"] != "paper"] == \
+        [(m, g) for m in models for g in ("exact", "feedback")]
+    for r in rows:
+        if r["grad"] != "paper":
+            assert all(0 <= r[c] <= 100 for c in ("clean", "fgsm", "pgd"))   # may exceed clean (Table 2 does)
+    resnet_bp = [r for r in rows if r["model"] == "resnet20-bp" and r["grad"] != "paper"]
+    assert resnet_bp[0]["pgd"] == resnet_bp[1]["pgd"]                 # backprop: both gradients equal
+    assert [r["clean"] for r in rows if r["grad"] == "paper"][0] == 94.86
+    assert (tmp_path / "runs" / "rb" / "robustness.png").exists()
+
+
+def test_experiment_needs_genotype(tmp_path, fake):
+    flags, _ = fake
+    with pytest.raises(SystemExit, match="needs --genotype"):
+        train.main(["--experiment", "mixed-vs-single"] + flags)
+
+
+def test_multistep_schedule_is_biotorchs_at_250_epochs():
+    args = train.build_parser().parse_args(["--lr_schedule", "multistep", "--epochs", "250"])
+    args.learning_rate = 0.1
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    sched = retrain.make_scheduler(args, opt)
+    lrs = []
+    for _ in range(250):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    for epoch, lr in ((0, 0.1), (99, 0.1), (100, 0.01), (149, 0.01), (150, 1e-3), (200, 1e-4), (249, 1e-4)):
+        assert lrs[epoch] == pytest.approx(lr)
