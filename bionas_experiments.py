@@ -32,7 +32,7 @@ import rules
 from plots import _plt, plot_bars
 from run_dir import write_table
 
-EXPERIMENTS = ("table1", "mixed-vs-single", "random-rules", "robustness")
+EXPERIMENTS = ("table1", "mixed-vs-single", "random-rules", "robustness", "collapse")
 SINGLE_RULES = ("bp", "fa", "usf", "brsf", "frsf")
 
 # Table 1: test error (%) on CIFAR-10 and CIFAR-100 (None: not reported)
@@ -163,6 +163,8 @@ def plan(name, seeds=(1, 2, 3)):
         return [("mixed", {})] + [(f"forced-{r}", dict(force_rule=r)) for r in SINGLE_RULES]
     if name == "random-rules":
         return [("searched", {})] + [(f"random-{s}", dict(random_rules=s)) for s in seeds]
+    if name == "collapse":
+        return [("darts", {}), ("darts-prime", dict(darts_prime=True))]
     if name == "robustness":
         return ([("searched", {})] + [(f"resnet56-{r}", dict(model="resnet56", rule=r)) for r in ("fa", "usf", "frsf", "brsf")]
                 + [("resnet20-bp", dict(model="resnet20", rule="bp"))])
@@ -179,14 +181,18 @@ def _layer_stats(res):
                 weight_kurtosis=round(res["layers"]["weights"]["kurtosis"], 2))
 
 
-def run(name, train_fn, attack_fn, out_dir, dataset="cifar10", seeds=(1, 2, 3), log=print):
-    """Run experiment `name` (EXPERIMENTS): every retraining of plan(name), then the report."""
+def run(name, train_fn, attack_fn, out_dir, dataset="cifar10", seeds=(1, 2, 3), log=print,
+        search_fn=None):
+    """Run experiment `name` (EXPERIMENTS): every retraining of plan(name) (for "collapse",
+    every search, search_fn(label, overrides) -> per-epoch history), then the report."""
     results = {}
     todo = plan(name, seeds)
     for i, (label, overrides) in enumerate(todo):
         log(f"[{i + 1}/{len(todo)}] {label}: {overrides or 'the genotype as searched'}")
-        results[label] = train_fn(label, overrides)
+        results[label] = (search_fn if name == "collapse" else train_fn)(label, overrides)
     stem = os.path.join(out_dir, name)
+    if name == "collapse":
+        return report_collapse(results, stem, dataset)
     paper_col = "CIFAR-10" if dataset != "cifar100" else "CIFAR-100"
     if name == "table1":
         rows = []
@@ -277,3 +283,37 @@ def plot_dynamics(results, path, title=""):
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
+
+def report_collapse(results, stem, dataset):
+    """Maile's thesis Fig. 19: the share of parameter-free ops (skip, pools) in the derived
+    normal cell per search epoch, plain DARTS against DARTS-PRIME; alpha steps per epoch."""
+    labels = list(results)
+    epochs = max(len(results[k]) for k in labels)
+    rows = []
+    for e in range(epochs):
+        row = dict(epoch=e + 1)
+        for k in labels:
+            h = results[k][e] if e < len(results[k]) else {}
+            row[f"{k} parameter-free %"] = round(100 * h["param_free_share"]) if h else None
+            row[f"{k} alpha steps"] = h.get("alpha_steps")
+            row[f"{k} valid %"] = round(h["valid_acc"], 2) if h else None
+        rows.append(row)
+    write_table(rows, [(c, lambda r, c=c: r[c]) for c in rows[0]], stem,
+                f"Skip-connection collapse: parameter-free ops in the derived normal cell ({dataset})")
+    plt = _plt()
+    fig, ax = plt.subplots(1, 2, figsize=(11, 3.8))
+    for k in labels:
+        ax[0].plot([h["epoch"] + 1 for h in results[k]], [100 * h["param_free_share"] for h in results[k]],
+                   marker="o", ms=3, label=k)
+        ax[1].plot([h["epoch"] + 1 for h in results[k]], [h.get("alpha_steps") for h in results[k]],
+                   marker="o", ms=3, label=k)
+    ax[0].set(xlabel="search epoch", ylabel="parameter-free ops in the normal cell (%)", ylim=(-5, 105))
+    ax[1].set(xlabel="search epoch", ylabel="alpha steps in the epoch")
+    for a in ax:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    fig.suptitle(f"DARTS vs DARTS-PRIME ({dataset})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(stem + ".png", dpi=110)
+    plt.close(fig)
+    return rows

@@ -16,6 +16,7 @@ from collections import namedtuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 import ops
 from rules import RuleConv2d, RuleLinear, check_rule
@@ -61,7 +62,7 @@ class SearchCell(nn.Module):
     """A DAG of `steps` intermediate nodes; node j sums a MixedOp of every earlier node."""
 
     def __init__(self, steps, multiplier, C_pp, C_p, C, reduction, reduction_prev, candidates,
-                 base_rule="bp"):
+                 base_rule="bp", node_bn=False):
         super().__init__()
         self.reduction, self.steps, self.multiplier = reduction, steps, multiplier
         self.preprocess0, self.preprocess1 = _preprocess(C_pp, C_p, C, reduction_prev,
@@ -70,12 +71,17 @@ class SearchCell(nn.Module):
         for i in range(steps):
             for j in range(2 + i):
                 self.edges.append(ops.MixedOp(C, 2 if reduction and j < 2 else 1, candidates))
+        # CRB (Maile's thesis Sec. 5.2.5): a non-affine BN after each node's sum
+        self.node_bns = nn.ModuleList(nn.BatchNorm2d(C, affine=False) for _ in range(steps)) \
+            if node_bn else None
 
     def forward(self, s0, s1, weights):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for i in range(self.steps):
             s = sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+            if self.node_bns is not None:
+                s = self.node_bns[i](s)
             offset += len(states)
             states.append(s)
         return torch.cat(states[-self.multiplier:], dim=1)
@@ -83,27 +89,48 @@ class SearchCell(nn.Module):
 
 class Network(nn.Module):
     """The DARTS supernet (reductions at 1/3 and 2/3 depth) with alpha for normal and reduce
-    cells: (14 edges x len(candidates)) each for 4 nodes, initialized 1e-3 * N(0, 1)."""
+    cells: (14 edges x len(candidates)) each for 4 nodes, initialized 1e-3 * N(0, 1).
+
+    activation="crb" (Maile's thesis Sec. 5.2.5, Clipped ReLU Batchnorm): mixing weights
+    clamp(alpha, 0, 1) instead of softmax, alpha initialized 1/|O| + 1e-4 N(0, 1), a non-affine
+    BN after each node's sum, no `none` candidate; `prune()` removes for good every candidate
+    whose alpha reached <= 0 (it is no longer computed)."""
 
     def __init__(self, C, num_classes, layers, candidates, steps=4, multiplier=4,
-                 stem_multiplier=3, in_channels=3, base_rule="bp", mean=None, std=None):
+                 stem_multiplier=3, in_channels=3, base_rule="bp", mean=None, std=None,
+                 activation="softmax"):
         super().__init__()
+        if activation not in ("softmax", "crb"):
+            raise ValueError(f"activation must be 'softmax' or 'crb', not {activation!r}")
+        if activation == "crb" and "none" in candidates:
+            raise ValueError("CRB activation has no 'none' candidate: build the search space "
+                             "with ops.search_space(..., zero=False)")
+        self.activation = activation
+        self.checkpoint_cells = False         # True: recompute each cell in backward (memory)
         self.C, self.num_classes, self.layers = C, num_classes, layers
         self.candidates, self.steps, self.multiplier = list(candidates), steps, multiplier
         self.config = dict(C=C, num_classes=num_classes, layers=layers, candidates=self.candidates,
                            steps=steps, multiplier=multiplier, stem_multiplier=stem_multiplier,
-                           in_channels=in_channels, base_rule=base_rule, mean=mean, std=std)
+                           in_channels=in_channels, base_rule=base_rule, mean=mean, std=std,
+                           activation=activation)
         for name in self.candidates:
             ops.parse_candidate(name)                     # fail early on unknown names
         widths = _build_body(self, in_channels, C, layers, stem_multiplier, base_rule, mean, std,
                              lambda C_pp, C_p, C_c, red, red_prev: SearchCell(
                                  steps, multiplier, C_pp, C_p, C_c, red, red_prev,
-                                 self.candidates, base_rule))
+                                 self.candidates, base_rule, node_bn=activation == "crb"))
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = RuleLinear(widths[-1], num_classes, rule=base_rule)
-        k = sum(2 + i for i in range(steps))
-        self.alphas_normal = nn.Parameter(1e-3 * torch.randn(k, len(self.candidates)))
-        self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(k, len(self.candidates)))
+        k, n = sum(2 + i for i in range(steps)), len(self.candidates)
+        if activation == "crb":
+            self.alphas_normal = nn.Parameter(1 / n + 1e-4 * torch.randn(k, n))
+            self.alphas_reduce = nn.Parameter(1 / n + 1e-4 * torch.randn(k, n))
+        else:
+            self.alphas_normal = nn.Parameter(1e-3 * torch.randn(k, n))
+            self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(k, n))
+        if activation == "crb":
+            self.register_buffer("alive_normal", torch.ones(k, n, dtype=torch.bool))
+            self.register_buffer("alive_reduce", torch.ones(k, n, dtype=torch.bool))
 
     def arch_parameters(self):
         return [self.alphas_normal, self.alphas_reduce]
@@ -113,7 +140,23 @@ class Network(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith("alphas_")]
 
     def mixing_weights(self):
+        if self.activation == "crb":
+            return self.alphas_normal.clamp(0, 1), self.alphas_reduce.clamp(0, 1)
         return F.softmax(self.alphas_normal, dim=-1), F.softmax(self.alphas_reduce, dim=-1)
+
+    @torch.no_grad()
+    def prune(self):
+        """CRB: candidates whose alpha is <= 0 die for good (alpha held at 0, op not computed).
+        Returns the number of candidates alive in (normal, reduce) cells."""
+        for alpha, alive, reduction in ((self.alphas_normal, self.alive_normal, False),
+                                        (self.alphas_reduce, self.alive_reduce, True)):
+            alive &= alpha > 0
+            alpha.masked_fill_(~alive, 0.0)
+            for cell in self.cells:
+                if cell.reduction == reduction:
+                    for edge, mask in zip(cell.edges, alive):
+                        edge.active = [i for i in edge.active if mask[i]]
+        return int(self.alive_normal.sum()), int(self.alive_reduce.sum())
 
     def forward(self, x, weights_normal=None, weights_reduce=None):
         """Logits; mixing weights default to softmax(alpha) (Eq. 7) and may be supplied
@@ -124,7 +167,14 @@ class Network(nn.Module):
             weights_reduce = wr if weights_reduce is None else weights_reduce
         s0 = s1 = self.stem(self.normalize(x))
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, weights_reduce if cell.reduction else weights_normal)
+            w = weights_reduce if cell.reduction else weights_normal
+            if self.checkpoint_cells and torch.is_grad_enabled():
+                # activation checkpointing: the cell's activations are recomputed in backward;
+                # the RNG state is restored for the recomputation, so brsf redraws the same R
+                s0, s1 = s1, checkpoint(cell, s0, s1, w, use_reentrant=False,
+                                        preserve_rng_state=True)
+            else:
+                s0, s1 = s1, cell(s0, s1, w)
         return self.classifier(self.global_pooling(s1).flatten(1))
 
     def loss(self, x, y):
@@ -159,12 +209,13 @@ class Architect:
     virtual SGD step w' = w - xi grad_w L_train (Eq. 6), then
     grad_a L_val(w', a) - xi * [grad_a L_train(w+, a) - grad_a L_train(w-, a)] / (2 eps)
     with w+- = w +- eps grad_w' L_val(w', a), eps = 0.01 / ||grad_w' L_val|| (Eqs. 7-8).
-    Adam on alpha: lr 3e-4, betas (0.5, 0.999), weight decay 1e-3."""
+    Adam on alpha: lr 3e-4, betas (0.5, 0.999), weight decay 1e-3. `regularizer()` (optional)
+    is a term of alpha alone added to the alpha loss (DARTS-PRIME's proximity or ADMM term)."""
 
     def __init__(self, model, momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4,
-                 arch_weight_decay=1e-3, unrolled=False):
+                 arch_weight_decay=1e-3, unrolled=False, regularizer=None):
         self.model, self.momentum, self.weight_decay = model, momentum, weight_decay
-        self.unrolled = unrolled
+        self.unrolled, self.regularizer = unrolled, regularizer
         self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=arch_learning_rate,
                                           betas=(0.5, 0.999), weight_decay=arch_weight_decay)
 
@@ -180,6 +231,10 @@ class Architect:
             grads = _grad(self.model.loss(x_valid, y_valid), alphas)
             for a, g in zip(alphas, grads):
                 a.grad = g
+        if self.regularizer is not None:
+            alphas = self.model.arch_parameters()
+            for a, g in zip(alphas, _grad(self.regularizer(), alphas)):
+                a.grad = a.grad + g
         self.optimizer.step()
 
     def _unrolled_model(self, x, y, eta, network_optimizer):
@@ -230,28 +285,43 @@ class Architect:
 
 # ----------------------------------------------------------------------------- genotypes
 
+def _discretize(W, candidates, steps):
+    """[(edge row, candidate column, input node)] DARTS keeps: per intermediate node the 2
+    incoming edges whose strongest non-`none` candidate weighs most (strongest first)."""
+    W = torch.as_tensor(W).detach().cpu().double()
+    none = candidates.index("none") if "none" in candidates else -1
+    kept, start, n = [], 0, 2
+    for _ in range(steps):
+        rows = W[start:start + n].clone()
+        if none >= 0:
+            rows[:, none] = -float("inf")
+        best = rows.max(dim=1)
+        edges = sorted(range(n), key=lambda j: -best.values[j].item())[:2]
+        kept += [(start + j, int(best.indices[j]), j) for j in edges]
+        start += n
+        n += 1
+    return kept
+
+
 def derive_genotype(weights_normal, weights_reduce, candidates, steps=4, multiplier=4):
     """DARTS's discretization (Sec. 2.4): for each intermediate node keep the 2 incoming
     edges whose strongest non-`none` candidate weighs most, and on each that candidate."""
     candidates = list(candidates)
-    none = candidates.index("none") if "none" in candidates else -1
 
     def parse(W):
-        W = torch.as_tensor(W).detach().cpu().double()
-        gene, start, n = [], 0, 2
-        for _ in range(steps):
-            rows = W[start:start + n].clone()
-            if none >= 0:
-                rows[:, none] = -float("inf")
-            best = rows.max(dim=1)
-            edges = sorted(range(n), key=lambda j: -best.values[j].item())[:2]
-            gene += [(candidates[int(best.indices[j])], j) for j in edges]  # strongest first
-            start += n
-            n += 1
-        return gene
-
+        return [(candidates[c], j) for _, c, j in _discretize(W, candidates, steps)]
     concat = list(range(2 + steps - multiplier, steps + 2))
     return Genotype(parse(weights_normal), concat, parse(weights_reduce), concat)
+
+
+def project(weights, candidates, steps=4):
+    """Pi_S (Maile's thesis Eq. 20): the discrete architecture nearest to the mixing weights,
+    as a (detached) tensor like `weights` -- 1 at every (kept edge, chosen candidate) of the
+    derived cell, 0 elsewhere."""
+    z = torch.zeros_like(weights).detach()
+    for row, col, _ in _discretize(weights, list(candidates), steps):
+        z[row, col] = 1.0
+    return z
 
 
 def save_genotype(genotype, path):

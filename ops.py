@@ -179,7 +179,11 @@ class MixedOp(nn.Module):
                 op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
             self.ops.append(op)
         # `none` contributes exactly 0 to the sum and to every gradient: skip computing it
+        # (Network.prune also removes candidates here)
         self.active = [i for i, n in enumerate(self.candidates) if n != "none"]
+        self.stride = stride
 
     def forward(self, x, weights):
+        if not self.active:                               # every candidate pruned: a zero edge
+            return x[:, :, ::self.stride, ::self.stride].mul(0.0)
         return sum(weights[i] * self.ops[i](x) for i in self.active)

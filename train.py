@@ -16,18 +16,17 @@ import os
 import time
 
 import torch
-import torch.nn.functional as F
 
 import bionas_experiments
 import darts
-import ops
 import rules
 from data import DATASETS, Batches, load_dataset
-from plots import plot_alphas, plot_cell, plot_curves, plot_history
-from retrain import build_eval_model, load_checkpoint_model, make_batches, place, train
-from run_dir import Meter, Run, evaluate, pick_device, resume, rng_state, sgd_step
+from plots import plot_curves
+from retrain import build_eval_model, load_checkpoint_model, train
+from search import search
+from run_dir import Run, pick_device
 
-# ============================================================================ search
+# ============================================================================ defaults
 
 SEARCH_DEFAULTS = dict(augment=True, batch_size=256, learning_rate=0.1, learning_rate_min=0.0,
                        nesterov=True,
@@ -68,7 +67,8 @@ QUICK = {  # --quick: search then a short retrain on Fashion-MNIST, minutes on a
 def apply_defaults(args, mode):
     """Fill every flag left unset with the paper's default for this mode and dataset."""
     if args.quick:
-        for k, v in QUICK["experiment" if getattr(args, "experiment", None) else mode].items():
+        preset = "experiment" if getattr(args, "experiment", None) and mode == "train" else mode
+        for k, v in QUICK[preset].items():
             if getattr(args, k, None) is None or k == "dataset":
                 setattr(args, k, v)
     base = dict(SEARCH_DEFAULTS if mode == "search" else TRAIN_DEFAULTS)
@@ -92,119 +92,6 @@ def genotype_search_method(path):
             return json.load(f).get("search")
     except (OSError, TypeError, ValueError, AttributeError):
         return None
-
-
-def write_genotype(genotype, run, method):
-    """genotype.json as darts.save_genotype writes it, plus the search method that found it."""
-    run.write_json(dict(genotype._asdict(), search=method), "genotype.json")
-
-
-def split_search_data(args):
-    """The training set split into the weight half and the alpha half (--train_portion)."""
-    xtr, ytr, _, _ = load_dataset(args.dataset, args.data)
-    g = torch.Generator().manual_seed(args.seed)
-    perm = torch.randperm(len(xtr), generator=g)
-    if args.subset:
-        perm = perm[:args.subset]
-    n = int(len(perm) * args.train_portion)
-    return (xtr[perm[:n]], ytr[perm[:n]]), (xtr[perm[n:]], ytr[perm[n:]])
-
-
-def build_search_model(args, candidates):
-    c_in, classes, mean, std, _, _ = DATASETS[args.dataset]
-    return darts.Network(args.init_channels, classes, args.layers, candidates, steps=args.nodes,
-                         multiplier=args.nodes, in_channels=c_in, base_rule=args.base_rule,
-                         mean=mean, std=std)
-
-
-def search(args, run, device):
-    """BioNAS-DARTS search (DARTS train_search.py): per step one alpha step on an alpha-half
-    batch, then one SGD step of the weights on a weight-half batch."""
-    torch.manual_seed(args.seed)
-    candidates = ops.search_space(args.rules.split(","), args.skip_rules.split(","),
-                                  zero=args.search == "darts")
-    (xw, yw), (xa, ya) = split_search_data(args)
-    train_b = make_batches(args, xw, yw, device, train=True)
-    alpha_b = make_batches(args, xa, ya, device, train=True, seed_offset=1)
-    eval_b = make_batches(args, xa, ya, device, train=False)
-    model = place(build_search_model(args, candidates), args, device)
-    optimizer = torch.optim.SGD(model.weights(), args.learning_rate, momentum=args.momentum,
-                                weight_decay=args.weight_decay, nesterov=args.nesterov)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs,
-                                                           eta_min=args.learning_rate_min)
-    searcher = make_searcher(args, model, run)
-    start, history = resume(args, run, device, model, optimizer, scheduler, searcher)
-    run.log(f"search {args.search}: {len(candidates)} candidates, "
-            f"{sum(p.numel() for p in model.weights()) / 1e6:.2f}M weights, "
-            f"{len(xw)} weight / {len(xa)} alpha images, {args.epochs} epochs on {device}")
-    for epoch in range(start, args.epochs):
-        lr = scheduler.get_last_lr()[0]
-        train_b.epoch = alpha_b.epoch = epoch
-        meter = Meter(len(train_b))
-        for step, ((x, y), (xv, yv)) in enumerate(zip(train_b, alpha_b)):
-            searcher.step(x, y, xv, yv, lr, optimizer, epoch)
-            optimizer.zero_grad(set_to_none=True)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            sgd_step(loss, logits, y, model.weights(), optimizer, args, run, meter, epoch, step,
-                     lr)
-        scheduler.step()
-        valid_acc, valid_loss = evaluate(model, eval_b)
-        genotype = model.genotype()
-        wn, wr = model.mixing_weights()
-        history.append(dict(epoch=epoch, train_loss=meter.loss / meter.n,
-                            train_acc=100 * meter.correct / meter.n, valid_acc=valid_acc,
-                            valid_loss=valid_loss, genotype=genotype._asdict(),
-                            weights_normal=wn.tolist(), weights_reduce=wr.tolist(),
-                            seconds=time.time() - meter.t0))
-        run.log(f"epoch {epoch + 1} done: valid acc {valid_acc:.2f}% loss {valid_loss:.4f} "
-                f"({time.time() - meter.t0:.0f}s); genotype {genotype}")
-        run.save(dict(kind="search", config=model.config, model=model.state_dict(),
-                      optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                      searcher=searcher.state_dict(), rng=rng_state(), epoch=epoch,
-                      history=history, args=vars(args)), "checkpoint.pt")
-        run.write_json(history, "history.json")
-        write_genotype(genotype, run, args.search)
-        plot_alphas(wn, wr, candidates, args.nodes, run.file("alphas.png"),
-                    f"{args.search} search, epoch {epoch + 1}")
-        if args.stop_after and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
-            run.log(f"stopping after epoch {epoch + 1} (--stop_after); continue with "
-                    f"--resume {run.path}")
-            return None
-    genotype = model.genotype()
-    write_genotype(genotype, run, args.search)
-    for cell in ("normal", "reduce"):
-        plot_cell(genotype, cell, run.file(f"cell_{cell}.png"))
-    plot_history(history, run.file("curves.png"), ["train_acc", "valid_acc", "train_loss"])
-    run.log(f"search finished: genotype written to {run.file('genotype.json')}")
-    return genotype
-
-
-class DartsSearcher:
-    """The alpha update of the DARTS search: darts.Architect, first or second order."""
-
-    def __init__(self, args, model):
-        self.architect = darts.Architect(model, args.momentum, args.weight_decay,
-                                         args.arch_learning_rate, args.arch_weight_decay,
-                                         args.unrolled)
-
-    def step(self, x, y, xv, yv, lr, optimizer, epoch):
-        self.architect.step(x, y, xv, yv, lr, optimizer)
-
-    def state_dict(self):
-        return {"optimizer": self.architect.optimizer.state_dict()}
-
-    def load_state_dict(self, state):
-        self.architect.optimizer.load_state_dict(state["optimizer"])
-
-
-def make_searcher(args, model, run):
-    if args.search == "egnas":
-        import egnas
-        return egnas.EGNASSearcher(model, args.samples, args.population_size, args.zeta,
-                                   args.eta, args.xi, args.warm_start_epochs, args.pop_momentum,
-                                   seed=args.seed, log=run.log)
-    return DartsSearcher(args, model)
 
 
 # ============================================================================ attacks
@@ -317,7 +204,7 @@ def experiment(args, run, device):
     run in RUN/LABEL: a finished one (result.json) is reused, an interrupted one resumes, so
     `--resume RUN` continues the experiment where it stopped."""
     import attacks
-    if args.experiment != "table1" and not args.genotype:
+    if args.experiment not in ("table1", "collapse") and not args.genotype:
         raise SystemExit(f"error: --experiment {args.experiment} needs --genotype PATH, the "
                          f"genotype.json of a search (e.g. of python train.py --search darts --quick)")
     genotype = darts.load_genotype(args.genotype) if args.genotype else None
@@ -350,6 +237,29 @@ def experiment(args, run, device):
         run.log(f"{label}: test accuracy {acc:.2f}% ({seconds:.0f}s)")
         return result
 
+    def search_fn(label, overrides):
+        """collapse: a DARTS search (--quick: the quick search for 15 epochs, or --epochs)."""
+        sub = Run(os.path.join(run.path, label))
+        if os.path.exists(sub.file("result.json")):
+            with open(sub.file("result.json")) as f:
+                return json.load(f)
+        targs = argparse.Namespace(**dict(vars(args), **overrides))
+        targs.search, targs.train, targs.stop_after, targs.experiment = "darts", False, None, None
+        if args.quick and args.epochs is None:
+            targs.epochs = 15
+        if targs.darts_prime:
+            targs.schedule, targs.prox = "fimt", targs.prox or 0.1
+        apply_defaults(targs, "search")
+        targs.resume = sub.path if os.path.exists(sub.file("checkpoint.pt")) else None
+        sub.write_json(vars(targs), "args.json")
+        search(targs, sub, device)
+        with open(sub.file("history.json")) as f:
+            history = [{k: h.get(k) for k in ("epoch", "param_free_share", "alpha_steps",
+                                              "valid_acc", "genotype", "seconds")}
+                       for h in json.load(f)]
+        sub.write_json(history, "result.json")
+        return history
+
     def attack_fn(label):
         sub = Run(os.path.join(run.path, label))
         if os.path.exists(sub.file("robustness.json")):
@@ -371,7 +281,8 @@ def experiment(args, run, device):
             f"{probe.dataset}, runs in {run.path}")
     t0 = time.time()
     out = bionas_experiments.run(args.experiment, train_fn, attack_fn, run.path, probe.dataset,
-                                 [int(s) for s in args.seeds.split(",")], log=run.log)
+                                 [int(s) for s in args.seeds.split(",")], log=run.log,
+                                 search_fn=search_fn)
     with open(run.file(args.experiment + ".md")) as f:
         run.log(f"{args.experiment} done in {time.time() - t0:.0f}s\n" + f.read())
     return out
@@ -446,10 +357,23 @@ def build_parser():
     a.add_argument("--cutout", type=int, help="cutout length (0 = off)")
     a.add_argument("--drop_path_prob", type=float)
     s = p.add_argument_group("search")
-    s.add_argument("--train_portion", type=float, default=0.5)
+    s.add_argument("--train_portion", type=float,
+                   help="weight share of the training set (0.5; 10/11 for cs10 and fimt)")
     s.add_argument("--unrolled", action="store_true", help="second-order DARTS")
+    s.add_argument("--checkpoint_cells", action="store_true",
+                   help="recompute each supernet cell in backward (less memory, ~1.3x time)")
     s.add_argument("--arch_learning_rate", type=float, default=3e-4)
     s.add_argument("--arch_weight_decay", type=float, default=1e-3)
+    pr = p.add_argument_group("DARTS-PRIME (Maile's thesis Ch. 5; with --search darts)")
+    pr.add_argument("--schedule", default="alternate", choices=["alternate", "cs10", "fimt"],
+                    help="alpha steps: one per weight step, one per 10, or FIMT (Algorithm 3)")
+    pr.add_argument("--prox", type=float, nargs="?", const=0.1, metavar="RHO",
+                    help="proximity regularization of alpha (Eq. 20), rho 0.1")
+    pr.add_argument("--admm", action="store_true", help="ADMM regularization (Eqs. 21-25)")
+    pr.add_argument("--crb", action="store_true", help="clipped-ReLU-batchnorm activation, "
+                    "no 'none' candidate, pruning at alpha <= 0")
+    pr.add_argument("--darts-prime", dest="darts_prime", action="store_true",
+                    help="= --schedule fimt --prox 0.1")
     e = p.add_argument_group("EG-NAS search (names as in the paper, defaults EG-NAS's)")
     e.add_argument("--warm_start_epochs", type=int, help="weight-only epochs first (15)")
     e.add_argument("--samples", type=int, default=3, help="N: CMA-ES searches per exploration")
@@ -524,6 +448,14 @@ def main(argv=None):
         args.quick_retrain = bool(args.search and args.quick)
         apply_defaults(args, "search" if args.search else "train")
         run = new_run(args, "search" if args.search else "train")
+    if args.darts_prime:
+        args.schedule, args.prox = "fimt", args.prox or 0.1
+    if args.prox and args.admm:
+        raise SystemExit("error: --prox and --admm are two alternative regularizers; pick one")
+    if (args.schedule != "alternate" or args.prox or args.admm or args.crb) and \
+            args.search == "egnas":
+        raise SystemExit("error: --schedule/--prox/--admm/--crb/--darts-prime change the DARTS "
+                         "alpha step; use them with --search darts")
     check_rules_arg(args.rules, "--rules")
     check_rules_arg(args.skip_rules, "--skip_rules")
     check_rules_arg(args.rule, "--rule")

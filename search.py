@@ -1,0 +1,182 @@
+"""The architecture search loop (DARTS's train_search.py) for BioNAS-DARTS and BioNAS-EG.
+
+Per weight step on a batch of the weight part of the training set, alpha steps on batches of
+the alpha part: DARTS's alternation (first or second order, darts.Architect), DARTS-PRIME's
+schedules and regularizers (darts_prime.py), or EG-NAS's per-epoch exploration (egnas.py).
+Every epoch: validation accuracy, the derived genotype, alpha heatmap, checkpoint; resumable.
+"""
+import time
+
+import torch
+import torch.nn.functional as F
+
+import darts
+import darts_prime
+import ops
+from data import DATASETS, load_dataset
+from plots import plot_alphas, plot_cell, plot_history
+from retrain import make_batches, place
+from run_dir import Meter, evaluate, resume, rng_state, sgd_step
+
+
+def write_genotype(genotype, run, method):
+    """genotype.json as darts.save_genotype writes it, plus the search method that found it."""
+    run.write_json(dict(genotype._asdict(), search=method), "genotype.json")
+
+
+def split_search_data(args):
+    """The training set split into the weight part and the alpha part (--train_portion; by
+    default 1/2, and 10/11 for the cs10 and fimt schedules, Maile's thesis Sec. 5.3.3)."""
+    xtr, ytr, _, _ = load_dataset(args.dataset, args.data)
+    g = torch.Generator().manual_seed(args.seed)
+    perm = torch.randperm(len(xtr), generator=g)
+    if args.subset:
+        perm = perm[:args.subset]
+    portion = args.train_portion or darts_prime.Schedule(args.schedule).weight_share
+    n = int(len(perm) * portion)
+    return (xtr[perm[:n]], ytr[perm[:n]]), (xtr[perm[n:]], ytr[perm[n:]])
+
+
+def build_search_model(args, candidates):
+    c_in, classes, mean, std, _, _ = DATASETS[args.dataset]
+    return darts.Network(args.init_channels, classes, args.layers, candidates, steps=args.nodes,
+                         multiplier=args.nodes, in_channels=c_in, base_rule=args.base_rule,
+                         mean=mean, std=std, activation="crb" if args.crb else "softmax")
+
+
+def alpha_batches(alpha_b, epoch):
+    """The alpha batches of an epoch, cycled when the alpha part is the smaller one; the order
+    depends only on (seed, epoch, pass), so a resumed search sees the same batches."""
+    k = 0
+    while True:
+        alpha_b.epoch = epoch + 100003 * k
+        yield from alpha_b
+        k += 1
+
+
+def search(args, run, device):
+    """BioNAS-DARTS search (DARTS train_search.py): per step one alpha step on an alpha-half
+    batch, then one SGD step of the weights on a weight-half batch."""
+    torch.manual_seed(args.seed)
+    candidates = ops.search_space(args.rules.split(","), args.skip_rules.split(","),
+                                  zero=args.search == "darts" and not args.crb)
+    (xw, yw), (xa, ya) = split_search_data(args)
+    train_b = make_batches(args, xw, yw, device, train=True)
+    alpha_b = make_batches(args, xa, ya, device, train=True, seed_offset=1)
+    eval_b = make_batches(args, xa, ya, device, train=False)
+    model = place(build_search_model(args, candidates), args, device)
+    model.checkpoint_cells = bool(getattr(args, "checkpoint_cells", False))
+    optimizer = torch.optim.SGD(model.weights(), args.learning_rate, momentum=args.momentum,
+                                weight_decay=args.weight_decay, nesterov=args.nesterov)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs,
+                                                           eta_min=args.learning_rate_min)
+    searcher = make_searcher(args, model, run)
+    start, history = resume(args, run, device, model, optimizer, scheduler, searcher)
+    run.log(f"search {args.search}: {len(candidates)} candidates, "
+            f"{sum(p.numel() for p in model.weights()) / 1e6:.2f}M weights, "
+            f"{len(xw)} weight / {len(xa)} alpha images, {args.epochs} epochs on {device}")
+    sched = getattr(searcher, "schedule", None)                  # None: EG-NAS, every step
+    for epoch in range(start, args.epochs):
+        lr = scheduler.get_last_lr()[0]
+        train_b.epoch = epoch
+        alpha_it, alpha_before = alpha_batches(alpha_b, epoch), sched.alpha_steps if sched else 0
+        meter = Meter(len(train_b))
+        for step, (x, y) in enumerate(train_b):
+            if sched is not None:
+                searcher.progress = (epoch + step / len(train_b)) / args.epochs   # c of Eq. 20
+            if sched is None or sched.before_weight_step():
+                searcher.step(x, y, *next(alpha_it), lr, optimizer, epoch)
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(x)
+            loss = F.cross_entropy(logits, y)
+            sgd_step(loss, logits, y, model.weights(), optimizer, args, run, meter, epoch, step,
+                     lr, before_clip=searcher.record if args.schedule == "fimt" else None)
+            if sched is not None and sched.after_weight_step(searcher.fisher):
+                searcher.step(x, y, *next(alpha_it), lr, optimizer, epoch)
+        scheduler.step()
+        valid_acc, valid_loss = evaluate(model, eval_b)
+        genotype = model.genotype()
+        wn, wr = model.mixing_weights()
+        prime = dict(alpha_steps=sched.alpha_steps - alpha_before, fimt_h=sched.h,
+                     fimt_ewma=sched.ewma) if sched else {}
+        history.append(dict(epoch=epoch, train_loss=meter.loss / meter.n,
+                            train_acc=100 * meter.correct / meter.n, valid_acc=valid_acc,
+                            valid_loss=valid_loss, genotype=genotype._asdict(),
+                            weights_normal=wn.tolist(), weights_reduce=wr.tolist(),
+                            param_free_share=darts_prime.parameter_free_share(genotype),
+                            seconds=time.time() - meter.t0, **prime))
+        run.log(f"epoch {epoch + 1} done: valid acc {valid_acc:.2f}% loss {valid_loss:.4f} "
+                f"({time.time() - meter.t0:.0f}s); "
+                + (f"{prime['alpha_steps']} alpha steps for {len(train_b)} weight steps "
+                   f"({args.schedule}); " if sched else "")
+                + f"parameter-free ops in the normal cell "
+                f"{100 * history[-1]['param_free_share']:.0f}%; genotype {genotype}")
+        run.save(dict(kind="search", config=model.config, model=model.state_dict(),
+                      optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                      searcher=searcher.state_dict(), rng=rng_state(), epoch=epoch,
+                      history=history, args=vars(args)), "checkpoint.pt")
+        run.write_json(history, "history.json")
+        write_genotype(genotype, run, args.search)
+        plot_alphas(wn, wr, candidates, args.nodes, run.file("alphas.png"),
+                    f"{args.search} search, epoch {epoch + 1}")
+        if args.stop_after and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
+            run.log(f"stopping after epoch {epoch + 1} (--stop_after); continue with "
+                    f"--resume {run.path}")
+            return None
+    genotype = model.genotype()
+    write_genotype(genotype, run, args.search)
+    for cell in ("normal", "reduce"):
+        plot_cell(genotype, cell, run.file(f"cell_{cell}.png"))
+    plot_history(history, run.file("curves.png"), ["train_acc", "valid_acc", "train_loss"])
+    run.log(f"search finished: genotype written to {run.file('genotype.json')}")
+    return genotype
+
+
+class DartsSearcher:
+    """The alpha update of the DARTS search: darts.Architect, first or second order, with the
+    DARTS-PRIME options (darts_prime.py): --schedule, --prox or --admm, --crb."""
+
+    def __init__(self, args, model):
+        self.model, self.progress, self.fisher = model, 0.0, None      # progress: set by search()
+        self.schedule = darts_prime.Schedule(args.schedule)
+        self.admm = darts_prime.ADMM(model) if args.admm else None
+        reg = self.admm.penalty if args.admm else (
+            (lambda: darts_prime.proximity(model, self.progress, args.prox)) if args.prox else None)
+        self.architect = darts.Architect(model, args.momentum, args.weight_decay,
+                                         args.arch_learning_rate,
+                                         0.0 if args.crb else args.arch_weight_decay,
+                                         args.unrolled, regularizer=reg)
+
+    def record(self):
+        """After the weights' backward, before clipping: Eq. 18's Fisher trace."""
+        self.fisher = darts_prime.fisher_trace(self.model.weights())
+
+    def step(self, x, y, xv, yv, lr, optimizer, epoch):
+        self.architect.step(x, y, xv, yv, lr, optimizer)
+        if self.admm is not None:
+            self.admm.after_alpha_step()
+        if self.model.activation == "crb":
+            self.model.prune()
+
+    def state_dict(self):
+        return {"optimizer": self.architect.optimizer.state_dict(),
+                "schedule": self.schedule.state_dict(),
+                "admm": self.admm.state_dict() if self.admm else None}
+
+    def load_state_dict(self, state):
+        self.architect.optimizer.load_state_dict(state["optimizer"])
+        if "schedule" in state:
+            self.schedule.load_state_dict(state["schedule"])
+        if state.get("admm") is not None:
+            self.admm.load_state_dict(state["admm"])
+        if self.model.activation == "crb":
+            self.model.prune()                       # rebuild the edges' active lists
+
+
+def make_searcher(args, model, run):
+    if args.search == "egnas":
+        import egnas
+        return egnas.EGNASSearcher(model, args.samples, args.population_size, args.zeta,
+                                   args.eta, args.xi, args.warm_start_epochs, args.pop_momentum,
+                                   seed=args.seed, log=run.log)
+    return DartsSearcher(args, model)
