@@ -129,18 +129,22 @@ class Batches:
     augmentation of epoch e depend only on (seed, e), so a resumed run sees the same data."""
 
     def __init__(self, x, y, batch_size, device, train=True, pad=0, flip=False, cutout=0,
-                 seed=0, memory_format=torch.contiguous_format):
+                 seed=0, memory_format=torch.contiguous_format, rank=0, world=1):
         self.x, self.y, self.bs, self.device = x, y, batch_size, device
         self.train, self.pad, self.flip, self.cutout, self.seed = train, pad, flip, cutout, seed
-        self.memory_format, self.epoch = memory_format, 0
+        self.memory_format, self.epoch, self.rank, self.world = memory_format, 0, rank, world
 
     def __len__(self):
-        return math.ceil(len(self.x) / self.bs)
+        n = len(self.x) // self.world if self.world > 1 else len(self.x)
+        return math.ceil(n / self.bs)
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
         order = torch.randperm(len(self.x), generator=g) if self.train else \
             torch.arange(len(self.x))
+        if self.world > 1:       # DistributedSampler's split: every rank the same number of images
+            order = order[self.rank:len(order) // self.world * self.world:self.world]
+            g = torch.Generator().manual_seed((self.seed * 100003 + self.epoch) * 1009 + self.rank)
         for i in range(0, len(order), self.bs):
             idx = order[i:i + self.bs]
             xb = self.x[idx].float().div_(255)

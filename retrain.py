@@ -15,7 +15,7 @@ import resnet
 import rules
 from data import DATASETS, Batches, load_dataset
 from plots import plot_history
-from run_dir import Meter, evaluate, resume, rng_state, sgd_step
+from run_dir import Meter, autocast, distributed, evaluate, resume, rng_state, sgd_step
 
 
 def place(model, args, device):
@@ -25,14 +25,19 @@ def place(model, args, device):
         "channels_last" else model
 
 
-def make_batches(args, x, y, device, train, cutout=0, seed_offset=0):
+def make_batches(args, x, y, device, train, cutout=0, seed_offset=0, rank=0, world=1):
+    """Batches of --batch_size images; under torchrun each of the `world` ranks takes its share
+    of every epoch's shuffled order and --batch_size / world images per step."""
     _, _, _, _, pad, flip = DATASETS[args.dataset]
     if getattr(args, "augment", True) is False:
         pad, flip = 0, False
     mf = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
-    return Batches(x, y, args.batch_size, device, train=train, pad=pad if train else 0,
+    if args.batch_size % world:
+        raise SystemExit(f"error: --batch_size {args.batch_size} does not split over {world} "
+                         f"processes; use a multiple of {world}")
+    return Batches(x, y, args.batch_size // world, device, train=train, pad=pad if train else 0,
                    flip=flip and train, cutout=cutout, seed=args.seed + seed_offset,
-                   memory_format=mf)
+                   memory_format=mf, rank=rank, world=world)
 
 
 def build_eval_model(args, genotype):
@@ -74,7 +79,9 @@ def train(args, run, device, genotype=None):
     if args.subset:
         perm = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(args.seed))
         xtr, ytr = xtr[perm[:args.subset]], ytr[perm[:args.subset]]
-    train_b = make_batches(args, xtr, ytr, device, train=True, cutout=args.cutout)
+    rank, world = distributed(device)
+    train_b = make_batches(args, xtr, ytr, device, train=True, cutout=args.cutout, rank=rank,
+                           world=world)
     test_b = make_batches(args, xte, yte, device, train=False)
     model = place(build_eval_model(args, genotype), args, device)
     optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
@@ -87,7 +94,15 @@ def train(args, run, device, genotype=None):
     what = args.model if args.model != "darts" else f"genotype {model.config['genotype']}"
     run.log(f"train: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
             f"rules {sorted(set(rules.layer_rules(model).values()))}, {len(xtr)} images, "
-            f"{args.epochs} epochs on {device}; {what}")
+            f"{args.epochs} epochs on {device}" + (f" x {world} processes (batch "
+                                                   f"{args.batch_size // world} each)" if world > 1 else "")
+            + f"; {what}")
+    net = model
+    if world > 1:                    # gradients averaged over ranks; buffers (B, BN) from rank 0
+        from torch.nn.parallel import DistributedDataParallel
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                      else None)
+    amp, scaler = autocast(args, device)
     for epoch in range(start, args.epochs):
         lr = scheduler.get_last_lr()[0]
         model.drop_path_prob = args.drop_path_prob * epoch / args.epochs
@@ -96,19 +111,26 @@ def train(args, run, device, genotype=None):
         model.train()
         for step, (x, y) in enumerate(train_b):
             optimizer.zero_grad(set_to_none=True)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
-            if model.logits_aux is not None:
-                loss = loss + args.auxiliary_weight * F.cross_entropy(
-                    model.logits_aux, y, label_smoothing=args.label_smoothing)
+            with amp():
+                logits = net(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)
+                if model.logits_aux is not None:
+                    loss = loss + args.auxiliary_weight * F.cross_entropy(
+                        model.logits_aux, y, label_smoothing=args.label_smoothing)
             sgd_step(loss, logits, y, model.parameters(), optimizer, args, run, meter, epoch,
-                     step, lr, before_clip=monitor.step)
+                     step, lr, before_clip=monitor.step, scaler=scaler)
         scheduler.step()
         monitor.end_epoch(epoch)
+        spread = replica_spread(model) if world > 1 else 0.0
+        if rank > 0:                     # rank 0 evaluates, logs, checkpoints and plots
+            if args.stop_after and epoch + 1 >= args.stop_after:
+                return None
+            continue
         test_acc, test_loss = evaluate(model, test_b)
         history.append(dict(epoch=epoch, train_loss=meter.loss / meter.n,
                             train_acc=100 * meter.correct / meter.n, test_acc=test_acc,
-                            test_loss=test_loss, seconds=time.time() - meter.t0))
+                            test_loss=test_loss, seconds=time.time() - meter.t0,
+                            **(dict(replica_max_diff=spread) if world > 1 else {})))
         run.log(f"epoch {epoch + 1} done: test acc {test_acc:.2f}% loss {test_loss:.4f} "
                 f"({time.time() - meter.t0:.0f}s)")
         run.save(dict(kind="resnet" if args.model != "darts" else "eval", config=model.config,
@@ -125,9 +147,22 @@ def train(args, run, device, genotype=None):
             run.log(f"stopping after epoch {epoch + 1} (--stop_after); continue with "
                     f"--resume {run.path}")
             return None
+    if rank > 0:
+        return None
     torch.save(model.state_dict(), run.file("model.pt"))
     run.log(f"training finished: test accuracy {history[-1]['test_acc']:.2f}%")
     return history[-1]["test_acc"]
+
+
+def replica_spread(model):
+    """Under torchrun: the largest difference of any weight between two ranks (0 when the
+    replicas are in sync, as DistributedDataParallel must keep them)."""
+    import torch.distributed as dist
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    lo, hi = flat.clone(), flat.clone()
+    dist.all_reduce(lo, dist.ReduceOp.MIN)
+    dist.all_reduce(hi, dist.ReduceOp.MAX)
+    return float((hi - lo).max())
 
 
 def load_checkpoint_model(path, device):

@@ -153,6 +153,17 @@ class FeedbackLinearFunction(torch.autograd.Function):
 # Layers
 # ----------------------------------------------------------------------------------------
 
+def _autocast(*tensors):
+    """Under torch.autocast, (dtype-cast tensors, True): the rule Functions then run in the
+    autocast dtype with autocast off inside, as autocast runs conv and linear; the casts are
+    differentiable, so parameter gradients come back in the parameters' dtype."""
+    dev = tensors[0].device.type
+    if not torch.is_autocast_enabled(dev):
+        return tensors, False
+    dt = torch.get_autocast_dtype(dev)
+    return tuple(t if t is None else t.to(dt) for t in tensors), True
+
+
 def _uniform(like, bound):
     """U(0, bound) shaped like `like`. On CPU, torch's per-element uniform_ costs ~5 ns a
     number (more than a 512x512 matmul); drawing raw 64-bit words and keeping 24 bits of each
@@ -238,9 +249,11 @@ class RuleConv2d(_RuleMixin, nn.Conv2d):
                             self.dilation, self.groups)
         if self.rule == "brsf" and self.training:
             self._draw_brsf()
-        return FeedbackConv2dFunction.apply(x, self.weight, self.bias, self.weight_backward,
-                                            self.rule, list(self.stride), list(self.padding),
-                                            list(self.dilation), self.groups)
+        (x, w, b), cast = _autocast(x, self.weight, self.bias)
+        with torch.autocast(x.device.type, enabled=False) if cast else contextlib.nullcontext():
+            return FeedbackConv2dFunction.apply(x, w, b, self.weight_backward, self.rule,
+                                                list(self.stride), list(self.padding),
+                                                list(self.dilation), self.groups)
 
 
 class RuleLinear(_RuleMixin, nn.Linear):
@@ -255,8 +268,9 @@ class RuleLinear(_RuleMixin, nn.Linear):
             return F.linear(x, self.weight, self.bias)
         if self.rule == "brsf" and self.training:
             self._draw_brsf()
-        return FeedbackLinearFunction.apply(x, self.weight, self.bias, self.weight_backward,
-                                            self.rule)
+        (x, w, b), cast = _autocast(x, self.weight, self.bias)
+        with torch.autocast(x.device.type, enabled=False) if cast else contextlib.nullcontext():
+            return FeedbackLinearFunction.apply(x, w, b, self.weight_backward, self.rule)
 
 
 RULE_LAYERS = (RuleConv2d, RuleLinear)

@@ -6,6 +6,7 @@ schedule, searcher and RNG state from it. Also: the device choice (--gpu N, CPU 
 SGD step with gradient clipping and a clear stop on a non-finite loss, progress with ETA, and
 evaluation.
 """
+import contextlib
 import csv
 import json
 import math
@@ -19,9 +20,12 @@ import torch.nn.functional as F
 
 
 def pick_device(gpu):
-    """cuda:N when it exists, else the CPU (with a message)."""
+    """cuda:N when it exists, else the CPU (with a message). Under torchrun with --gpu, each
+    process takes cuda:LOCAL_RANK."""
     if gpu is None:
         return torch.device("cpu")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available():
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     if torch.cuda.is_available() and gpu < torch.cuda.device_count():
         return torch.device(f"cuda:{gpu}")
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -30,15 +34,42 @@ def pick_device(gpu):
     return torch.device("cpu")
 
 
-class Run:
-    """A run directory: log.txt, args.json, checkpoint.pt (atomic), metrics.json."""
+def autocast(args, device):
+    """(context, GradScaler or None) for --amp bf16|fp16: torch.autocast around the forward and
+    the loss; fp16 also scales the loss (GradScaler); no --amp: (nullcontext, None)."""
+    amp = getattr(args, "amp", None)
+    if not amp:
+        return contextlib.nullcontext, None
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
 
-    def __init__(self, path):
-        self.path = path
-        os.makedirs(path, exist_ok=True)
-        self.log_file = open(os.path.join(path, "log.txt"), "a")
+
+def distributed(device):
+    """(rank, world size). Under torchrun (WORLD_SIZE > 1) the process group is initialized
+    once: NCCL for CUDA devices, gloo on the CPU. (0, 1) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world
+
+
+class Run:
+    """A run directory: log.txt, args.json, checkpoint.pt (atomic), metrics.json. With
+    main=False (ranks other than 0 under torchrun) nothing is printed or written."""
+
+    def __init__(self, path, main=True):
+        self.path, self.main = path, main
+        if main:
+            os.makedirs(path, exist_ok=True)
+            self.log_file = open(os.path.join(path, "log.txt"), "a")
 
     def log(self, msg):
+        if not self.main:
+            return
         line = time.strftime("%H:%M:%S ") + msg
         print(line, flush=True)
         self.log_file.write(line + "\n")
@@ -49,11 +80,15 @@ class Run:
 
     def save(self, obj, name):
         """torch.save to a temp file, then rename: a crash never leaves a broken file."""
+        if not self.main:
+            return
         tmp = self.file(name + ".tmp")
         torch.save(obj, tmp)
         os.replace(tmp, self.file(name))
 
     def write_json(self, obj, name):
+        if not self.main:
+            return
         tmp = self.file(name + ".tmp")
         with open(tmp, "w") as f:
             json.dump(obj, f, indent=1)
@@ -107,14 +142,24 @@ def check_finite(loss, run, where):
 
 
 def sgd_step(loss, logits, y, params, optimizer, args, run, meter, epoch, step, lr,
-             before_clip=None):
+             before_clip=None, scaler=None):
     """Backward, clip the gradient norm to --grad_clip, step; stop on a non-finite loss; log.
-    before_clip() runs between backward and clipping (to record raw gradients)."""
-    loss.backward()
+    before_clip() runs between backward and clipping (to record raw gradients). With a
+    GradScaler (--amp fp16) the loss is scaled and the gradients unscaled before clipping."""
+    params = list(params)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
     if before_clip is not None:
         before_clip()
     nn.utils.clip_grad_norm_(params, args.grad_clip)
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     check_finite(loss.item(), run, f"epoch {epoch + 1} step {step + 1}")
     meter.update(loss.item(), logits.detach(), y)
     if (step + 1) % args.report_freq == 0 or step + 1 == meter.total:

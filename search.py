@@ -16,7 +16,7 @@ import ops
 from data import DATASETS, load_dataset
 from plots import plot_alphas, plot_cell, plot_history
 from retrain import make_batches, place
-from run_dir import Meter, evaluate, resume, rng_state, sgd_step
+from run_dir import Meter, autocast, evaluate, resume, rng_state, sgd_step
 
 
 def write_genotype(genotype, run, method):
@@ -76,6 +76,7 @@ def search(args, run, device):
             f"{sum(p.numel() for p in model.weights()) / 1e6:.2f}M weights, "
             f"{len(xw)} weight / {len(xa)} alpha images, {args.epochs} epochs on {device}")
     sched = getattr(searcher, "schedule", None)                  # None: EG-NAS, every step
+    amp, scaler = autocast(args, device)                        # --amp: the weight steps
     for epoch in range(start, args.epochs):
         lr = scheduler.get_last_lr()[0]
         train_b.epoch = epoch
@@ -87,10 +88,12 @@ def search(args, run, device):
             if sched is None or sched.before_weight_step():
                 searcher.step(x, y, *next(alpha_it), lr, optimizer, epoch)
             optimizer.zero_grad(set_to_none=True)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            with amp():
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
             sgd_step(loss, logits, y, model.weights(), optimizer, args, run, meter, epoch, step,
-                     lr, before_clip=searcher.record if args.schedule == "fimt" else None)
+                     lr, before_clip=searcher.record if args.schedule == "fimt" else None,
+                     scaler=scaler)
             if sched is not None and sched.after_weight_step(searcher.fisher):
                 searcher.step(x, y, *next(alpha_it), lr, optimizer, epoch)
         scheduler.step()

@@ -24,7 +24,7 @@ from data import DATASETS, Batches, load_dataset
 from plots import plot_curves
 from retrain import build_eval_model, load_checkpoint_model, train
 from search import search
-from run_dir import Run, pick_device
+from run_dir import Run, distributed, pick_device
 
 # ============================================================================ defaults
 
@@ -317,6 +317,8 @@ def build_parser():
     d.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random crop and flip of training images (on)")
     d.add_argument("--gpu", type=int, default=None, help="CUDA device index (CPU if absent)")
+    d.add_argument("--amp", choices=["bf16", "fp16"],
+                   help="mixed precision of the weight steps (fp16 with a GradScaler)")
     d.add_argument("--memory_format", choices=["channels_last", "contiguous"],
                    default="channels_last", help="channels_last is faster on CPU and GPU")
     d.add_argument("--save", default="runs", help="parent directory of run directories")
@@ -408,8 +410,15 @@ def new_run(args, mode):
     tag = mode if mode == "attack" else f"{mode}-{args.dataset}"
     tag = f"{mode}-{args.plasticity or args.experiment}" if mode in ("plasticity", "experiment") \
         else tag
-    name = args.run_name or time.strftime(f"{tag}-%Y%m%d-%H%M%S")
-    run = Run(os.path.join(args.save, name))
+    name = [args.run_name or time.strftime(f"{tag}-%Y%m%d-%H%M%S")]
+    rank, world = distributed(pick_device(args.gpu))
+    if world > 1:                                   # every rank writes into rank 0's directory
+        import torch.distributed as dist
+        if mode != "train":
+            raise SystemExit("error: under torchrun only --train runs (retraining and the "
+                             "ResNet baselines); run searches and experiments in one process")
+        dist.broadcast_object_list(name, src=0)
+    run = Run(os.path.join(args.save, name[0]), main=rank == 0)
     run.write_json(vars(args), "args.json")
     return run
 
@@ -430,7 +439,7 @@ def main(argv=None):
         args.resume, args.gpu = path, gpu if gpu is not None else saved.get("gpu")
         if not os.path.exists(os.path.join(path, "checkpoint.pt")):
             args.resume = None                                 # crashed before epoch 1 ended
-        run = Run(path)
+        run = Run(path, main=distributed(pick_device(args.gpu))[0] == 0)
         run.log(f"resuming {path}")
     elif args.experiment:
         run = new_run(args, "experiment")
