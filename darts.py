@@ -62,7 +62,7 @@ class SearchCell(nn.Module):
     """A DAG of `steps` intermediate nodes; node j sums a MixedOp of every earlier node."""
 
     def __init__(self, steps, multiplier, C_pp, C_p, C, reduction, reduction_prev, candidates,
-                 base_rule="bp", node_bn=False):
+                 base_rule="bp", node_bn=False, partial=1):
         super().__init__()
         self.reduction, self.steps, self.multiplier = reduction, steps, multiplier
         self.preprocess0, self.preprocess1 = _preprocess(C_pp, C_p, C, reduction_prev,
@@ -70,16 +70,20 @@ class SearchCell(nn.Module):
         self.edges = nn.ModuleList()
         for i in range(steps):
             for j in range(2 + i):
-                self.edges.append(ops.MixedOp(C, 2 if reduction and j < 2 else 1, candidates))
+                self.edges.append(ops.MixedOp(C, 2 if reduction and j < 2 else 1, candidates,
+                                              partial))
         # CRB (Maile's thesis Sec. 5.2.5): a non-affine BN after each node's sum
         self.node_bns = nn.ModuleList(nn.BatchNorm2d(C, affine=False) for _ in range(steps)) \
             if node_bn else None
 
-    def forward(self, s0, s1, weights):
+    def forward(self, s0, s1, weights, edge_weights=None):
+        """edge_weights (PC-DARTS's edge normalization): one weight per edge, scaling it."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for i in range(self.steps):
-            s = sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+            s = sum(self.edges[offset + j](h, weights[offset + j]) *
+                    (1.0 if edge_weights is None else edge_weights[offset + j])
+                    for j, h in enumerate(states))
             if self.node_bns is not None:
                 s = self.node_bns[i](s)
             offset += len(states)
@@ -98,7 +102,7 @@ class Network(nn.Module):
 
     def __init__(self, C, num_classes, layers, candidates, steps=4, multiplier=4,
                  stem_multiplier=3, in_channels=3, base_rule="bp", mean=None, std=None,
-                 activation="softmax"):
+                 activation="softmax", partial_channels=1):
         super().__init__()
         if activation not in ("softmax", "crb"):
             raise ValueError(f"activation must be 'softmax' or 'crb', not {activation!r}")
@@ -112,13 +116,15 @@ class Network(nn.Module):
         self.config = dict(C=C, num_classes=num_classes, layers=layers, candidates=self.candidates,
                            steps=steps, multiplier=multiplier, stem_multiplier=stem_multiplier,
                            in_channels=in_channels, base_rule=base_rule, mean=mean, std=std,
-                           activation=activation)
+                           activation=activation, partial_channels=partial_channels)
+        self.partial_channels = partial_channels
         for name in self.candidates:
             ops.parse_candidate(name)                     # fail early on unknown names
         widths = _build_body(self, in_channels, C, layers, stem_multiplier, base_rule, mean, std,
                              lambda C_pp, C_p, C_c, red, red_prev: SearchCell(
                                  steps, multiplier, C_pp, C_p, C_c, red, red_prev,
-                                 self.candidates, base_rule, node_bn=activation == "crb"))
+                                 self.candidates, base_rule, node_bn=activation == "crb",
+                                 partial=partial_channels))
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = RuleLinear(widths[-1], num_classes, rule=base_rule)
         k, n = sum(2 + i for i in range(steps)), len(self.candidates)
@@ -128,16 +134,34 @@ class Network(nn.Module):
         else:
             self.alphas_normal = nn.Parameter(1e-3 * torch.randn(k, n))
             self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(k, n))
+        if partial_channels > 1:             # PC-DARTS edge normalization: beta per edge
+            self.betas_normal = nn.Parameter(1e-3 * torch.randn(k))
+            self.betas_reduce = nn.Parameter(1e-3 * torch.randn(k))
         if activation == "crb":
             self.register_buffer("alive_normal", torch.ones(k, n, dtype=torch.bool))
             self.register_buffer("alive_reduce", torch.ones(k, n, dtype=torch.bool))
 
     def arch_parameters(self):
-        return [self.alphas_normal, self.alphas_reduce]
+        extra = [self.betas_normal, self.betas_reduce] if self.partial_channels > 1 else []
+        return [self.alphas_normal, self.alphas_reduce] + extra
 
     def weights(self):
-        """All parameters except alpha."""
-        return [p for n, p in self.named_parameters() if not n.startswith("alphas_")]
+        """All parameters except alpha (and beta)."""
+        return [p for n, p in self.named_parameters() if not n.startswith(("alphas_", "betas_"))]
+
+    def edge_weights(self):
+        """PC-DARTS: per node, softmax of beta over its incoming edges (None without
+        --partial_channels)."""
+        if self.partial_channels == 1:
+            return None, None
+
+        def norm(beta):
+            out, start = [], 0
+            for i in range(self.steps):
+                out.append(F.softmax(beta[start:start + 2 + i], dim=-1))
+                start += 2 + i
+            return torch.cat(out)
+        return norm(self.betas_normal), norm(self.betas_reduce)
 
     def mixing_weights(self):
         if self.activation == "crb":
@@ -165,23 +189,29 @@ class Network(nn.Module):
             wn, wr = self.mixing_weights()
             weights_normal = wn if weights_normal is None else weights_normal
             weights_reduce = wr if weights_reduce is None else weights_reduce
+        en, er = self.edge_weights()
         s0 = s1 = self.stem(self.normalize(x))
         for cell in self.cells:
-            w = weights_reduce if cell.reduction else weights_normal
+            w, e = (weights_reduce, er) if cell.reduction else (weights_normal, en)
             if self.checkpoint_cells and torch.is_grad_enabled():
                 # activation checkpointing: the cell's activations are recomputed in backward;
                 # the RNG state is restored for the recomputation, so brsf redraws the same R
-                s0, s1 = s1, checkpoint(cell, s0, s1, w, use_reentrant=False,
+                s0, s1 = s1, checkpoint(cell, s0, s1, w, e, use_reentrant=False,
                                         preserve_rng_state=True)
             else:
-                s0, s1 = s1, cell(s0, s1, w)
+                s0, s1 = s1, cell(s0, s1, w, e)
         return self.classifier(self.global_pooling(s1).flatten(1))
 
     def loss(self, x, y):
         return F.cross_entropy(self(x), y)
 
     def genotype(self):
+        """The derived genotype; with partial channels an edge's candidates are weighed by its
+        normalized beta too (PC-DARTS)."""
         wn, wr = self.mixing_weights()
+        en, er = self.edge_weights()
+        if en is not None:
+            wn, wr = wn * en[:, None], wr * er[:, None]
         return derive_genotype(wn.detach(), wr.detach(), self.candidates, self.steps,
                                self.multiplier)
 

@@ -11,6 +11,7 @@ a rules.RuleConv2d with the op's rule.
 """
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from rules import RULES, RuleConv2d, check_rule
 
@@ -165,18 +166,30 @@ def search_space(rules=("fa", "usf", "brsf", "frsf"), skip_rules=("usf", "brsf",
     return cands
 
 
+def channel_shuffle(x, groups):
+    """PC-DARTS's shuffle: interleave the channels of `groups` equal groups."""
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
 class MixedOp(nn.Module):
     """The mixed edge o(x) = sum_o softmax(alpha)_o * o(x) (BioNAS Eq. 7 / DARTS Eq. 2).
-    The caller passes the mixing weights (softmax of alpha, or any other vector)."""
+    The caller passes the mixing weights (softmax of alpha, or any other vector).
 
-    def __init__(self, C, stride, candidates):
+    partial=K (PC-DARTS, Xu et al. 2020, Sec. 3.1): only the first C/K channels go through the
+    candidates; the other channels bypass them (2x2 max-pooled at stride 2), the two parts are
+    concatenated and the channels shuffled in K groups."""
+
+    def __init__(self, C, stride, candidates, partial=1):
         super().__init__()
-        self.candidates = list(candidates)
+        if C % partial:
+            raise ValueError(f"partial channels: {C} channels do not split into {partial} groups")
+        self.candidates, self.partial = list(candidates), partial
         self.ops = nn.ModuleList()
         for name in self.candidates:
-            op = make_op(name, C, stride, affine=False)
+            op = make_op(name, C // partial, stride, affine=False)
             if "pool" in name:                         # as in DARTS: BN after pools in search
-                op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+                op = nn.Sequential(op, nn.BatchNorm2d(C // partial, affine=False))
             self.ops.append(op)
         # `none` contributes exactly 0 to the sum and to every gradient: skip computing it
         # (Network.prune also removes candidates here)
@@ -184,6 +197,14 @@ class MixedOp(nn.Module):
         self.stride = stride
 
     def forward(self, x, weights):
+        if self.partial > 1:
+            c = x.shape[1] // self.partial
+            x, rest = x[:, :c], x[:, c:]
         if not self.active:                               # every candidate pruned: a zero edge
-            return x[:, :, ::self.stride, ::self.stride].mul(0.0)
-        return sum(weights[i] * self.ops[i](x) for i in self.active)
+            out = x[:, :, ::self.stride, ::self.stride].mul(0.0)
+        else:
+            out = sum(weights[i] * self.ops[i](x) for i in self.active)
+        if self.partial == 1:
+            return out
+        rest = rest if self.stride == 1 else F.max_pool2d(rest, 2, 2, ceil_mode=True)
+        return channel_shuffle(torch.cat([out, rest], dim=1), self.partial)

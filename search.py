@@ -41,7 +41,8 @@ def build_search_model(args, candidates):
     c_in, classes, mean, std, _, _ = DATASETS[args.dataset]
     return darts.Network(args.init_channels, classes, args.layers, candidates, steps=args.nodes,
                          multiplier=args.nodes, in_channels=c_in, base_rule=args.base_rule,
-                         mean=mean, std=std, activation="crb" if args.crb else "softmax")
+                         mean=mean, std=std, activation="crb" if args.crb else "softmax",
+                         partial_channels=getattr(args, "partial_channels", 1) or 1)
 
 
 def alpha_batches(alpha_b, epoch):

@@ -103,7 +103,9 @@ def attack(args, run, device):
     model, ckpt = load_checkpoint_model(args.checkpoint, device)
     saved = ckpt["args"]
     _, _, xte, yte = load_dataset(saved["dataset"], args.data or saved["data"])
-    batches = Batches(xte, yte, args.batch_size or 100, device, train=False)
+    rank, world = distributed(device)            # under torchrun each rank attacks its share
+    batches = Batches(xte, yte, args.batch_size or 100, device, train=False, rank=rank,
+                      world=world)
     names = [n.strip() for n in args.attack.split(",")]
     grads = ("exact", "feedback") if args.attack_grad == "both" else (args.attack_grad,)
     overrides = {}
@@ -123,22 +125,44 @@ def attack(args, run, device):
                                            preset=args.attack_preset, overrides=overrides)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
+    rows = mean_over_ranks(rows, world)
     table = attacks.to_markdown(rows)
-    with open(run.file("robustness.md"), "w") as f:
-        f.write(f"Robust accuracy (%) of {args.checkpoint}, preset {args.attack_preset}\n\n"
-                + table + "\n")
-    with open(run.file("robustness.csv"), "w") as f:
-        f.write(attacks.to_csv(rows))
+    if run.main:
+        with open(run.file("robustness.md"), "w") as f:
+            f.write(f"Robust accuracy (%) of {args.checkpoint}, preset {args.attack_preset}\n\n"
+                    + table + "\n")
+        with open(run.file("robustness.csv"), "w") as f:
+            f.write(attacks.to_csv(rows))
     run.log("\n" + table)
     eps_list = [0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255, 0.1, 0.35]
     curves = {g: attacks.accuracy_vs_eps(model, batches, "pgd", eps_list, grad=g,
                                          max_batches=args.attack_batches,
                                          preset=args.attack_preset) for g in grads}
-    plot_curves(curves, run.file("robustness_eps.png"), "epsilon (L-inf)",
-                "PGD robust accuracy (%)", f"PGD-{attacks.PRESETS[args.attack_preset]['pgd']['steps']}"
-                f" on {os.path.basename(os.path.dirname(os.path.abspath(args.checkpoint)))}")
+    curves = {g: [(e, r["acc"]) for e, r in zip(eps_list, mean_over_ranks(
+        [dict(acc=a) for _, a in pts], world))] for g, pts in curves.items()}
+    if run.main:
+        plot_curves(curves, run.file("robustness_eps.png"), "epsilon (L-inf)",
+                    "PGD robust accuracy (%)",
+                    f"PGD-{attacks.PRESETS[args.attack_preset]['pgd']['steps']} on "
+                    f"{os.path.basename(os.path.dirname(os.path.abspath(args.checkpoint)))}")
     run.log(f"attacks done in {time.time() - t0:.0f}s: {run.file('robustness.md')}")
     return rows
+
+
+def mean_over_ranks(rows, world):
+    """Under torchrun: every numeric entry of the rows averaged over the ranks (their shards of
+    the test set are equal in size, so this is the accuracy on their union)."""
+    if world <= 1:
+        return rows
+    import torch.distributed as dist
+    keys = [(i, k) for i, r in enumerate(rows) for k, v in r.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    vals = torch.tensor([float(rows[i][k]) for i, k in keys], dtype=torch.float64)
+    dist.all_reduce(vals)
+    out = [dict(r) for r in rows]
+    for (i, k), v in zip(keys, vals.tolist()):
+        out[i][k] = v / world
+    return out
 
 
 def plasticity_attack(steps=20, alpha=None):
@@ -321,6 +345,8 @@ def build_parser():
                    help="mixed precision of the weight steps (fp16 with a GradScaler)")
     d.add_argument("--memory_format", choices=["channels_last", "contiguous"],
                    default="channels_last", help="channels_last is faster on CPU and GPU")
+    d.add_argument("--channels-last", dest="memory_format", action="store_const",
+                   const="channels_last", help="= --memory_format channels_last (the default)")
     d.add_argument("--save", default="runs", help="parent directory of run directories")
     d.add_argument("--run_name", default=None)
     d.add_argument("--seed", type=int, default=2)
@@ -362,6 +388,8 @@ def build_parser():
     s.add_argument("--train_portion", type=float,
                    help="weight share of the training set (0.5; 10/11 for cs10 and fimt)")
     s.add_argument("--unrolled", action="store_true", help="second-order DARTS")
+    s.add_argument("--partial_channels", type=int, default=1, metavar="K",
+                   help="PC-DARTS: 1/K of the channels through each mixed op, edge normalization")
     s.add_argument("--checkpoint_cells", action="store_true",
                    help="recompute each supernet cell in backward (less memory, ~1.3x time)")
     s.add_argument("--arch_learning_rate", type=float, default=3e-4)
@@ -414,9 +442,9 @@ def new_run(args, mode):
     rank, world = distributed(pick_device(args.gpu))
     if world > 1:                                   # every rank writes into rank 0's directory
         import torch.distributed as dist
-        if mode != "train":
-            raise SystemExit("error: under torchrun only --train runs (retraining and the "
-                             "ResNet baselines); run searches and experiments in one process")
+        if mode not in ("train", "attack"):
+            raise SystemExit("error: under torchrun only --train (retraining, ResNet baselines) "
+                             "and --attack run; run searches and experiments in one process")
         dist.broadcast_object_list(name, src=0)
     run = Run(os.path.join(args.save, name[0]), main=rank == 0)
     run.write_json(vars(args), "args.json")

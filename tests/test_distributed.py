@@ -7,6 +7,7 @@ import socket
 
 import torch
 import torch.multiprocessing as mp
+import pytest
 
 import darts
 import train
@@ -96,3 +97,72 @@ def test_train_with_bf16_autocast_on_cpu(tmp_path):
                          "--init_channels", "4", "--run_name", "amp"))
     hist = json.loads((tmp_path / "runs" / "amp" / "history.json").read_text())
     assert torch.isfinite(torch.tensor(hist[0]["train_loss"])) and 0 <= hist[0]["test_acc"] <= 100
+
+
+def _saved_bytes(net, x, y):
+    """Bytes of the tensors autograd keeps for backward (activation memory), by saved-tensor hooks."""
+    total, seen = [0], set()
+
+    def pack(t):
+        key = (t.data_ptr(), t.numel(), t.dtype)
+        if key not in seen and t.device.type == "cpu":
+            seen.add(key)
+            total[0] += t.numel() * t.element_size()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = net.loss(x, y)
+    loss.backward()
+    return total[0]
+
+
+def test_partial_channels_search_step_runs_and_saves_memory():
+    import ops
+    cands = ops.search_space()                                  # the 22-candidate BioNAS space
+    x, y = torch.rand(4, 1, 16, 16), torch.randint(0, 10, (4,))
+    mem = {}
+    for k in (1, 4):
+        torch.manual_seed(0)
+        net = darts.Network(8, 10, 3, cands, steps=2, multiplier=2, in_channels=1, partial_channels=k)
+        arch = darts.Architect(net)
+        arch.step(x, y, x, y)                                   # an alpha step (betas included)
+        mem[k] = _saved_bytes(net, x, y)
+        if k == 4:
+            assert net.betas_normal.grad is not None and len(net.arch_parameters()) == 4
+            edge = net.cells[0].edges[0]
+            conv = next(m for m in edge.ops[cands.index("sep_conv_3x3_fa")].modules()
+                        if isinstance(m, torch.nn.Conv2d))
+            assert conv.in_channels == 2                              # C/K = 8/4 channels
+            g = net.genotype()
+            assert len(g.normal) == 4
+    assert mem[4] < 0.5 * mem[1], mem
+    # the shuffle interleaves the K groups: channel c of group j goes to position c*K + j
+    t = torch.arange(8.0).view(1, 8, 1, 1)
+    assert ops.channel_shuffle(t, 4).flatten().tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
+
+
+def test_attack_table_split_over_two_ranks_equals_one_process(tmp_path):
+    import csv
+    from test_train import make_fake_mnist
+    root = str(tmp_path / "d")
+    make_fake_mnist(root, n_train=64, n_test=48)
+    gpath = tmp_path / "g.json"
+    darts.save_genotype(GENOTYPE, str(gpath))
+    common = ["--data", root, "--save", str(tmp_path / "runs"), "--dataset", "fashion-mnist"]
+    train.main(["--train", "--genotype", str(gpath), "--epochs", "1", "--init_channels", "4",
+                "--layers", "3", "--batch_size", "16", "--run_name", "m"] + common)
+    attack = ["--attack", "fgsm,pgd", "--checkpoint", str(tmp_path / "runs" / "m" / "checkpoint.pt"),
+              "--attack-grad", "both"] + common
+    train.main(attack + ["--batch_size", "48", "--run_name", "one"])
+    ctx = mp.spawn(_worker, args=(2, _free_port(), attack + ["--batch_size", "24", "--run_name", "two"],
+                                  str(tmp_path)), nprocs=2, join=False)
+    assert ctx.join(timeout=300) or ctx.join(timeout=300), "the 2-process attack did not finish"
+
+    def rows(name):
+        with open(tmp_path / "runs" / name / "robustness.csv") as f:
+            return list(csv.DictReader(f))
+    one, two = rows("one"), rows("two")
+    assert [r["grad"] for r in one] == [r["grad"] for r in two] == ["exact", "feedback"]
+    for a, b in zip(one, two):                   # 24 + 24 images on two ranks = the 48 at once
+        for k in ("clean", "fgsm", "pgd"):
+            assert float(a[k]) == pytest.approx(float(b[k]), abs=1e-6), k
+    assert not (tmp_path / "runs" / "two" / "rank1").exists()
