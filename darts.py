@@ -176,9 +176,10 @@ class Network(nn.Module):
                                         (self.alphas_reduce, self.alive_reduce, True)):
             alive &= alpha > 0
             alpha.masked_fill_(~alive, 0.0)
+            masks = alive.tolist()
             for cell in self.cells:
                 if cell.reduction == reduction:
-                    for edge, mask in zip(cell.edges, alive):
+                    for edge, mask in zip(cell.edges, masks):
                         edge.active = [i for i in edge.active if mask[i]]
         return int(self.alive_normal.sum()), int(self.alive_reduce.sum())
 

@@ -19,15 +19,12 @@ the true label's output node and b = 1 for the other updated node(s) (App. A.4, 
 Additive:  w <- w + eta * r,   multiplicative:  w <- w * (1 + eta * r)   (weights start at 0 / 1).
 Updates use only the firing patterns (not the magnitudes of h); no gradient anywhere (A.1).
 
-Only torch and numpy are imported. The paper's experiments (Table 2, Figs. 2, 3, 5) are in
+Only torch is imported (data loading is data.py's, in train.py). The paper's experiments (Table 2, Figs. 2, 3, 5) are in
 plasticity_experiments.py and run with `python train.py --plasticity NAME`.
 """
 import contextlib
-import gzip
 import math
-import os
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -459,27 +456,6 @@ def rnn_data(n, d=10, seed=0):
     X = torch.randn(n, d, generator=g)
     with torch.no_grad():
         return X, teacher(X).argmax(1)
-
-
-def _read_idx(path):
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
-
-
-def load_fashion_mnist_flat(root="/usr/share/datasets/fashion-mnist", n_train=10000, seed=0):
-    """Fashion-MNIST (IDX .gz) flattened to 784 floats in [0, 1]; `n_train` random training
-    images (A.2: 10k of the 60k), the full 10k test set. Returns train_X, train_y, test_X, test_y."""
-    def load(prefix):
-        X = _read_idx(os.path.join(root, f"{prefix}-images-idx3-ubyte.gz"))
-        y = _read_idx(os.path.join(root, f"{prefix}-labels-idx1-ubyte.gz"))
-        return torch.tensor(X.reshape(len(X), -1), dtype=torch.float32) / 255, torch.tensor(y, dtype=torch.long)
-    Xtr, ytr = load("train")
-    Xte, yte = load("t10k")
-    idx = torch.randperm(len(Xtr), generator=torch.Generator().manual_seed(seed))[:n_train]
-    return Xtr[idx], ytr[idx], Xte, yte
 
 
 # ----------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from plasticity import (CapRNN, MLPRule, OutputRuleTable, accuracy, halfspace, m
                         perceptron_output_rule, relu_data, rnn_data, train_gd, train_with_rules)
 
 EXPERIMENTS = ("table2", "generalization", "convergence", "robustness")
+LABELS = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST"}
 
 PAPER_TABLE2 = {  # Table 2: accuracy (%) and robustness on MNIST (%) at eps = 2, 4
     "T=3": dict(mnist=87, fashion=77, robust_eps2=60, robust_eps4=36),
@@ -230,7 +231,7 @@ def run(name, data, out_dir, quick=False, attack=None, seed=0, log=print):
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, name)
     dname, (Xtr, ytr, Xte, yte) = next(iter(data.items()))
-    label = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST"}.get(dname, dname)
+    label = LABELS.get(dname, dname)
     scale = "quick" if quick else "full"
     if name == "table2":
         key = {"fashion-mnist": "fashion", "mnist": "mnist"}.get(dname, dname)
@@ -255,7 +256,7 @@ def run(name, data, out_dir, quick=False, attack=None, seed=0, log=print):
         cols = [("data set", lambda r: r["dataset"]), ("model", lambda r: r["model"]),
                 ("train % (mean ± std)", lambda r: f"{r['train_mean']} ± {r['train_std']}" if "train_mean" in r else None),
                 ("test % (mean ± std)", lambda r: f"{r['test_mean']} ± {r['test_std']}" if "test_mean" in r else r.get("table"))]
-        images = {({"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST"}.get(k, k)): v for k, v in data.items()}
+        images = {LABELS.get(k, k): v for k, v in data.items()}
         title = f"Fig. 3 ({scale}): rules learned on Halfspace (T=1) and ReLU1 (T=3), fixed, used everywhere"
         rows = experiment_generalization(images, quick=quick, seed=seed, log=log,
                                          on_row=lambda rs: write_table(rs, cols, stem, title + " (partial)"))

@@ -87,10 +87,8 @@ def train(args, run, device, genotype=None):
     optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay, nesterov=args.nesterov)
     scheduler = make_scheduler(args, optimizer)
-    start, history = resume(args, run, device, model, optimizer, scheduler)
     monitor = bionas_experiments.LayerMonitor(model)
-    if start:
-        monitor.history = torch.load(run.file("checkpoint.pt"), weights_only=False)["layers"]
+    start, history = resume(args, run, device, model, optimizer, scheduler, monitor=monitor)
     what = args.model if args.model != "darts" else f"genotype {model.config['genotype']}"
     run.log(f"train: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
             f"rules {sorted(set(rules.layer_rules(model).values()))}, {len(xtr)} images, "
@@ -139,9 +137,10 @@ def train(args, run, device, genotype=None):
                       history=history, layers=monitor.history, args=vars(args)),
                  "checkpoint.pt")
         run.write_json(history, "history.json")
-        run.write_json(monitor.summary(), "layers.json")
+        layers = monitor.summary()
+        run.write_json(layers, "layers.json")
         plot_history(history, run.file("curves.png"), ["train_acc", "test_acc", "train_loss"])
-        bionas_experiments.plot_layers(monitor.summary(), run.file("layers.png"),
+        bionas_experiments.plot_layers(layers, run.file("layers.png"),
                                        f"{os.path.basename(run.path)}: epoch {epoch + 1}")
         if args.stop_after and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
             run.log(f"stopping after epoch {epoch + 1} (--stop_after); continue with "

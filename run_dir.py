@@ -167,9 +167,9 @@ def sgd_step(loss, logits, y, params, optimizer, args, run, meter, epoch, step, 
                 f"{meter.line()}")
 
 
-def resume(args, run, device, model, optimizer, scheduler, searcher=None):
+def resume(args, run, device, model, optimizer, scheduler, searcher=None, monitor=None):
     """(first epoch, history): (0, []) for a new run, else everything restored from the run's
-    checkpoint -- weights, alpha, optimizers, schedule, searcher and RNG state."""
+    checkpoint -- weights, alpha, optimizers, schedule, searcher, layer monitor, RNG state."""
     if not args.resume:
         return 0, []
     ckpt = torch.load(run.file("checkpoint.pt"), map_location=device, weights_only=False)
@@ -178,6 +178,8 @@ def resume(args, run, device, model, optimizer, scheduler, searcher=None):
     scheduler.load_state_dict(ckpt["scheduler"])
     if searcher is not None:
         searcher.load_state_dict(ckpt["searcher"])
+    if monitor is not None:
+        monitor.history = ckpt.get("layers", [])
     set_rng_state(ckpt["rng"])
     run.log(f"resumed from {run.file('checkpoint.pt')} after epoch {ckpt['epoch'] + 1}")
     return ckpt["epoch"] + 1, ckpt["history"]

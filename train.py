@@ -71,6 +71,8 @@ def apply_defaults(args, mode):
         for k, v in QUICK[preset].items():
             if getattr(args, k, None) is None or k == "dataset":
                 setattr(args, k, v)
+    if mode == "search" and getattr(args, "darts_prime", False):
+        args.schedule, args.prox = "fimt", args.prox or 0.1       # --darts-prime
     base = dict(SEARCH_DEFAULTS if mode == "search" else TRAIN_DEFAULTS)
     if mode in ("train", "experiment") and getattr(args, "model", "darts") != "darts":
         base = dict(RESNET_DEFAULTS)
@@ -234,20 +236,22 @@ def experiment(args, run, device):
     genotype = darts.load_genotype(args.genotype) if args.genotype else None
     probe = apply_defaults(argparse.Namespace(**vars(args)), "train")
 
-    def sub_args(overrides):
+    def cached(label, name, compute):
+        """RUN/LABEL/NAME left by a finished run, else compute(sub, resume) saved there; resume
+        is the run directory when an interrupted run left a checkpoint."""
+        sub = Run(os.path.join(run.path, label))
+        if os.path.exists(sub.file(name)):
+            with open(sub.file(name)) as f:
+                return json.load(f)
+        out = compute(sub, sub.path if os.path.exists(sub.file("checkpoint.pt")) else None)
+        sub.write_json(out, name)
+        return out
+
+    def retrain(sub, resume_dir, overrides):
         targs = argparse.Namespace(**dict(vars(args), **overrides))
         targs.train, targs.stop_after = True, None
         apply_defaults(targs, "train")
-        targs.experiment = None                 # `--resume RUN/LABEL` resumes just this run
-        return targs
-
-    def train_fn(label, overrides):
-        sub = Run(os.path.join(run.path, label))
-        if os.path.exists(sub.file("result.json")):
-            with open(sub.file("result.json")) as f:
-                return json.load(f)
-        targs = sub_args(overrides)
-        targs.resume = sub.path if os.path.exists(sub.file("checkpoint.pt")) else None
+        targs.experiment, targs.resume = None, resume_dir   # `--resume RUN/LABEL`: this run
         sub.write_json(vars(targs), "args.json")
         acc = train(targs, sub, device, genotype if targs.model == "darts" else None)
         with open(sub.file("layers.json")) as f:
@@ -255,52 +259,46 @@ def experiment(args, run, device):
         with open(sub.file("history.json")) as f:
             seconds = sum(h["seconds"] for h in json.load(f))
         cells = [r for n, r in zip(layers["names"], layers["rules"]) if ".ops." in n]  # edges
-        result = dict(test_acc=acc, layers=layers, seconds=seconds, rules=cells or layers["rules"],
-                      params=sum(p.numel() for p in build_eval_model(targs, genotype).parameters()))
-        sub.write_json(result, "result.json")
-        run.log(f"{label}: test accuracy {acc:.2f}% ({seconds:.0f}s)")
-        return result
+        run.log(f"{os.path.basename(sub.path)}: test accuracy {acc:.2f}% ({seconds:.0f}s)")
+        return dict(test_acc=acc, layers=layers, seconds=seconds, rules=cells or layers["rules"],
+                    params=sum(p.numel() for p in build_eval_model(targs, genotype).parameters()))
 
-    def search_fn(label, overrides):
+    def search_run(sub, resume_dir, overrides):
         """collapse: a DARTS search (--quick: the quick search for 15 epochs, or --epochs)."""
-        sub = Run(os.path.join(run.path, label))
-        if os.path.exists(sub.file("result.json")):
-            with open(sub.file("result.json")) as f:
-                return json.load(f)
         targs = argparse.Namespace(**dict(vars(args), **overrides))
         targs.search, targs.train, targs.stop_after, targs.experiment = "darts", False, None, None
         if args.quick and args.epochs is None:
             targs.epochs = 15
-        if targs.darts_prime:
-            targs.schedule, targs.prox = "fimt", targs.prox or 0.1
         apply_defaults(targs, "search")
-        targs.resume = sub.path if os.path.exists(sub.file("checkpoint.pt")) else None
+        targs.resume = resume_dir
         sub.write_json(vars(targs), "args.json")
         search(targs, sub, device)
         with open(sub.file("history.json")) as f:
-            history = [{k: h.get(k) for k in ("epoch", "param_free_share", "alpha_steps",
-                                              "valid_acc", "genotype", "seconds")}
-                       for h in json.load(f)]
-        sub.write_json(history, "result.json")
-        return history
+            return [{k: h.get(k) for k in ("epoch", "param_free_share", "alpha_steps",
+                                           "valid_acc", "genotype", "seconds")}
+                    for h in json.load(f)]
 
-    def attack_fn(label):
-        sub = Run(os.path.join(run.path, label))
-        if os.path.exists(sub.file("robustness.json")):
-            with open(sub.file("robustness.json")) as f:
-                return json.load(f)
+    def train_fn(label, overrides):
+        return cached(label, "result.json", lambda sub, r: retrain(sub, r, overrides))
+
+    def search_fn(label, overrides):
+        return cached(label, "result.json", lambda sub, r: search_run(sub, r, overrides))
+
+    test_set = []                                   # loaded once, at the first attack
+
+    def attack_run(sub):
         model, _ = load_checkpoint_model(sub.file("checkpoint.pt"), device)
         names = args.attack.split(",") if args.attack else ["onepixel", "fgsm", "pgd", "tpgd", "apgd"]
-        _, _, xte, yte = load_dataset(probe.dataset, args.data)
+        if not test_set:
+            test_set.extend(load_dataset(probe.dataset, args.data)[2:])
         quick = dict(onepixel=dict(popsize=20, steps=5), apgd=dict(steps=20)) if args.quick else {}
-        n = args.attack_batches or (1 if args.quick else None)
-        rows = attacks.evaluate_robustness(model, Batches(xte, yte, 50 if args.quick else 100, device,
-                                                          train=False),
-                                           names,
-                                           grads=("exact", "feedback"), max_batches=n,
+        batches = Batches(*test_set, 50 if args.quick else 100, device, train=False)
+        return attacks.evaluate_robustness(model, batches, names, grads=("exact", "feedback"),
+                                           max_batches=args.attack_batches or (1 if args.quick else None),
                                            preset=args.attack_preset, overrides=quick)
-        sub.write_json(rows, "robustness.json")
-        return rows
+
+    def attack_fn(label):
+        return cached(label, "robustness.json", lambda sub, _: attack_run(sub))
     run.log(f"experiment {args.experiment} ({'quick' if args.quick else 'full'}) on "
             f"{probe.dataset}, runs in {run.path}")
     t0 = time.time()
@@ -485,8 +483,6 @@ def main(argv=None):
         args.quick_retrain = bool(args.search and args.quick)
         apply_defaults(args, "search" if args.search else "train")
         run = new_run(args, "search" if args.search else "train")
-    if args.darts_prime:
-        args.schedule, args.prox = "fimt", args.prox or 0.1
     if args.prox and args.admm:
         raise SystemExit("error: --prox and --admm are two alternative regularizers; pick one")
     if (args.schedule != "alternate" or args.prox or args.admm or args.crb) and \
