@@ -9,6 +9,7 @@ import gzip
 import math
 import os
 import pickle
+import zlib
 
 import numpy as np
 import torch
@@ -26,31 +27,56 @@ SYSTEM_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
 def read_idx(path):
-    """An IDX file (MNIST format, optionally .gz) as a numpy array."""
-    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
-        data = f.read()
+    """An IDX file (MNIST format, optionally .gz) of unsigned bytes as a numpy array; a
+    truncated, corrupt or foreign file stops with one line naming it."""
+    def bad(why):
+        return SystemExit(f"error: {path} is not a complete IDX file ({why}); download it "
+                          f"again or pass --data DIR holding intact files")
+    try:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:           # gzip.BadGzipFile is an OSError
+        raise bad(f"{type(e).__name__}: {e}") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
+        raise bad("its header is not that of an IDX file of unsigned bytes")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise bad("its header is cut short")
     shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
+    need = 4 + 4 * ndim + math.prod(shape)
+    if len(data) != need:
+        raise bad(f"its header announces {need:,} bytes, the file holds {len(data):,}")
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def _find_idx(dirs, stem):
-    for d in dirs:
-        for ext in ("", ".gz"):
-            p = os.path.join(d, stem + ext)
-            if os.path.exists(p):
-                return p
+def _find_idx(d, stem):
+    for ext in ("", ".gz"):
+        p = os.path.join(d, stem + ext)
+        if os.path.exists(p):
+            return p
     return None
 
 
 def _load_mnist_like(name, root):
+    """The four IDX files, all from the first directory that holds all four (torchvision's
+    ROOT/FashionMNIST/raw or ROOT/MNIST/raw, ROOT/NAME, ROOT, then Debian's copy of
+    Fashion-MNIST); a directory of --data holding only some of them is an error, never
+    completed from another copy."""
     sub = "FashionMNIST" if name == "fashion-mnist" else "MNIST"
     dirs = [os.path.join(root, sub, "raw"), os.path.join(root, name), root]
-    if name == "fashion-mnist":
-        dirs.append(SYSTEM_FASHION_MNIST)
     stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-    paths = [_find_idx(dirs, s) for s in stems]
+    for d in dirs:
+        found = [_find_idx(d, s) for s in stems]
+        if any(found) and not all(found):
+            missing = [s for s, p in zip(stems, found) if p is None]
+            raise SystemExit(f"error: {d} holds only some of the {name} files: "
+                             f"{', '.join(missing)} (.gz or not) missing; add them or remove "
+                             f"the others")
+    if name == "fashion-mnist":
+        dirs.append(SYSTEM_FASHION_MNIST)
+    paths = next(([_find_idx(d, s) for s in stems] for d in dirs
+                  if all(_find_idx(d, s) for s in stems)), [None])
     if None in paths:
         try:
             import torchvision
@@ -58,7 +84,7 @@ def _load_mnist_like(name, root):
                 torchvision.datasets.MNIST
             cls(root, train=True, download=True)
             cls(root, train=False, download=True)
-            paths = [_find_idx(dirs, s) for s in stems]
+            paths = [_find_idx(dirs[0], s) for s in stems]
         except Exception as e:                                   # offline, or no write access
             raise SystemExit(
                 f"error: dataset {name} not found. Looked for {', '.join(stems)} (.gz or not) in "
@@ -109,8 +135,16 @@ def _load_imagenet16(root):
     return xtr, ytr, xte, yte
 
 
+_LAST = {}                                 # the last dataset loaded: train.py checks, then runs
+
+
 def load_dataset(name, root):
-    """(train_x, train_y, test_x, test_y): uint8 NCHW images and int64 labels, as tensors."""
+    """(train_x, train_y, test_x, test_y): uint8 NCHW images and int64 labels, as tensors.
+    The last dataset loaded is kept (a run checks its sizes before it starts, then trains on
+    it; experiments load it for every sub-run); callers must not modify the tensors."""
+    key = (name, os.path.abspath(root) if root else None)
+    if key in _LAST:
+        return _LAST[key]
     if name not in DATASETS:
         raise SystemExit(f"error: unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
     if name in ("mnist", "fashion-mnist"):
@@ -120,13 +154,17 @@ def load_dataset(name, root):
     else:
         arrays = _load_cifar(name, root)
     xtr, ytr, xte, yte = (torch.from_numpy(np.array(a)) for a in arrays)
-    return xtr, ytr.long(), xte, yte.long()
+    _LAST.clear()
+    _LAST[key] = (xtr, ytr.long(), xte, yte.long())
+    return _LAST[key]
 
 
 class Batches:
     """Mini-batches of in-memory uint8 images, as float [0, 1] on `device`, augmented on the
     whole batch (random crop with padding, horizontal flip, cutout). The order and the
-    augmentation of epoch e depend only on (seed, e), so a resumed run sees the same data."""
+    augmentation of epoch e depend only on (seed, e), so a resumed run sees the same data.
+    In training, a last batch of a single image is dropped (BatchNorm cannot normalize one
+    image on a 1x1 map, e.g. in the auxiliary head)."""
 
     def __init__(self, x, y, batch_size, device, train=True, pad=0, flip=False, cutout=0,
                  seed=0, memory_format=torch.contiguous_format, rank=0, world=1):
@@ -136,7 +174,7 @@ class Batches:
 
     def __len__(self):
         n = len(self.x) // self.world if self.world > 1 else len(self.x)
-        return math.ceil(n / self.bs)
+        return n // self.bs if self.train and n % self.bs == 1 and n > 1 else math.ceil(n / self.bs)
 
     def __iter__(self):
         g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
@@ -147,6 +185,8 @@ class Batches:
             g = torch.Generator().manual_seed((self.seed * 100003 + self.epoch) * 1009 + self.rank)
         for i in range(0, len(order), self.bs):
             idx = order[i:i + self.bs]
+            if self.train and len(idx) == 1 and len(order) > 1:
+                break
             xb = self.x[idx].float().div_(255)
             if self.train:
                 xb = self.augment(xb, g)

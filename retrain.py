@@ -15,7 +15,8 @@ import resnet
 import rules
 from data import DATASETS, Batches, load_dataset
 from plots import plot_history
-from run_dir import Meter, autocast, distributed, evaluate, resume, rng_state, sgd_step
+from run_dir import (Meter, autocast, check_model_finite, distributed, eta_after_epoch, evaluate,
+                     fmt_eta, load_checkpoint, resume, rng_state, sgd_step)
 
 
 def place(model, args, device):
@@ -67,9 +68,10 @@ def make_scheduler(args, optimizer):
                                                       eta_min=args.learning_rate_min)
 
 
-def train(args, run, device, genotype=None):
+def train(args, run, device, genotype=None, after=0.0):
     """Retrain a genotype from scratch (DARTS train.py): SGD, cosine (or linear) decay,
-    auxiliary head, cutout, drop-path rising linearly to --drop_path_prob, gradient clipping."""
+    auxiliary head, cutout, drop-path rising linearly to --drop_path_prob, gradient clipping.
+    `after`: seconds estimated for what follows, for the run's ETA."""
     torch.manual_seed(args.seed)
     if genotype is None and args.model == "darts":
         if not args.genotype:
@@ -88,7 +90,8 @@ def train(args, run, device, genotype=None):
                                 weight_decay=args.weight_decay, nesterov=args.nesterov)
     scheduler = make_scheduler(args, optimizer)
     monitor = bionas_experiments.LayerMonitor(model)
-    start, history = resume(args, run, device, model, optimizer, scheduler, monitor=monitor)
+    start, history = resume(args, run, device, model, optimizer, scheduler, monitor=monitor,
+                            kinds=("eval",) if args.model == "darts" else ("resnet",))
     what = args.model if args.model != "darts" else f"genotype {model.config['genotype']}"
     run.log(f"train: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
             f"rules {sorted(set(rules.layer_rules(model).values()))}, {len(xtr)} images, "
@@ -105,7 +108,7 @@ def train(args, run, device, genotype=None):
         lr = scheduler.get_last_lr()[0]
         model.drop_path_prob = args.drop_path_prob * epoch / args.epochs
         train_b.epoch = epoch
-        meter = Meter(len(train_b))
+        meter = Meter(len(train_b), epoch, args.epochs, history, after)
         model.train()
         for step, (x, y) in enumerate(train_b):
             optimizer.zero_grad(set_to_none=True)
@@ -125,12 +128,14 @@ def train(args, run, device, genotype=None):
                 return None
             continue
         test_acc, test_loss = evaluate(model, test_b)
+        check_model_finite(model, run, f"epoch {epoch + 1}", args, test_loss)
         history.append(dict(epoch=epoch, train_loss=meter.loss / meter.n,
                             train_acc=100 * meter.correct / meter.n, test_acc=test_acc,
                             test_loss=test_loss, seconds=time.time() - meter.t0,
                             **(dict(replica_max_diff=spread) if world > 1 else {})))
-        run.log(f"epoch {epoch + 1} done: test acc {test_acc:.2f}% loss {test_loss:.4f} "
-                f"({time.time() - meter.t0:.0f}s)")
+        run.log(f"epoch {epoch + 1}/{args.epochs} done: test acc {test_acc:.2f}% loss "
+                f"{test_loss:.4f} ({time.time() - meter.t0:.0f}s, run ETA "
+                f"{fmt_eta(eta_after_epoch(epoch, args.epochs, history, after))})")
         run.save(dict(kind="resnet" if args.model != "darts" else "eval", config=model.config,
                       model=model.state_dict(), optimizer=optimizer.state_dict(),
                       scheduler=scheduler.state_dict(), rng=rng_state(), epoch=epoch,
@@ -139,7 +144,8 @@ def train(args, run, device, genotype=None):
         run.write_json(history, "history.json")
         layers = monitor.summary()
         run.write_json(layers, "layers.json")
-        plot_history(history, run.file("curves.png"), ["train_acc", "test_acc", "train_loss"])
+        plot_history(history, run.file("curves.png"),
+                     ["train_acc", "test_acc", "train_loss", "test_loss"])
         bionas_experiments.plot_layers(layers, run.file("layers.png"),
                                        f"{os.path.basename(run.path)}: epoch {epoch + 1}")
         if args.stop_after and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
@@ -148,9 +154,33 @@ def train(args, run, device, genotype=None):
             return None
     if rank > 0:
         return None
-    torch.save(model.state_dict(), run.file("model.pt"))
+    run.save(model.state_dict(), "model.pt")
     run.log(f"training finished: test accuracy {history[-1]['test_acc']:.2f}%")
     return history[-1]["test_acc"]
+
+
+def estimate_seconds(args, genotype, device, n_train, n_test, steps=3):
+    """Seconds a retraining with `args` should take (for the ETA of a --quick run before its
+    search has found the genotype): the fastest of `steps` timed SGD steps (after a warm-up)
+    of `genotype`'s network on random images of the batch size, times the run's steps, plus
+    evaluation at a third of a training step per test batch. The global RNG is untouched."""
+    c_in, _, _, _, _, _ = DATASETS[args.dataset]
+    size = 32 if c_in == 3 else 28
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        model = place(build_eval_model(args, genotype), args, device).train()
+        opt = torch.optim.SGD(model.parameters(), 0.0)
+        x = torch.rand(args.batch_size, c_in, size, size, device=device)
+        y = torch.zeros(args.batch_size, dtype=torch.long, device=device)
+        times = []
+        for _ in range(steps + 1):
+            t0 = time.time()
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+            times.append(time.time() - t0)
+    per_step = min(times[1:])                  # the fastest: robust to a busy machine
+    batches = -(-n_train // args.batch_size) + -(-n_test // args.batch_size) / 3
+    return per_step * batches * args.epochs
 
 
 def replica_spread(model):
@@ -164,15 +194,12 @@ def replica_spread(model):
     return float((hi - lo).max())
 
 
-def load_checkpoint_model(path, device):
-    """Rebuild the network saved in a train.py checkpoint (search supernet or retrained net)."""
-    if not path or not os.path.exists(path):
-        raise SystemExit(f"error: checkpoint {path!r} does not exist; pass --checkpoint "
-                         f"RUN_DIR/checkpoint.pt (or model.pt's run directory's checkpoint.pt)")
-    ckpt = torch.load(path, map_location=device, weights_only=False)
-    if not isinstance(ckpt, dict) or ckpt.get("kind") not in ("search", "eval", "resnet"):
-        raise SystemExit(f"error: {path} is not a checkpoint written by train.py (it has no "
-                         f"'kind' of search or eval)")
+def load_checkpoint_model(path, device, kinds=None, hint=""):
+    """Rebuild the network saved in a train.py checkpoint (search supernet or retrained net);
+    `kinds` limits which (run_dir.load_checkpoint)."""
+    if not path:
+        raise SystemExit("error: give --checkpoint RUN_DIR/checkpoint.pt (of a --train run)")
+    ckpt = load_checkpoint(path, device, kinds, hint)
     cfg = dict(ckpt["config"])
     if ckpt["kind"] == "search":
         model = darts.Network(**cfg)

@@ -244,15 +244,24 @@ class RuleConv2d(_RuleMixin, nn.Conv2d):
         if self.padding_mode != "zeros":
             raise ValueError(f"RuleConv2d supports padding_mode='zeros' only, "
                              f"got {self.padding_mode!r}")
+        stride = self.stride
+        if self.kernel_size == (1, 1) and self.padding == (0, 0) and stride != (1, 1):
+            # A 1x1 convolution at stride s reads only every s-th pixel: take them first and
+            # convolve at stride 1 (the same function). This routes around a oneDNN fault in
+            # the backward of strided 1x1 channels_last convolutions on the CPU (torch 2.9-2.14:
+            # heap corruption, a segfault or an endless spin, with any thread count, e.g.
+            # x (3, 12, 28, 28) or (3, 4, 28, 28), weight (4, C, 1, 1), stride 2; here it is
+            # DARTS's FactorizedReduce). tests/test_rules.py runs that case in a subprocess.
+            x, stride = x[:, :, ::stride[0], ::stride[1]], (1, 1)
         if self.rule == "bp" or self.exact:
-            return F.conv2d(x, self.weight, self.bias, self.stride, self.padding,
+            return F.conv2d(x, self.weight, self.bias, stride, self.padding,
                             self.dilation, self.groups)
         if self.rule == "brsf" and self.training:
             self._draw_brsf()
         (x, w, b), cast = _autocast(x, self.weight, self.bias)
         with torch.autocast(x.device.type, enabled=False) if cast else contextlib.nullcontext():
             return FeedbackConv2dFunction.apply(x, w, b, self.weight_backward, self.rule,
-                                                list(self.stride), list(self.padding),
+                                                list(stride), list(self.padding),
                                                 list(self.dilation), self.groups)
 
 

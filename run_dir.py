@@ -1,10 +1,10 @@
 """Run directories and the pieces of a training loop shared by search and retraining.
 
 A run directory holds log.txt, args.json, checkpoint.pt (written to a temp file, then renamed,
-so a crash never leaves a broken file) and metrics; `resume` restores weights, optimizers,
-schedule, searcher and RNG state from it. Also: the device choice (--gpu N, CPU fallback), one
-SGD step with gradient clipping and a clear stop on a non-finite loss, progress with ETA, and
-evaluation.
+so a crash never leaves a broken file) and metrics, and is locked while a process writes it;
+`resume` restores weights, optimizers, schedule, searcher and RNG state from it. Also: the
+device choice (--gpu N, CPU fallback), one SGD step with gradient clipping, a clear stop when a
+loss, weight or alpha stops being finite, progress with an ETA for the whole run, evaluation.
 """
 import contextlib
 import csv
@@ -13,10 +13,18 @@ import math
 import os
 import sys
 import time
+import warnings
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+try:
+    import fcntl                                          # run-directory lock (POSIX)
+except ImportError:                                       # Windows: runs are not locked
+    fcntl = None
+
+WARNINGS = []        # device warnings of this process, printed once; train.py logs them
 
 
 def pick_device(gpu):
@@ -29,8 +37,11 @@ def pick_device(gpu):
     if torch.cuda.is_available() and gpu < torch.cuda.device_count():
         return torch.device(f"cuda:{gpu}")
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    print(f"warning: --gpu {gpu} requested but this machine has {n} CUDA device(s); "
-          f"running on the CPU", file=sys.stderr)
+    msg = (f"warning: --gpu {gpu} requested but this machine has {n} CUDA device(s); "
+           f"running on the CPU")
+    if msg not in WARNINGS:                                # once per process
+        WARNINGS.append(msg)
+        print(msg, file=sys.stderr)
     return torch.device("cpu")
 
 
@@ -59,13 +70,44 @@ def distributed(device):
 
 class Run:
     """A run directory: log.txt, args.json, checkpoint.pt (atomic), metrics.json. With
-    main=False (ranks other than 0 under torchrun) nothing is printed or written."""
+    main=False (ranks other than 0 under torchrun) nothing is printed or written. lock=True
+    takes RUN/.lock for the life of the process (released by the OS even after SIGKILL): a
+    second process writing the same run stops with an error instead of corrupting it."""
 
-    def __init__(self, path, main=True):
-        self.path, self.main = path, main
+    def __init__(self, path, main=True, lock=False):
+        self.path, self.main, self._lock = path, main, None
         if main:
             os.makedirs(path, exist_ok=True)
+            if lock:
+                self._take_lock()
             self.log_file = open(os.path.join(path, "log.txt"), "a")
+
+    def _take_lock(self):
+        if fcntl is None:
+            return
+        f = open(os.path.join(self.path, ".lock"), "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            pid = f.read().strip() or "?"
+            f.close()
+            raise SystemExit(f"error: {self.path} is in use by another train.py process (pid "
+                             f"{pid}); wait for it to end (or stop it) before resuming this "
+                             f"run") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._lock = f                                    # held until the process ends
+
+    def close(self):
+        """Release the lock and the log (also done by the OS when the process ends)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+        if self.main and not self.log_file.closed:
+            self.log_file.close()
 
     def log(self, msg):
         if not self.main:
@@ -74,6 +116,23 @@ class Run:
         print(line, flush=True)
         self.log_file.write(line + "\n")
         self.log_file.flush()
+
+    def log_quietly(self, msg):
+        """To log.txt only (an error the terminal already shows once)."""
+        if self.main:
+            self.log_file.write(time.strftime("%H:%M:%S ") + msg + "\n")
+            self.log_file.flush()
+
+    def last_checkpoint(self):
+        """'RUN/checkpoint.pt (after epoch E)' if the run has written one, else None."""
+        path = self.file("checkpoint.pt")
+        if not os.path.exists(path):
+            return None
+        try:
+            with open(self.file("history.json")) as f:
+                return f"{path} (after epoch {len(json.load(f))})"
+        except (OSError, ValueError):
+            return path
 
     def file(self, name):
         return os.path.join(self.path, name)
@@ -113,12 +172,23 @@ def fmt_eta(seconds):
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-class Meter:
-    """Running loss/accuracy, images/s and ETA for the log line."""
+def eta_after_epoch(epoch, epochs, history, after=0.0):
+    """Seconds the run still needs once epoch `epoch` (0-based) has ended: the epochs left at
+    the mean pace of those in `history`, plus `after`."""
+    done = [h["seconds"] for h in history if "seconds" in h]
+    return (sum(done) / max(len(done), 1)) * (epochs - epoch - 1) + after
 
-    def __init__(self, total_steps):
+
+class Meter:
+    """Running loss/accuracy, images/s and the ETA of the whole run for the log line: the steps
+    left in this epoch at this epoch's pace, the epochs left at the pace of the finished ones
+    (their evaluation included; `history` holds their "seconds"), and `after` seconds
+    estimated for what follows this phase (the retraining after a --quick search)."""
+
+    def __init__(self, total_steps, epoch=0, epochs=1, history=(), after=0.0):
         self.total, self.t0, self.n, self.loss, self.correct, self.steps = total_steps, \
             time.time(), 0, 0.0, 0, 0
+        self.epoch, self.epochs, self.history, self.after = epoch, epochs, history, after
 
     def update(self, loss, logits, y):
         self.n += len(y)
@@ -126,19 +196,49 @@ class Meter:
         self.correct += (logits.argmax(1) == y).sum().item()
         self.steps += 1
 
+    def eta(self):
+        """Seconds until the whole run ends."""
+        per_step = (time.time() - self.t0) / max(self.steps, 1)
+        left = per_step * (self.total - self.steps)
+        if any("seconds" in h for h in self.history):
+            return left + eta_after_epoch(self.epoch, self.epochs, self.history, self.after)
+        return left + per_step * self.total * (self.epochs - self.epoch - 1) + self.after
+
     def line(self):
         dt = time.time() - self.t0
-        eta = dt / max(self.steps, 1) * (self.total - self.steps)
         return (f"loss {self.loss / max(self.n, 1):.4f} acc {100 * self.correct / max(self.n, 1):.2f}% "
-                f"{self.n / max(dt, 1e-9):.0f} img/s ETA {fmt_eta(eta)}")
+                f"{self.n / max(dt, 1e-9):.0f} img/s, run ETA {fmt_eta(self.eta())}")
 
 
-def check_finite(loss, run, where):
+def stop_diverged(run, what, args):
+    """Stop a run whose loss, weights or alpha stopped being finite: one line (stderr and
+    log.txt) naming what, the learning rates to lower, and the last good checkpoint if any."""
+    last = run.last_checkpoint()
+    raise SystemExit(
+        f"error: the run diverged: {what}. Lower --learning_rate (it is "
+        f"{args.learning_rate:g}" + (f", --arch_learning_rate {args.arch_learning_rate:g}"
+                                      if getattr(args, "search", None) else "")
+        + ") or keep --grad_clip on, and start a new run; "
+        + (f"the last good checkpoint is {last}" if last else
+           "no checkpoint was written (it diverged in its first epoch)"))
+
+
+def check_finite(loss, run, where, args):
     if not math.isfinite(loss):
-        run.log(f"error: the loss became {loss} at {where}. Lower --learning_rate (or "
-                f"--arch_learning_rate), keep --grad_clip on, or try another --seed; the last "
-                f"good checkpoint is {run.file('checkpoint.pt')} (resume with --resume).")
-        raise SystemExit(2)
+        stop_diverged(run, f"the training loss became {loss} at {where}", args)
+
+
+def check_model_finite(model, run, where, args, valid_loss=None):
+    """Stop (stop_diverged) if the validation loss or any parameter or buffer of `model`
+    (weights, alpha, BatchNorm statistics) is not finite: checked before each checkpoint, so
+    the checkpoint on disk is always the last finite one."""
+    bad = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if valid_loss is not None and not math.isfinite(valid_loss):
+        bad.insert(0, f"the evaluation loss ({valid_loss})")
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        stop_diverged(run, f"{len(bad)} non-finite value(s) after {where}: {shown}", args)
 
 
 def sgd_step(loss, logits, y, params, optimizer, args, run, meter, epoch, step, lr,
@@ -160,29 +260,69 @@ def sgd_step(loss, logits, y, params, optimizer, args, run, meter, epoch, step, 
         scaler.update()
     else:
         optimizer.step()
-    check_finite(loss.item(), run, f"epoch {epoch + 1} step {step + 1}")
+    check_finite(loss.item(), run, f"epoch {epoch + 1} step {step + 1}", args)
     meter.update(loss.item(), logits.detach(), y)
     if (step + 1) % args.report_freq == 0 or step + 1 == meter.total:
         run.log(f"epoch {epoch + 1}/{args.epochs} step {step + 1}/{meter.total} lr {lr:.4f} "
                 f"{meter.line()}")
 
 
-def resume(args, run, device, model, optimizer, scheduler, searcher=None, monitor=None):
+def load_checkpoint(path, device="cpu", kinds=None, hint=""):
+    """A checkpoint.pt written by train.py, or a one-line stop naming what is wrong: missing,
+    unreadable (truncated, not a torch file), or of another kind than `kinds` (search / eval /
+    resnet; `hint` says what to give instead)."""
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: checkpoint {path} does not exist; give the checkpoint.pt of "
+                         f"a train.py run directory")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:                                 # truncated zip, random bytes, ...
+        first = (str(e).strip().splitlines() or [""])[0][:100]
+        raise SystemExit(f"error: {path} cannot be read as a checkpoint: it is truncated or "
+                         f"damaged, or not a torch file ({type(e).__name__}: {first})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("kind") not in ("search", "eval", "resnet"):
+        raise SystemExit(f"error: {path} is not a checkpoint written by train.py (it has no "
+                         f"'kind' of search, eval or resnet)")
+    if kinds is not None and ckpt["kind"] not in kinds:
+        what = {"search": "an architecture search (supernet)", "eval": "a genotype retraining",
+                "resnet": "a ResNet baseline"}
+        raise SystemExit(f"error: {path} holds {what[ckpt['kind']]} checkpoint, not "
+                         f"{' or '.join(what[k] for k in kinds)}" + (f"; {hint}" if hint else ""))
+    return ckpt
+
+
+def resume(args, run, device, model, optimizer, scheduler, searcher=None, monitor=None,
+           kinds=None):
     """(first epoch, history): (0, []) for a new run, else everything restored from the run's
-    checkpoint -- weights, alpha, optimizers, schedule, searcher, layer monitor, RNG state."""
+    checkpoint -- weights, alpha, optimizers, schedule, searcher, layer monitor, RNG state.
+    If --epochs grew since the checkpoint, the learning-rate schedule (built for the new
+    total) is replayed up to the resumed epoch instead of restored."""
     if not args.resume:
         return 0, []
-    ckpt = torch.load(run.file("checkpoint.pt"), map_location=device, weights_only=False)
+    ckpt = load_checkpoint(run.file("checkpoint.pt"), device, kinds,
+                           hint=f"{run.path} mixes files of two runs")
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    scheduler.load_state_dict(ckpt["scheduler"])
+    start = ckpt["epoch"] + 1
+    if ckpt["args"].get("epochs", args.epochs) == args.epochs:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    else:                                                  # --resume RUN --epochs MORE
+        for group in optimizer.param_groups:              # replay from the initial lr
+            group["lr"] = group["initial_lr"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")                # "step() before optimizer.step()"
+            for _ in range(start):
+                scheduler.step()
+        run.log(f"--epochs {ckpt['args']['epochs']} -> {args.epochs}: the learning-rate "
+                f"schedule now spans {args.epochs} epochs; epoch {start + 1} starts at lr "
+                f"{scheduler.get_last_lr()[0]:.5g}")
     if searcher is not None:
         searcher.load_state_dict(ckpt["searcher"])
     if monitor is not None:
         monitor.history = ckpt.get("layers", [])
     set_rng_state(ckpt["rng"])
-    run.log(f"resumed from {run.file('checkpoint.pt')} after epoch {ckpt['epoch'] + 1}")
-    return ckpt["epoch"] + 1, ckpt["history"]
+    run.log(f"resumed from {run.file('checkpoint.pt')} after epoch {start}")
+    return start, ckpt["history"]
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ import ops
 from data import DATASETS, load_dataset
 from plots import plot_alphas, plot_cell, plot_history
 from retrain import make_batches, place
-from run_dir import Meter, autocast, evaluate, resume, rng_state, sgd_step
+from run_dir import Meter, autocast, eta_after_epoch, fmt_eta, check_model_finite, evaluate, resume, rng_state, sgd_step
 
 
 def write_genotype(genotype, run, method):
@@ -32,8 +32,13 @@ def split_search_data(args):
     perm = torch.randperm(len(xtr), generator=g)
     if args.subset:
         perm = perm[:args.subset]
-    portion = args.train_portion or darts_prime.Schedule(args.schedule).weight_share
+    portion = args.train_portion if args.train_portion is not None else \
+        darts_prime.Schedule(args.schedule).weight_share
     n = int(len(perm) * portion)
+    if not 0 < n < len(perm):
+        raise ValueError(f"--train_portion {portion:g} of {len(perm)} images leaves "
+                         f"{'no weight' if n <= 0 else 'no alpha'} images; the search needs "
+                         f"both parts (0 < --train_portion < 1)")
     return (xtr[perm[:n]], ytr[perm[:n]]), (xtr[perm[n:]], ytr[perm[n:]])
 
 
@@ -48,6 +53,8 @@ def build_search_model(args, candidates):
 def alpha_batches(alpha_b, epoch):
     """The alpha batches of an epoch, cycled when the alpha part is the smaller one; the order
     depends only on (seed, epoch, pass), so a resumed search sees the same batches."""
+    if len(alpha_b) == 0:
+        raise ValueError("the alpha part of the training set is empty")
     k = 0
     while True:
         alpha_b.epoch = epoch + 100003 * k
@@ -55,9 +62,10 @@ def alpha_batches(alpha_b, epoch):
         k += 1
 
 
-def search(args, run, device):
+def search(args, run, device, after=0.0):
     """BioNAS-DARTS search (DARTS train_search.py): per step one alpha step on an alpha-half
-    batch, then one SGD step of the weights on a weight-half batch."""
+    batch, then one SGD step of the weights on a weight-half batch. `after`: the seconds
+    estimated for what follows (the --quick retraining), for the run's ETA."""
     torch.manual_seed(args.seed)
     candidates = ops.search_space(args.rules.split(","), args.skip_rules.split(","),
                                   zero=args.search == "darts" and not args.crb)
@@ -72,7 +80,8 @@ def search(args, run, device):
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs,
                                                            eta_min=args.learning_rate_min)
     searcher = make_searcher(args, model, run)
-    start, history = resume(args, run, device, model, optimizer, scheduler, searcher)
+    start, history = resume(args, run, device, model, optimizer, scheduler, searcher,
+                            kinds=("search",))
     run.log(f"search {args.search}: {len(candidates)} candidates, "
             f"{sum(p.numel() for p in model.weights()) / 1e6:.2f}M weights, "
             f"{len(xw)} weight / {len(xa)} alpha images, {args.epochs} epochs on {device}")
@@ -82,7 +91,7 @@ def search(args, run, device):
         lr = scheduler.get_last_lr()[0]
         train_b.epoch = epoch
         alpha_it, alpha_before = alpha_batches(alpha_b, epoch), sched.alpha_steps if sched else 0
-        meter = Meter(len(train_b))
+        meter = Meter(len(train_b), epoch, args.epochs, history, after)
         for step, (x, y) in enumerate(train_b):
             if sched is not None:
                 searcher.progress = (epoch + step / len(train_b)) / args.epochs   # c of Eq. 20
@@ -99,6 +108,7 @@ def search(args, run, device):
                 searcher.step(x, y, *next(alpha_it), lr, optimizer, epoch)
         scheduler.step()
         valid_acc, valid_loss = evaluate(model, eval_b)
+        check_model_finite(model, run, f"epoch {epoch + 1}", args, valid_loss)
         genotype = model.genotype()
         wn, wr = model.mixing_weights()
         prime = dict(alpha_steps=sched.alpha_steps - alpha_before, fimt_h=sched.h,
@@ -109,8 +119,9 @@ def search(args, run, device):
                             weights_normal=wn.tolist(), weights_reduce=wr.tolist(),
                             param_free_share=darts_prime.parameter_free_share(genotype),
                             seconds=time.time() - meter.t0, **prime))
-        run.log(f"epoch {epoch + 1} done: valid acc {valid_acc:.2f}% loss {valid_loss:.4f} "
-                f"({time.time() - meter.t0:.0f}s); "
+        run.log(f"epoch {epoch + 1}/{args.epochs} done: valid acc {valid_acc:.2f}% loss "
+                f"{valid_loss:.4f} ({time.time() - meter.t0:.0f}s, run ETA "
+                f"{fmt_eta(eta_after_epoch(epoch, args.epochs, history, after))}); "
                 + (f"{prime['alpha_steps']} alpha steps for {len(train_b)} weight steps "
                    f"({args.schedule}); " if sched else "")
                 + f"parameter-free ops in the normal cell "
@@ -122,7 +133,7 @@ def search(args, run, device):
         run.write_json(history, "history.json")
         write_genotype(genotype, run, args.search)
         plot_alphas(wn, wr, candidates, args.nodes, run.file("alphas.png"),
-                    f"{args.search} search, epoch {epoch + 1}")
+                    f"{args.search} search, epoch {epoch + 1}", genotype=genotype)
         if args.stop_after and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
             run.log(f"stopping after epoch {epoch + 1} (--stop_after); continue with "
                     f"--resume {run.path}")
@@ -131,7 +142,8 @@ def search(args, run, device):
     write_genotype(genotype, run, args.search)
     for cell in ("normal", "reduce"):
         plot_cell(genotype, cell, run.file(f"cell_{cell}.png"))
-    plot_history(history, run.file("curves.png"), ["train_acc", "valid_acc", "train_loss"])
+    plot_history(history, run.file("curves.png"),
+                 ["train_acc", "valid_acc", "train_loss", "valid_loss"])
     run.log(f"search finished: genotype written to {run.file('genotype.json')}")
     return genotype
 

@@ -323,3 +323,62 @@ def test_mlp_learns_with_each_rule(rule):
         opt.step()
     acc = (net(X[1000:]).argmax(1) == y[1000:]).double().mean().item()
     assert acc > (0.6 if rule == "hebbian" else 0.85)           # chance is ~1/3
+
+
+# ------------------------------------------------------------------ oneDNN fault (issue 14)
+
+_ONEDNN_CASE = r"""
+import itertools, sys, torch
+sys.path.insert(0, sys.argv[1])
+torch.set_num_threads(2)
+import ops
+from rules import RuleConv2d
+cl = torch.channels_last
+for rule, cin, n in itertools.product(("bp", "fa", "brsf", "hebbian"), (3, 4, 12), (2, 3, 5, 7)):
+    conv = RuleConv2d(cin, 4, 1, stride=2, bias=False, rule=rule).to(memory_format=cl)
+    for _ in range(3):
+        x = torch.randn(n, cin, 28, 28).contiguous(memory_format=cl).requires_grad_(True)
+        conv(x).sum().backward()
+for rule, n in itertools.product(("bp", "usf"), (3, 5)):     # DARTS's FactorizedReduce
+    fr = ops.FactorizedReduce(12, 8, rule).to(memory_format=cl)
+    x = torch.randn(n, 12, 27, 27).contiguous(memory_format=cl).requires_grad_(True)
+    fr(x).square().sum().backward()
+print("survived")
+"""
+
+
+def test_strided_1x1_channels_last_backward_survives_in_subprocess():
+    """The oneDNN fault of strided 1x1 channels_last convolutions (heap corruption, segfault
+    or an endless spin in their backward; on this project's CPU for 2-4 input channels and any
+    batch >= 2, on others for < 16 channels and odd batches >= 3) must not be reachable through
+    RuleConv2d: the minimal cases run in a fresh process with 2 threads and must finish."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="2")
+    try:
+        p = subprocess.run([sys.executable, "-c", _ONEDNN_CASE, root], env=env,
+                           capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("strided 1x1 channels_last backward hung (> 120 s)")
+    assert p.returncode == 0 and "survived" in p.stdout, (p.returncode, p.stderr[-500:])
+
+
+def test_strided_1x1_conv_is_the_subsampled_conv():
+    """The workaround's identity, independently: a 1x1 stride-(2, 3) conv equals a stride-1
+    conv of every 2nd row and 3rd column; output, weight and input gradients of RuleConv2d
+    (bp and fa) against nn.Conv2d / a hand-built transposed convolution."""
+    torch.manual_seed(5)
+    ref = nn.Conv2d(5, 3, 1, stride=(2, 3), bias=True)
+    x = torch.randn(3, 5, 11, 13)
+    assert torch.allclose(ref(x), F.conv2d(x[:, :, ::2, ::3], ref.weight, ref.bias), atol=1e-12)
+    for rule in ("bp", "fa"):
+        lay = RuleConv2d(5, 3, 1, stride=(2, 3), rule=rule)
+        ref.load_state_dict({n: t for n, t in lay.state_dict().items() if n != "weight_backward"})
+        g = torch.randn_like(ref(x))
+        gx, gw, gb = _conv_grads(lay, x, g)
+        rx, rw, rb = _conv_grads(ref, x, g)
+        assert torch.allclose(gw, rw, atol=1e-12) and torch.allclose(gb, rb, atol=1e-12)
+        B = lay.weight.detach() if rule == "bp" else lay.weight_backward
+        assert torch.allclose(gx, _transposed_conv(g, B, x.shape, (2, 3), 0, 1, 1), atol=1e-12)

@@ -118,9 +118,8 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
     bad = tmp_path / "g.json"
     bad.write_text(json.dumps({"normal": [["sep_conv_3x3_xyz", 0]] * 2, "normal_concat": [2],
                                "reduce": [["max_pool_3x3", 0]] * 2, "reduce_concat": [2]}))
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="unknown operation 'sep_conv_3x3_xyz'"):
         train.main(tiny_args(tmp_path, "--train", "--genotype", str(bad), "--epochs", "1"))
-    assert "unknown operation 'sep_conv_3x3_xyz'" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="--rules: unknown learning rule 'dfa'"):
         train.main(tiny_args(tmp_path, "--search", "darts", "--rules", "fa,dfa"))
 
@@ -143,7 +142,7 @@ def test_attack_cli_on_retrained_checkpoint(tmp_path):
     vals = [[float(v) for v in r.split(",")[1:]] for r in rows[1:]]
     assert all(0 <= v <= 100 for r in vals for v in r)
     assert vals[0][0] == vals[1][0]                        # same clean accuracy in both rows
-    assert (out / "robustness.md").exists() and (out / "robustness_eps.png").exists()
+    assert (out / "robustness.md").exists()
     with pytest.raises(SystemExit, match="does not exist"):
         train.main(["--attack", "fgsm", "--checkpoint", str(tmp_path / "missing.pt"),
                     "--save", str(tmp_path / "runs")])

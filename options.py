@@ -1,0 +1,454 @@
+"""The flags of train.py: the parser, the papers' defaults and presets, and every check a run
+passes before its run directory is made.
+
+    build_parser()      every flag, spelled with underscores as in the DARTS scripts (each
+                        also accepted with hyphens: --force-rule = --force_rule); -h shows
+                        the real default of each, per mode where it depends on the mode
+    apply_defaults()    fills unset flags with the paper's value for the mode (and --quick)
+    check_args()        impossible values, sizes and combinations: one line each, at once
+    resume_args()       --resume RUN: the run's saved flags, plus the few that may change
+"""
+import argparse
+import json
+import os
+
+import bionas_experiments
+import darts
+import plasticity_experiments
+import rules
+from attacks import ATTACKS, PRESETS
+from data import DATASETS
+
+# ============================================================================ defaults
+
+SEARCH_DEFAULTS = dict(augment=True, batch_size=256, learning_rate=0.1, learning_rate_min=0.0,
+                       nesterov=True,
+                       weight_decay=3e-4, epochs=50, init_channels=16, layers=5, nodes=4,
+                       report_freq=50)
+TRAIN_DEFAULTS = dict(augment=True, batch_size=96, learning_rate=0.025, learning_rate_min=0.0,
+                      nesterov=False,
+                      weight_decay=3e-4, epochs=600, init_channels=36, layers=20, auxiliary=True,
+                      cutout=16, drop_path_prob=0.2, label_smoothing=0.0, lr_schedule="cosine",
+                      report_freq=50)
+DATASET_DEFAULTS = {  # (mode, dataset): overrides (BioNAS Sec. 3.4.2 and App. A.1)
+    ("train", "imagenet16-120"): dict(batch_size=1024, learning_rate=0.5, weight_decay=3e-5,
+                                      epochs=250, init_channels=48, layers=14, cutout=0,
+                                      drop_path_prob=0.0, label_smoothing=0.1,
+                                      lr_schedule="linear"),
+    ("search", "imagenet16-120"): dict(batch_size=512, learning_rate=0.5),
+}
+# ResNet baselines: Sanfiz & Akrout's Biotorch benchmark (BioNAS Sec. 3.4: "the same setup")
+RESNET_DEFAULTS = dict(augment=True, batch_size=128, learning_rate=0.1, learning_rate_min=0.0,
+                       nesterov=False, weight_decay=1e-4, epochs=250, auxiliary=False, cutout=0,
+                       drop_path_prob=0.0, label_smoothing=0.0, lr_schedule="multistep",
+                       report_freq=50)
+EGNAS_DEFAULTS = dict(layers=8, warm_start_epochs=15)    # EG-NAS train_search.py
+QUICK = {  # --quick: search then a short retrain on Fashion-MNIST, minutes on a 2-core CPU
+    "search": dict(dataset="fashion-mnist", subset=1600, batch_size=32, learning_rate=0.05,
+                   epochs=3, init_channels=4, layers=3, nodes=2, report_freq=10,
+                   warm_start_epochs=1),
+    "train": dict(dataset="fashion-mnist", subset=40000, batch_size=64, learning_rate=0.05,
+                  epochs=5, init_channels=8, layers=4, auxiliary=False, cutout=0,
+                  drop_path_prob=0.0, augment=False, report_freq=50),
+    # --experiment --quick: every retraining of the experiment at this size
+    "experiment": dict(dataset="fashion-mnist", subset=5000, batch_size=64, learning_rate=0.05,
+                       epochs=2, init_channels=8, layers=4, auxiliary=False, cutout=0,
+                       drop_path_prob=0.0, augment=False, lr_schedule="cosine", report_freq=40),
+}
+# the flags --resume accepts: they change how a run continues, not what it computes
+RESUME_FLAGS = ("epochs", "gpu", "report_freq", "stop_after", "data")
+MIN_LAYERS = 3               # reductions at 1/3 and 2/3 of the depth leave a normal cell
+
+
+def apply_defaults(args, mode):
+    """Fill every flag left unset with the paper's default for this mode and dataset."""
+    if args.quick:
+        preset = "experiment" if getattr(args, "experiment", None) and mode == "train" else mode
+        for k, v in QUICK[preset].items():
+            if getattr(args, k, None) is None or k == "dataset":
+                setattr(args, k, v)
+    if mode == "search" and getattr(args, "darts_prime", False):
+        args.schedule, args.prox = "fimt", args.prox or 0.1       # --darts_prime
+    base = dict(SEARCH_DEFAULTS if mode == "search" else TRAIN_DEFAULTS)
+    if mode in ("train", "experiment") and getattr(args, "model", "darts") != "darts":
+        base = dict(RESNET_DEFAULTS)
+    if mode == "search" and args.search == "egnas":
+        base.update(EGNAS_DEFAULTS)
+    if mode == "train" and genotype_search_method(args.genotype) == "egnas":
+        base["drop_path_prob"] = 0.3                      # BioNAS Sec. 3.4.1: 0.3 for BioNAS-EG
+    base.update(DATASET_DEFAULTS.get((mode, args.dataset), {}))
+    for k, v in base.items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    return args
+
+
+def genotype_search_method(path):
+    """'darts' or 'egnas' as recorded in a genotype.json written by a search, else None."""
+    try:
+        with open(path) as f:
+            return json.load(f).get("search")
+    except (OSError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def mode_of(args):
+    """What a command runs: experiment, plasticity, attack, search or train (None: nothing)."""
+    for mode in ("experiment", "plasticity", "attack", "search", "train"):
+        if getattr(args, mode, None):
+            return mode
+    return None
+
+
+# ============================================================================ the parser
+
+def _typed(kind, test, what):
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not test(v):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
+        return v
+    parse.__name__ = what
+    return parse
+
+
+POS_INT = _typed(int, lambda v: v >= 1, "an integer >= 1")
+NONNEG_INT = _typed(int, lambda v: v >= 0, "an integer >= 0")
+NONNEG = _typed(float, lambda v: v >= 0, "a number >= 0")
+PORTION = _typed(float, lambda v: 0 < v < 1, "a fraction strictly between 0 and 1")
+PROB = _typed(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
+class _Help(argparse.HelpFormatter):
+    """Shows one spelling per flag and its default; flags whose default depends on the mode
+    say so in their help text (built from the tables above) instead of "(default: None)"."""
+
+    def _format_action_invocation(self, action):
+        shown = [o for o in action.option_strings
+                 if "-" not in o.removeprefix("--no-").removeprefix("--").removeprefix("-")]
+        if not shown or action.nargs == 0:
+            return ", ".join(shown or action.option_strings)
+        return f"{shown[0]} {self._format_args(action, self._get_default_metavar_for_optional(action))}"
+
+    def _get_help_string(self, action):
+        h = action.help or ""
+        if "%(default)" in h or "default:" in h or action.default is None or \
+                action.default is False or action.default == argparse.SUPPRESS:
+            return h
+        return h + " (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error and both spellings (_ and -) of every flag."""
+
+    def error(self, message):
+        raise SystemExit(f"error: {message} (python train.py -h lists the flags)")
+
+
+def _flag(group, name, **kw):
+    alias = "--" + name[2:].replace("_", "-")
+    return group.add_argument(*([name, alias] if alias != name else [name]), **kw)
+
+
+def _mode_default(key):
+    """'default: search 256 (EG-NAS 8), retrain 96, ResNet 128; --quick: ...' for `key`."""
+    fmt = lambda v: ("on" if v else "off") if isinstance(v, bool) else f"{v:g}" \
+        if isinstance(v, float) else str(v)                               # noqa: E731
+    parts = []
+    if key in SEARCH_DEFAULTS or key in EGNAS_DEFAULTS:
+        s, eg = SEARCH_DEFAULTS.get(key), EGNAS_DEFAULTS.get(key)
+        parts.append(f"search {fmt(s)}" + (f" (EG-NAS {fmt(eg)})" if eg is not None else "")
+                     if s is not None else f"EG-NAS search {fmt(eg)}")
+    if key in TRAIN_DEFAULTS:
+        parts.append(f"retrain {fmt(TRAIN_DEFAULTS[key])}")
+    if key in RESNET_DEFAULTS and RESNET_DEFAULTS[key] != TRAIN_DEFAULTS.get(key):
+        parts.append(f"ResNet {fmt(RESNET_DEFAULTS[key])}")
+    for (mode, ds), d in DATASET_DEFAULTS.items():
+        if key in d:
+            parts.append(f"{ds} {'retrain' if mode == 'train' else mode} {fmt(d[key])}")
+    quick = [f"{m.replace('train', 'retrain')} {fmt(QUICK[m][key])}"
+             for m in ("search", "train", "experiment") if key in QUICK[m]]
+    return "default: " + ", ".join(parts) + ("; --quick: " + ", ".join(quick) if quick else "")
+
+
+def _quick_help():
+    s, t, e = QUICK["search"], QUICK["train"], QUICK["experiment"]
+    return (f"CPU-sized presets on Fashion-MNIST. --search darts --quick: a search on "
+            f"{s['subset']:,} images (half weights, half alpha), {s['epochs']} epochs, "
+            f"{s['init_channels']} channels, {s['layers']} cells of {s['nodes']} nodes, batch "
+            f"{s['batch_size']}, then a retrain of the genotype on {t['subset']:,} images, "
+            f"{t['epochs']} epochs, {t['init_channels']} channels, {t['layers']} layers "
+            f"(~10 min on 2 cores); --experiment --quick: every retraining on {e['subset']:,} "
+            f"images for {e['epochs']} epochs; --plasticity --quick: the short version")
+
+
+EXPERIMENT_HELP = dict(table1="ResNet-20/56 with each single rule (Table 1)",
+                       **{"mixed-vs-single": "the genotype vs the same with every edge forced "
+                          "to one rule (Fig. 4; needs --genotype)",
+                          "random-rules": "the genotype vs random rule assignments (--seeds; "
+                          "needs --genotype)",
+                          "robustness": "attacks on the genotype and on single-rule ResNets "
+                          "(Table 2; needs --genotype)",
+                          "collapse": "DARTS vs DARTS-PRIME searches, parameter-free share per "
+                          "epoch (thesis Fig. 19)"})
+
+
+def build_parser():
+    p = Parser(description="BioNAS: search, retrain, attack, experiments, plasticity. Every "
+               "flag may also be spelled with hyphens (--force-rule = --force_rule).",
+               formatter_class=_Help)
+    m = p.add_argument_group("what to run")
+    m.add_argument("--search", choices=["darts", "egnas"], help="run an architecture search")
+    m.add_argument("--train", action="store_true", help="retrain a genotype (--genotype), or "
+                   "a ResNet baseline (--model)")
+    m.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last "
+                   f"checkpoint; only --{', --'.join(RESUME_FLAGS)} may be given with it")
+    m.add_argument("--attack", metavar="LIST", help="attacks to run on --checkpoint, from "
+                   f"{','.join(ATTACKS)}; with --experiment robustness, the attacks it runs "
+                   "(default: all but targeted_l2)")
+    m.add_argument("--plasticity", choices=list(plasticity_experiments.EXPERIMENTS),
+                   help="an experiment of the plasticity-rules paper: table2 (Table 2), "
+                   "generalization (Fig. 3), convergence (Fig. 2), robustness (Fig. 5)")
+    m.add_argument("--experiment", choices=list(bionas_experiments.EXPERIMENTS),
+                   help="a BioNAS analysis: " + "; ".join(f"{k}: {v}" for k, v in
+                                                           EXPERIMENT_HELP.items()))
+    m.add_argument("--seeds", default="1,2,3", help="random-rules: the SEEDs to draw")
+    m.add_argument("--quick", action="store_true", help=_quick_help())
+    d = p.add_argument_group("data and machine")
+    d.add_argument("--dataset", choices=list(DATASETS),
+                   help="default: cifar10; fashion-mnist with --quick and --plasticity")
+    d.add_argument("--data", default="./data", help="dataset root")
+    d.add_argument("--subset", type=POS_INT, help="use N training images (default: all; "
+                   "--plasticity 10000; " + _mode_default("subset").split("; ")[1] + ")")
+    _flag(d, "--augment", action=argparse.BooleanOptionalAction,
+          help="random crop and flip of training images (" + _mode_default("augment") + ")")
+    d.add_argument("--gpu", type=NONNEG_INT, help="CUDA device index (default: the CPU)")
+    d.add_argument("--amp", choices=["bf16", "fp16"],
+                   help="mixed precision of the weight steps, fp16 with a GradScaler "
+                        "(default: off, float32)")
+    _flag(d, "--memory_format", choices=["channels_last", "contiguous"],
+          default="channels_last", help="channels_last is faster on CPU and GPU")
+    _flag(d, "--channels_last", dest="memory_format", action="store_const",
+          const="channels_last", help="= --memory_format channels_last (the default)")
+    d.add_argument("--save", default="runs", help="parent directory of run directories")
+    _flag(d, "--run_name", help="name of the run directory (default: MODE-DATASET-DATE-TIME); "
+          "must not exist yet")
+    d.add_argument("--seed", type=int, default=2, help="random seed of data order, "
+                   "initialization and rules")
+    _flag(d, "--report_freq", type=POS_INT, help="log every N steps (" +
+          _mode_default("report_freq") + ")")
+    _flag(d, "--stop_after", type=POS_INT, metavar="N",
+          help="stop after epoch N (resume later with --resume)")
+    o = p.add_argument_group("optimization (unset: the paper's value for the mode)")
+    _flag(o, "--batch_size", type=POS_INT, help=_mode_default("batch_size"))
+    _flag(o, "--learning_rate", type=NONNEG, help=_mode_default("learning_rate"))
+    _flag(o, "--learning_rate_min", type=NONNEG, help="the cosine schedule's final lr (" +
+          _mode_default("learning_rate_min") + ")")
+    o.add_argument("--momentum", type=PROB, default=0.9, help="SGD momentum of the weights")
+    o.add_argument("--nesterov", action=argparse.BooleanOptionalAction,
+                   help="Nesterov momentum (" + _mode_default("nesterov") + ")")
+    _flag(o, "--weight_decay", type=NONNEG, help=_mode_default("weight_decay"))
+    o.add_argument("--epochs", type=POS_INT, help=_mode_default("epochs"))
+    _flag(o, "--grad_clip", type=NONNEG, default=5.0, help="clip the weights' gradient norm")
+    _flag(o, "--lr_schedule", choices=["cosine", "linear", "multistep"],
+          help="of a retraining; multistep = x0.1 at 40/60/80%% of the epochs (" +
+          _mode_default("lr_schedule") + ")")
+    _flag(o, "--label_smoothing", type=PROB, help=_mode_default("label_smoothing"))
+    a = p.add_argument_group("architecture")
+    a.add_argument("--model", default="darts", choices=["darts", "resnet20", "resnet56"],
+                   help="retrain a --genotype (darts) or a CIFAR ResNet with --rule everywhere")
+    a.add_argument("--rule", default="bp", help="the rule of every layer of a ResNet")
+    _flag(a, "--force_rule", metavar="RULE",
+          help="retrain the genotype with every ruled op trained by RULE")
+    _flag(a, "--random_rules", type=int, metavar="SEED",
+          help="retrain the genotype's ops with rules drawn at random (--rules, "
+               "--skip_rules) from SEED")
+    _flag(a, "--init_channels", type=POS_INT, help=_mode_default("init_channels"))
+    a.add_argument("--layers", type=POS_INT, help=f"cells, >= {MIN_LAYERS} (" +
+                   _mode_default("layers") + ")")
+    a.add_argument("--nodes", type=POS_INT, help="intermediate nodes per search cell (" +
+                   _mode_default("nodes") + ")")
+    a.add_argument("--rules", default="fa,usf,brsf,frsf", help="rules of the conv ops")
+    _flag(a, "--skip_rules", default="usf,brsf,frsf", help="rules of skip_connect")
+    _flag(a, "--base_rule", default="bp", help="rule of stem, preprocessing, classifier")
+    a.add_argument("--genotype", help="genotype.json to retrain (written by a search)")
+    a.add_argument("--auxiliary", action=argparse.BooleanOptionalAction,
+                   help="DARTS's auxiliary head (" + _mode_default("auxiliary") + ")")
+    _flag(a, "--auxiliary_weight", type=NONNEG, default=0.4, help="its loss weight")
+    a.add_argument("--cutout", type=NONNEG_INT, help="cutout length, 0 = off (" +
+                   _mode_default("cutout") + ")")
+    _flag(a, "--drop_path_prob", type=PROB, help="final drop-path probability (" +
+          _mode_default("drop_path_prob") + "; 0.3 for a BioNAS-EG genotype)")
+    s = p.add_argument_group("search")
+    _flag(s, "--train_portion", type=PORTION,
+          help="weight share of the training set (default: 0.5; 10/11 for cs10 and fimt)")
+    s.add_argument("--unrolled", action="store_true", help="second-order DARTS")
+    _flag(s, "--partial_channels", type=POS_INT, default=1, metavar="K",
+          help="PC-DARTS: 1/K of the channels through each mixed op, edge normalization")
+    _flag(s, "--checkpoint_cells", action="store_true",
+          help="recompute each supernet cell in backward (less memory, ~1.3x time)")
+    _flag(s, "--arch_learning_rate", type=NONNEG, default=3e-4, help="Adam lr of alpha")
+    _flag(s, "--arch_weight_decay", type=NONNEG, default=1e-3, help="weight decay of alpha")
+    pr = p.add_argument_group("DARTS-PRIME (Maile's thesis Ch. 5; with --search darts)")
+    pr.add_argument("--schedule", default="alternate", choices=["alternate", "cs10", "fimt"],
+                    help="alpha steps: one per weight step, one per 10, or FIMT (Algorithm 3)")
+    pr.add_argument("--prox", type=NONNEG, nargs="?", const=0.1, metavar="RHO",
+                    help="proximity regularization of alpha (Eq. 20); --prox alone: rho 0.1 "
+                         "(default: off)")
+    pr.add_argument("--admm", action="store_true", help="ADMM regularization (Eqs. 21-25)")
+    pr.add_argument("--crb", action="store_true", help="clipped-ReLU-batchnorm activation, "
+                    "no 'none' candidate, pruning at alpha <= 0")
+    _flag(pr, "--darts_prime", action="store_true", help="= --schedule fimt --prox 0.1")
+    e = p.add_argument_group("EG-NAS search (names as in the paper, defaults EG-NAS's)")
+    _flag(e, "--warm_start_epochs", type=NONNEG_INT,
+          help="weight-only epochs first (" + _mode_default("warm_start_epochs") + ")")
+    e.add_argument("--samples", type=POS_INT, default=3, help="N: CMA-ES searches per "
+                   "exploration")
+    _flag(e, "--population_size", type=_typed(int, lambda v: v >= 2, "an integer >= 2"),
+          default=50, help="CMA-ES population")
+    e.add_argument("--zeta", type=float, default=1.0, help="weight of L_CE in the fitness")
+    e.add_argument("--eta", type=float, default=0.4, help="weight of L_cos in the fitness")
+    e.add_argument("--xi", type=float, default=0.1, help="step of alpha toward the best")
+    _flag(e, "--pop_momentum", type=PROB, default=0.0, help="blend of the previous best")
+    k = p.add_argument_group("attacks")
+    k.add_argument("--checkpoint", help="checkpoint.pt of a --train run to attack")
+    _flag(k, "--attack_grad", default="both", choices=["exact", "feedback", "both"],
+          help="input gradient the attacker sees (README: 'Which gradient')")
+    _flag(k, "--attack_preset", default="bionas", choices=list(PRESETS),
+          help="attack settings: BioNAS's or the standard ones")
+    _flag(k, "--attack_eps", type=NONNEG, help="override epsilon (default: the preset's)")
+    _flag(k, "--attack_alpha", type=NONNEG, help="override the step (default: the preset's)")
+    _flag(k, "--attack_steps", type=POS_INT, help="override the steps (default: the preset's)")
+    _flag(k, "--attack_batches", type=POS_INT,
+          help="attack only the first N test batches (default: all)")
+    _flag(k, "--attack_sweep", action="store_true",
+          help="also PGD accuracy against epsilon (8 values, robustness_eps.png)")
+    return p
+
+
+def given_flags(argv):
+    """{dest: value} of the flags written on the command line (not their defaults)."""
+    p = build_parser()
+    for action in p._actions:          # (set_defaults would put SUPPRESS into the namespace)
+        action.default = argparse.SUPPRESS
+    return vars(p.parse_args(argv))
+
+
+# ============================================================================ checks
+
+def check_rules_arg(text, flag):
+    try:
+        return [rules.check_rule(r.strip()) for r in text.split(",")]
+    except ValueError as e:
+        raise SystemExit(f"error: {flag}: {e}") from None
+
+
+def check_args(args, mode):
+    """Stop with one line on any impossible value or combination of a command (after
+    apply_defaults); data-dependent checks are check_data's."""
+    check_rules_arg(args.rules, "--rules")
+    check_rules_arg(args.skip_rules, "--skip_rules")
+    check_rules_arg(args.rule, "--rule")
+    check_rules_arg(args.force_rule or "bp", "--force_rule")
+    check_rules_arg(args.base_rule, "--base_rule")
+    if args.prox and args.admm:
+        raise SystemExit("error: --prox and --admm are two alternative regularizers; pick one")
+    if (args.schedule != "alternate" or args.prox or args.admm or args.crb) and \
+            args.search == "egnas":
+        raise SystemExit("error: --schedule/--prox/--admm/--crb/--darts_prime change the DARTS "
+                         "alpha step; use them with --search darts")
+    try:
+        [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise SystemExit(f"error: --seeds {args.seeds!r}: give integers separated by commas, "
+                         f"e.g. 1,2,3") from None
+    if args.attack:
+        names = [n.strip() for n in args.attack.split(",")]
+        unknown = [n for n in names if n not in ATTACKS]
+        if unknown:
+            raise SystemExit(f"error: --attack: unknown attack(s) {', '.join(unknown)}; choose "
+                             f"from {', '.join(ATTACKS)}")
+    if mode == "plasticity" and args.dataset not in ("mnist", "fashion-mnist"):
+        raise SystemExit(f"error: --plasticity runs on mnist or fashion-mnist, not "
+                         f"{args.dataset}")
+    if mode == "attack":
+        if not args.checkpoint:
+            raise SystemExit("error: --attack needs --checkpoint RUN_DIR/checkpoint.pt of a "
+                             "--train run")
+    if mode in ("search", "train") and (mode == "search" or args.model == "darts"):
+        if args.layers < MIN_LAYERS:
+            raise SystemExit(f"error: --layers {args.layers}: a DARTS network needs at least "
+                             f"{MIN_LAYERS} cells (reductions sit at 1/3 and 2/3 of the depth, "
+                             f"so fewer leave no normal cell)")
+    if mode == "search" and args.init_channels % args.partial_channels:
+        raise SystemExit(f"error: --partial_channels {args.partial_channels} must divide "
+                         f"--init_channels {args.init_channels}")
+    if mode == "train" and args.model == "darts" or mode == "experiment" and \
+            args.experiment not in ("table1", "collapse"):
+        if not args.genotype:
+            raise SystemExit(f"error: {'--experiment ' + args.experiment if mode == 'experiment' else '--train'}"
+                             f" needs --genotype PATH, the genotype.json of a search (e.g. of "
+                             f"python train.py --search darts --quick)")
+        if not os.path.isfile(args.genotype):
+            raise SystemExit(f"error: --genotype {args.genotype}: "
+                             + ("is a directory; give the genotype.json inside a search's run "
+                                "directory" if os.path.isdir(args.genotype) else
+                                "no such file"))
+        try:
+            darts.load_genotype(args.genotype)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+
+
+def check_data(args, mode, xtr):
+    """Checks that need the training set `xtr`: --subset within it, and a search split that
+    leaves images in both the weight and the alpha part."""
+    n = len(xtr)
+    if args.subset is not None and args.subset > n:
+        raise SystemExit(f"error: --subset {args.subset} exceeds the {n:,} training images of "
+                         f"{args.dataset}")
+    if mode == "search":
+        n = args.subset or n
+        portion = args.train_portion if args.train_portion is not None else \
+            (10 / 11 if args.schedule in ("cs10", "fimt") else 0.5)
+        w = int(n * portion)
+        if w < 1 or n - w < 1:
+            raise SystemExit(f"error: --train_portion {portion:g} of {n} images leaves "
+                             f"{w} weight and {n - w} alpha images; both parts need at least "
+                             f"one (use more images or a portion nearer 0.5)")
+
+
+def resume_args(args, argv):
+    """The Namespace of `--resume RUN [flags]`: RUN/args.json, with --epochs, --gpu,
+    --report_freq, --stop_after and --data taken from the command line; any other flag that
+    differs from the run's stops with a line naming it."""
+    path = args.resume
+    if not os.path.isfile(os.path.join(path, "args.json")):
+        raise SystemExit(f"error: --resume {path}: no args.json there; give a run directory "
+                         f"written by train.py")
+    try:
+        with open(os.path.join(path, "args.json")) as f:
+            saved = json.load(f)
+        assert isinstance(saved, dict)
+    except (ValueError, AssertionError):
+        raise SystemExit(f"error: {path}/args.json is not a JSON object of flags; this run "
+                         f"directory cannot be resumed") from None
+    given = {k: v for k, v in given_flags(argv).items() if k != "resume"}
+    changed = [k for k, v in given.items() if k not in RESUME_FLAGS and saved.get(k) != v]
+    if changed:
+        flags = ", ".join(f"--{k} (the run has {saved.get(k)!r})" for k in changed)
+        raise SystemExit(f"error: --resume continues {path} with the settings it started with; "
+                         f"{flags} cannot change. Only --{', --'.join(RESUME_FLAGS)} may; "
+                         f"start a new run to change the others")
+    out = argparse.Namespace(**dict(vars(build_parser().parse_args([])), **saved))
+    out.stop_after = None                     # a --stop_after of an earlier call is spent
+    for k, v in given.items():
+        setattr(out, k, v)
+    out.resume = path
+    if mode_of(out) in ("attack", "plasticity"):
+        raise SystemExit(f"error: {path} is an --{mode_of(out)} run, which has no checkpoint "
+                         f"to resume; run it again")
+    return out
