@@ -62,7 +62,7 @@ class SearchCell(nn.Module):
     """A DAG of `steps` intermediate nodes; node j sums a MixedOp of every earlier node."""
 
     def __init__(self, steps, multiplier, C_pp, C_p, C, reduction, reduction_prev, candidates,
-                 base_rule="bp", node_bn=False, partial=1):
+                 base_rule="bp", node_bn=False, edge=ops.MixedOp):
         super().__init__()
         self.reduction, self.steps, self.multiplier = reduction, steps, multiplier
         self.preprocess0, self.preprocess1 = _preprocess(C_pp, C_p, C, reduction_prev,
@@ -70,8 +70,7 @@ class SearchCell(nn.Module):
         self.edges = nn.ModuleList()
         for i in range(steps):
             for j in range(2 + i):
-                self.edges.append(ops.MixedOp(C, 2 if reduction and j < 2 else 1, candidates,
-                                              partial))
+                self.edges.append(edge(C, 2 if reduction and j < 2 else 1, candidates))
         # CRB (Maile's thesis Sec. 5.2.5): a non-affine BN after each node's sum
         self.node_bns = nn.ModuleList(nn.BatchNorm2d(C, affine=False) for _ in range(steps)) \
             if node_bn else None
@@ -91,9 +90,22 @@ class SearchCell(nn.Module):
         return torch.cat(states[-self.multiplier:], dim=1)
 
 
+SUPERNETS = ("darts", "pc-darts", "eg-nas")
+
+
 class Network(nn.Module):
     """The DARTS supernet (reductions at 1/3 and 2/3 depth) with alpha for normal and reduce
     cells: (14 edges x len(candidates)) each for 4 nodes, initialized 1e-3 * N(0, 1).
+
+    supernet: "darts" (DARTS's model_search.py: every channel through ops.MixedOp, BN after
+    the pools); "pc-darts" (Xu et al. 2020: ops.PartialMixedOp with 1/partial_channels of the
+    channels, BN after the pools, and edge normalization beta per edge); "eg-nas" (Cai et al.
+    2024, their model_search.py: PartialMixedOp with a channel shuffle, but no beta and no BN
+    after the pools). Default: "pc-darts" when partial_channels > 1, else "darts".
+
+    merge_identity_skips: at stride 1 every skip_connect_{rule} is the same identity, so the
+    space gives one operation several alpha entries; True keeps only the first of them on
+    stride-1 edges (the others' mixing weight is 0 there), as one `skip_connect` candidate.
 
     activation="crb" (Maile's thesis Sec. 5.2.5, Clipped ReLU Batchnorm): mixing weights
     clamp(alpha, 0, 1) instead of softmax, alpha initialized 1/|O| + 1e-4 N(0, 1), a non-affine
@@ -102,29 +114,40 @@ class Network(nn.Module):
 
     def __init__(self, C, num_classes, layers, candidates, steps=4, multiplier=4,
                  stem_multiplier=3, in_channels=3, base_rule="bp", mean=None, std=None,
-                 activation="softmax", partial_channels=1):
+                 activation="softmax", partial_channels=1, supernet=None,
+                 merge_identity_skips=False):
         super().__init__()
         if activation not in ("softmax", "crb"):
             raise ValueError(f"activation must be 'softmax' or 'crb', not {activation!r}")
         if activation == "crb" and "none" in candidates:
             raise ValueError("CRB activation has no 'none' candidate: build the search space "
                              "with ops.search_space(..., zero=False)")
-        self.activation = activation
+        supernet = supernet or ("pc-darts" if partial_channels > 1 else "darts")
+        if supernet not in SUPERNETS or (supernet == "darts") != (partial_channels == 1):
+            raise ValueError(f"supernet {supernet!r} with partial_channels {partial_channels}: "
+                             f"choose darts (partial_channels 1) or pc-darts / eg-nas (> 1)")
+        self.activation, self.supernet = activation, supernet
         self.checkpoint_cells = False         # True: recompute each cell in backward (memory)
         self.C, self.num_classes, self.layers = C, num_classes, layers
         self.candidates, self.steps, self.multiplier = list(candidates), steps, multiplier
         self.config = dict(C=C, num_classes=num_classes, layers=layers, candidates=self.candidates,
                            steps=steps, multiplier=multiplier, stem_multiplier=stem_multiplier,
                            in_channels=in_channels, base_rule=base_rule, mean=mean, std=std,
-                           activation=activation, partial_channels=partial_channels)
+                           activation=activation, partial_channels=partial_channels,
+                           supernet=supernet, merge_identity_skips=merge_identity_skips)
         self.partial_channels = partial_channels
         for name in self.candidates:
             ops.parse_candidate(name)                     # fail early on unknown names
+        if supernet == "darts":
+            edge = lambda C_, s_, c_: ops.MixedOp(C_, s_, c_)                   # noqa: E731
+        else:
+            edge = lambda C_, s_, c_: ops.PartialMixedOp(                       # noqa: E731
+                C_, s_, c_, partial_channels, pool_bn=supernet == "pc-darts")
         widths = _build_body(self, in_channels, C, layers, stem_multiplier, base_rule, mean, std,
                              lambda C_pp, C_p, C_c, red, red_prev: SearchCell(
                                  steps, multiplier, C_pp, C_p, C_c, red, red_prev,
                                  self.candidates, base_rule, node_bn=activation == "crb",
-                                 partial=partial_channels))
+                                 edge=edge))
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = RuleLinear(widths[-1], num_classes, rule=base_rule)
         k, n = sum(2 + i for i in range(steps)), len(self.candidates)
@@ -134,15 +157,21 @@ class Network(nn.Module):
         else:
             self.alphas_normal = nn.Parameter(1e-3 * torch.randn(k, n))
             self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(k, n))
-        if partial_channels > 1:             # PC-DARTS edge normalization: beta per edge
+        if supernet == "pc-darts":           # PC-DARTS edge normalization: beta per edge
             self.betas_normal = nn.Parameter(1e-3 * torch.randn(k))
             self.betas_reduce = nn.Parameter(1e-3 * torch.randn(k))
         if activation == "crb":
             self.register_buffer("alive_normal", torch.ones(k, n, dtype=torch.bool))
             self.register_buffer("alive_reduce", torch.ones(k, n, dtype=torch.bool))
+        self.merge_identity_skips = merge_identity_skips
+        if merge_identity_skips:             # masks of the dropped copies, moved with the model
+            self.register_buffer("merged_normal", identity_copies(self.candidates, steps, False),
+                                 persistent=False)
+            self.register_buffer("merged_reduce", identity_copies(self.candidates, steps, True),
+                                 persistent=False)
 
     def arch_parameters(self):
-        extra = [self.betas_normal, self.betas_reduce] if self.partial_channels > 1 else []
+        extra = [self.betas_normal, self.betas_reduce] if self.supernet == "pc-darts" else []
         return [self.alphas_normal, self.alphas_reduce] + extra
 
     def weights(self):
@@ -152,7 +181,7 @@ class Network(nn.Module):
     def edge_weights(self):
         """PC-DARTS: per node, softmax of beta over its incoming edges (None without
         --partial_channels)."""
-        if self.partial_channels == 1:
+        if self.supernet != "pc-darts":
             return None, None
 
         def norm(beta):
@@ -164,9 +193,16 @@ class Network(nn.Module):
         return norm(self.betas_normal), norm(self.betas_reduce)
 
     def mixing_weights(self):
+        an, ar = self.alphas_normal, self.alphas_reduce
         if self.activation == "crb":
-            return self.alphas_normal.clamp(0, 1), self.alphas_reduce.clamp(0, 1)
-        return F.softmax(self.alphas_normal, dim=-1), F.softmax(self.alphas_reduce, dim=-1)
+            wn, wr = an.clamp(0, 1), ar.clamp(0, 1)
+            if self.merge_identity_skips:
+                wn, wr = wn.masked_fill(self.merged_normal, 0.0), wr.masked_fill(self.merged_reduce, 0.0)
+            return wn, wr
+        if self.merge_identity_skips:                     # the dropped copies get weight 0
+            an = an.masked_fill(self.merged_normal, float("-inf"))
+            ar = ar.masked_fill(self.merged_reduce, float("-inf"))
+        return F.softmax(an, dim=-1), F.softmax(ar, dim=-1)
 
     @torch.no_grad()
     def prune(self):
@@ -213,8 +249,29 @@ class Network(nn.Module):
         en, er = self.edge_weights()
         if en is not None:
             wn, wr = wn * en[:, None], wr * er[:, None]
-        return derive_genotype(wn.detach(), wr.detach(), self.candidates, self.steps,
-                               self.multiplier)
+        g = derive_genotype(wn.detach(), wr.detach(), self.candidates, self.steps,
+                            self.multiplier)
+        if not self.merge_identity_skips:
+            return g
+
+        def plain(edges, reduction):                      # the merged identity is one op
+            return [("skip_connect" if ops.parse_candidate(n)[0] == "skip_connect" and
+                     not (reduction and j < 2) else n, j) for n, j in edges]
+        return g._replace(normal=plain(g.normal, False), reduce=plain(g.reduce, True))
+
+
+def identity_copies(candidates, steps, reduction):
+    """(edges x candidates) bool mask: True at every skip_connect_{rule} but the first on the
+    edges where skip_connect is the identity (stride 1: all edges of a normal cell, the edges
+    from intermediate nodes of a reduction cell)."""
+    skips = [i for i, c in enumerate(candidates) if ops.parse_candidate(c)[0] == "skip_connect"]
+    mask, row = torch.zeros(sum(2 + i for i in range(steps)), len(candidates), dtype=torch.bool), 0
+    for i in range(steps):
+        for j in range(2 + i):
+            if not (reduction and j < 2):
+                mask[row, skips[1:]] = True
+            row += 1
+    return mask
 
 
 # ----------------------------------------------------------------------------- architect
@@ -244,8 +301,9 @@ class Architect:
     is a term of alpha alone added to the alpha loss (DARTS-PRIME's proximity or ADMM term)."""
 
     def __init__(self, model, momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4,
-                 arch_weight_decay=1e-3, unrolled=False, regularizer=None):
+                 arch_weight_decay=1e-3, unrolled=False, regularizer=None, nesterov=False):
         self.model, self.momentum, self.weight_decay = model, momentum, weight_decay
+        self.nesterov = nesterov
         self.unrolled, self.regularizer = unrolled, regularizer
         self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=arch_learning_rate,
                                           betas=(0.5, 0.999), weight_decay=arch_weight_decay)
@@ -269,7 +327,10 @@ class Architect:
         self.optimizer.step()
 
     def _unrolled_model(self, x, y, eta, network_optimizer):
-        """A copy of the model holding w' = w - eta * (momentum * buf + grad + wd * w)."""
+        """A copy of the model holding the weights after one virtual SGD step, the step the
+        optimizer would take: w' = w - eta * (momentum * buf + d), d = grad + wd * w (DARTS's
+        heavy ball); with nesterov=True w' = w - eta * (d + momentum * (momentum * buf + d)),
+        torch's Nesterov step (DARTS's code always takes the heavy-ball form)."""
         weights = self.model.weights()
         grads = _grad(self.model.loss(x, y), weights)
         unrolled = copy.deepcopy(self.model)
@@ -277,9 +338,9 @@ class Architect:
             for w, g, w2 in zip(weights, grads, unrolled.weights()):
                 state = network_optimizer.state.get(w, {}) if network_optimizer else {}
                 buf = state.get("momentum_buffer")
-                step = g + self.weight_decay * w
-                if buf is not None:
-                    step = step + self.momentum * buf
+                d = g + self.weight_decay * w
+                new_buf = d if buf is None else self.momentum * buf + d
+                step = d + self.momentum * new_buf if self.nesterov else new_buf
                 w2.copy_(w - eta * step)
         return unrolled
 

@@ -161,14 +161,17 @@ def load_dataset(name, root):
 
 class Batches:
     """Mini-batches of in-memory uint8 images, as float [0, 1] on `device`, augmented on the
-    whole batch (random crop with padding, horizontal flip, cutout). The order and the
+    whole batch (random crop with padding, horizontal flip, cutout filled with `fill`, per
+    channel: train.py passes the dataset mean, so that after the network's normalization the
+    hole is 0 as in DARTS, whose Cutout follows Normalize). The order and the
     augmentation of epoch e depend only on (seed, e), so a resumed run sees the same data.
     In training, a last batch of a single image is dropped (BatchNorm cannot normalize one
     image on a 1x1 map, e.g. in the auxiliary head)."""
 
     def __init__(self, x, y, batch_size, device, train=True, pad=0, flip=False, cutout=0,
-                 seed=0, memory_format=torch.contiguous_format, rank=0, world=1):
+                 seed=0, memory_format=torch.contiguous_format, rank=0, world=1, fill=0.0):
         self.x, self.y, self.bs, self.device = x, y, batch_size, device
+        self.fill = torch.as_tensor(fill, dtype=torch.float32).reshape(1, -1, 1, 1)
         self.train, self.pad, self.flip, self.cutout, self.seed = train, pad, flip, cutout, seed
         self.memory_format, self.epoch, self.rank, self.world = memory_format, 0, rank, world
 
@@ -213,5 +216,5 @@ class Batches:
             yy, xx = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
             half = self.cutout // 2                          # DARTS's Cutout: an L x L hole
             hole = (yy >= cy - half) & (yy < cy + half) & (xx >= cx - half) & (xx < cx + half)
-            x = x * (~hole)[:, None].to(x.dtype)
+            x = torch.where(hole[:, None], self.fill.to(x.dtype), x)   # `fill`: the data mean
         return x

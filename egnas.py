@@ -8,6 +8,36 @@ The network weights are trained by SGD exactly as in the DARTS search; alpha is 
 differentiated: it moves by the best individual that CMA-ES finds around it. The supernet
 is darts.Network (its forward takes external mixing weights) over the BioNAS-EG space
 (ops.search_space(zero=False), 21 candidates), and the genotype is darts.derive_genotype.
+
+Three versions of one exploration (N = `samples` CMA-ES runs of `population_size` each):
+
+  published    BioNAS App. A.4.2 (EG-NAS Sec. 3): x_n = alpha + sigma y starts the n-th run,
+               whose mean and covariance are *iterated* over generations t = 0, 1, ...;
+               "the best-performing architecture across all evolutionary steps" is kept.
+               Here: `generations=G` runs G ask/tell generations per run and keeps the run's
+               lowest-fitness individual over all of them (with either centring below: the
+               paper's x_n = alpha + sigma y, raw alpha and the exploration's sigma, is not
+               offered; the code centres at softmax(alpha) + 1e-2 N(0, I)).
+  as released  caicaicheng/EG-NAS train_search.py: one centre softmax(alpha) + 1e-2 N(0, I)
+               drawn once and shared by the N runs; sigma = max(1/(epoch+1), 0.02) with an
+               `epoch` that is set to 0 and never incremented, so sigma = 1 at every epoch;
+               every run is CMA(centre, 1, 50, seed=1), so the N runs are identical; one
+               generation; within a run the lowest fitness is kept, ties to the later
+               individual (`value <= best`); across runs the most accurate, ties to the
+               earlier run. Here: `as_released=True`, with seed 1 of *this* CMAES
+               (numpy default_rng(1)): the same structure (N identical runs), not the same
+               numbers as the `cmaes` package's CMA(seed=1).
+  ours         (the default) sigma = max(1/(epoch+1), 0.02) with the real epoch; each run its
+               own centre noise 1e-2 N(0, I) and its own CMA-ES seed, all drawn from `seed`;
+               one generation; ties within a run to the earlier individual, across runs to
+               the earlier run.
+
+A quirk of the released code, not reproduced: a run whose kept individual is 0% accurate on
+the validation batch gets weights 0 and wins the comparison across runs (it compares
+1/accuracy), so alpha moves only by xi * pop_momentum times the previous direction. Here a 0%
+run never beats a more accurate one; if every run is at 0%, the first run's individual is
+used. The released code's validation batch is one alpha-part batch of half the training
+batch size; `explore` takes whatever batch the caller gives.
 """
 import math
 
@@ -208,32 +238,69 @@ def compound_fitness(model, x, y, individual, alpha_proj, acc_alpha, zeta=1.0, e
     return f, acc, (wn, wr)
 
 
+def exploration_sigma(epoch, as_released=False):
+    """CMA-ES step size of the exploration at (0-based) `epoch`: max(1 / (epoch + 1), 0.02)
+    (EG-NAS train_search.py); 1 as released, whose epoch counter stays 0."""
+    return 1.0 if as_released else max(1.0 / (epoch + 1), 0.02)
+
+
+RELEASED_SEED = 1          # train_search.py: CMA(..., seed=1) for every one of the N runs
+
+
+def _check_generations(generations):
+    if isinstance(generations, bool) or int(generations) != generations or generations < 1:
+        raise ValueError(f"generations must be an integer >= 1, got {generations!r}")
+    return int(generations)
+
+
 @torch.no_grad()
-def explore(model, x, y, epoch, samples=3, population_size=50, zeta=1.0, eta=0.4, seed=0):
-    """One EG-NAS exploration around alpha on the validation batch (x, y) (App. A.4.2):
-    N = `samples` CMA-ES searches, the n-th centred at x_n = softmax(alpha) + 1e-2 * N(0, I)
-    with step size sigma = max(1 / (epoch + 1), 0.02) and `population_size` individuals, each
-    scored by compound_fitness; returns the mixing weights (normal, reduce) of the most
-    accurate individual found and its accuracy."""
+def explore(model, x, y, epoch, samples=3, population_size=50, zeta=1.0, eta=0.4, seed=0, *,
+            as_released=False, generations=1):
+    """One EG-NAS exploration around alpha on the validation batch (x, y) (App. A.4.2).
+
+    N = `samples` CMA-ES runs of `population_size` individuals, each individual scored by
+    compound_fitness; a run keeps its lowest-fitness individual over its `generations`
+    ask/tell generations; the exploration returns the mixing weights (normal, reduce) of the
+    most accurate kept individual (ties: the earlier run) and its accuracy.
+
+    ours (default): run n is centred at softmax(alpha) + 1e-2 * N(0, I), a fresh draw per
+        run, with its own seed (both from default_rng(`seed`)), sigma = max(1/(epoch+1),
+        0.02); fitness ties within a run go to the earlier individual.
+    as_released=True (EG-NAS train_search.py): one centre softmax(alpha) + 1e-2 * N(0, I)
+        shared by all runs, sigma = 1 at every epoch, every run seeded with 1 (this file's
+        CMAES, so identical runs but not the `cmaes` package's numbers); fitness ties within
+        a run go to the later individual. Its 0%-accuracy quirk (weights 0 win) is not
+        reproduced: see the module docstring.
+    generations=G: the paper's iterated CMA-ES (G generations per run); the code runs 1.
+    """
+    generations = _check_generations(generations)
     was = model.training
     model.eval()
     alpha_proj = [w.detach() for w in model.mixing_weights()]
     acc_alpha = _accuracy(model(x), y)
-    sigma = max(1.0 / (epoch + 1), 0.02)
+    sigma = exploration_sigma(epoch, as_released)
     rng = np.random.default_rng(seed)
     center = torch.stack(alpha_proj).flatten().cpu().double().numpy()
+    if as_released:                                   # drawn once, shared by the N runs
+        center = center + 1e-2 * rng.standard_normal(center.size)
     best = (-1.0, None)
-    for j in range(samples):
-        es = CMAES(center + 1e-2 * rng.standard_normal(center.size), sigma,
-                   population_size=population_size, seed=int(rng.integers(2 ** 31)))
-        pop = es.ask()
-        scored = [compound_fitness(model, x, y, z, alpha_proj, acc_alpha, zeta, eta)
-                  for z in pop]
-        es.tell(pop, [f for f, _, _ in scored])
-        f_best = int(np.argmin([f for f, _, _ in scored]))       # the run's best individual
-        _, acc, weights = scored[f_best]
-        if acc > best[0]:
-            best = (acc, weights)
+    for _ in range(samples):
+        if as_released:
+            es = CMAES(center, sigma, population_size=population_size, seed=RELEASED_SEED)
+        else:
+            es = CMAES(center + 1e-2 * rng.standard_normal(center.size), sigma,
+                       population_size=population_size, seed=int(rng.integers(2 ** 31)))
+        kept = None                                   # (f, accuracy, weights) of the run
+        for _ in range(generations):
+            pop = es.ask()
+            scored = [compound_fitness(model, x, y, z, alpha_proj, acc_alpha, zeta, eta)
+                      for z in pop]
+            es.tell(pop, [f for f, _, _ in scored])
+            for f, acc, weights in scored:            # ties: earlier (ours), later (released)
+                if kept is None or f < kept[0] or (as_released and f == kept[0]):
+                    kept = (f, acc, weights)
+        if kept[1] > best[0]:                         # the most accurate run; ties: earlier
+            best = (kept[1], kept[2])
     model.train(was)
     return best[1], best[0]
 
@@ -243,15 +310,29 @@ class EGNASSearcher:
     `warm_start_epochs` weight-only epochs: alpha <- alpha + xi * s, s the mixing weights of
     the best explored individual (the paper's alpha^t = alpha^{t-1} + xi s^t), blended with
     the previous s by `pop_momentum` (0 in EG-NAS). Defaults are EG-NAS's: N = 3 samples,
-    population 50, zeta = 1, eta = 0.4, xi = 0.1, 15 warm-start epochs."""
+    population 50, zeta = 1, eta = 0.4, xi = 0.1, 15 warm-start epochs. `as_released` and
+    `generations` choose the version of the exploration (see explore); they are
+    configuration, not state, so state_dict leaves them to the run's arguments."""
 
     def __init__(self, model, samples=3, population_size=50, zeta=1.0, eta=0.4, xi=0.1,
-                 warm_start_epochs=15, pop_momentum=0.0, seed=0, log=print):
+                 warm_start_epochs=15, pop_momentum=0.0, seed=0, log=print, *,
+                 as_released=False, generations=1):
         self.model, self.samples, self.population_size = model, samples, population_size
         self.zeta, self.eta, self.xi, self.warm_start_epochs = zeta, eta, xi, warm_start_epochs
         self.pop_momentum, self.seed, self.log = pop_momentum, seed, log
+        self.as_released, self.generations = bool(as_released), _check_generations(generations)
         self.last_epoch = -1
         self.s = [torch.zeros_like(a) for a in model.arch_parameters()]
+        self.log(f"EG-NAS exploration: {self.describe()}")
+
+    def describe(self):
+        """The exploration's version in words, for the log."""
+        g = f"{self.generations} generation{'s' if self.generations > 1 else ''}"
+        runs = f"{self.samples} CMA-ES runs x {g} x {self.population_size} individuals"
+        if self.as_released:
+            return (f"{runs}, as released (sigma 1, one shared centre, seed "
+                    f"{RELEASED_SEED} for every run, ties to the later individual)")
+        return f"{runs} (sigma max(1/(epoch+1), 0.02), a centre and a seed per run)"
 
     def step(self, x, y, xv, yv, lr, optimizer, epoch):
         """Called before every weight step; explores once per epoch, on its first batch."""
@@ -259,14 +340,18 @@ class EGNASSearcher:
             return
         self.last_epoch = epoch
         weights, acc = explore(self.model, xv, yv, epoch, self.samples, self.population_size,
-                               self.zeta, self.eta, seed=self.seed * 1000 + epoch)
+                               self.zeta, self.eta, seed=self.seed * 1000 + epoch,
+                               as_released=self.as_released, generations=self.generations)
         with torch.no_grad():
             for a, s_prev, w in zip(self.model.arch_parameters(), self.s, weights):
                 s_new = self.pop_momentum * s_prev + (1 - self.pop_momentum) * w.to(a.device)
                 s_prev.copy_(s_new)
                 a.add_(self.xi * s_new)
         self.log(f"EG-NAS exploration (epoch {epoch + 1}): best individual accuracy "
-                 f"{acc:.1f}% on the validation batch, sigma {max(1 / (epoch + 1), 0.02):.3f}")
+                 f"{acc:.1f}% on the validation batch, sigma "
+                 f"{exploration_sigma(epoch, self.as_released):.3f}"
+                 + (", as released" if self.as_released else "")
+                 + (f", {self.generations} generations" if self.generations > 1 else ""))
 
     def state_dict(self):
         return {"last_epoch": self.last_epoch, "s": [t.clone() for t in self.s]}
@@ -275,4 +360,3 @@ class EGNASSearcher:
         self.last_epoch = state["last_epoch"]
         for t, v in zip(self.s, state["s"]):
             t.copy_(v)
-

@@ -174,37 +174,43 @@ def channel_shuffle(x, groups):
 
 class MixedOp(nn.Module):
     """The mixed edge o(x) = sum_o softmax(alpha)_o * o(x) (BioNAS Eq. 7 / DARTS Eq. 2).
-    The caller passes the mixing weights (softmax of alpha, or any other vector).
+    The caller passes the mixing weights (softmax of alpha, or any other vector). As in DARTS's
+    model_search.py the candidates are built without affine BatchNorm parameters and the
+    pools are followed by a BatchNorm (pool_bn=False: EG-NAS's supernet, which has none)."""
 
-    partial=K (PC-DARTS, Xu et al. 2020, Sec. 3.1): only the first C/K channels go through the
-    candidates; the other channels bypass them (2x2 max-pooled at stride 2), the two parts are
-    concatenated and the channels shuffled in K groups."""
-
-    def __init__(self, C, stride, candidates, partial=1):
+    def __init__(self, C, stride, candidates, pool_bn=True):
         super().__init__()
-        if C % partial:
-            raise ValueError(f"partial channels: {C} channels do not split into {partial} groups")
-        self.candidates, self.partial = list(candidates), partial
+        self.candidates, self.stride = list(candidates), stride
         self.ops = nn.ModuleList()
         for name in self.candidates:
-            op = make_op(name, C // partial, stride, affine=False)
-            if "pool" in name:                         # as in DARTS: BN after pools in search
-                op = nn.Sequential(op, nn.BatchNorm2d(C // partial, affine=False))
+            op = make_op(name, C, stride, affine=False)
+            if pool_bn and "pool" in name:
+                op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
             self.ops.append(op)
         # `none` contributes exactly 0 to the sum and to every gradient: skip computing it
         # (Network.prune also removes candidates here)
         self.active = [i for i, n in enumerate(self.candidates) if n != "none"]
-        self.stride = stride
 
     def forward(self, x, weights):
-        if self.partial > 1:
-            c = x.shape[1] // self.partial
-            x, rest = x[:, :c], x[:, c:]
         if not self.active:                               # every candidate pruned: a zero edge
-            out = x[:, :, ::self.stride, ::self.stride].mul(0.0)
-        else:
-            out = sum(weights[i] * self.ops[i](x) for i in self.active)
-        if self.partial == 1:
-            return out
-        rest = rest if self.stride == 1 else F.max_pool2d(rest, 2, 2, ceil_mode=True)
-        return channel_shuffle(torch.cat([out, rest], dim=1), self.partial)
+            return x[:, :, ::self.stride, ::self.stride].mul(0.0)
+        return sum(weights[i] * self.ops[i](x) for i in self.active)
+
+
+class PartialMixedOp(MixedOp):
+    """Partial channels (PC-DARTS, Xu et al. 2020, Sec. 3.1; also EG-NAS's supernet): only the
+    first C/k channels go through the candidates; the other channels bypass them (2x2
+    max-pooled at stride 2), the two parts are concatenated and the channels shuffled in k
+    groups."""
+
+    def __init__(self, C, stride, candidates, k, pool_bn=True):
+        if C % k:
+            raise ValueError(f"partial channels: {C} channels do not split into {k} groups")
+        super().__init__(C // k, stride, candidates, pool_bn)
+        self.k = k
+
+    def forward(self, x, weights):
+        c = x.shape[1] // self.k
+        out = super().forward(x[:, :c], weights)
+        rest = x[:, c:] if self.stride == 1 else F.max_pool2d(x[:, c:], 2, 2, ceil_mode=True)
+        return channel_shuffle(torch.cat([out, rest], dim=1), self.k)

@@ -21,15 +21,23 @@ from data import DATASETS
 
 # ============================================================================ defaults
 
-SEARCH_DEFAULTS = dict(augment=True, batch_size=256, learning_rate=0.1, learning_rate_min=0.0,
-                       nesterov=True,
-                       weight_decay=3e-4, epochs=50, init_channels=16, layers=5, nodes=4,
-                       report_freq=50)
+# --search darts: two readings of "the paper's setup" (README "Which search setup"). "authors":
+# what the BioNAS authors' released train_search.py runs (DARTS's setup); "table4": BioNAS
+# App. A.1 Table 4 ("N (Cells) 5" is NAS-Bench-201's notation, where N counts cells per stage).
+SEARCH_PRESETS = {
+    "authors": dict(augment=True, batch_size=64, learning_rate=0.025, learning_rate_min=0.001,
+                    nesterov=False, weight_decay=3e-4, epochs=50, init_channels=16, layers=8,
+                    nodes=4, report_freq=50),
+    "table4": dict(augment=True, batch_size=256, learning_rate=0.1, learning_rate_min=0.0,
+                   nesterov=True, weight_decay=3e-4, epochs=50, init_channels=16, layers=5,
+                   nodes=4, report_freq=50),
+}
+SEARCH_DEFAULTS = SEARCH_PRESETS["authors"]
 TRAIN_DEFAULTS = dict(augment=True, batch_size=96, learning_rate=0.025, learning_rate_min=0.0,
                       nesterov=False,
                       weight_decay=3e-4, epochs=600, init_channels=36, layers=20, auxiliary=True,
                       cutout=16, drop_path_prob=0.2, label_smoothing=0.0, lr_schedule="cosine",
-                      report_freq=50)
+                      report_freq=50, holdout=0)
 DATASET_DEFAULTS = {  # (mode, dataset): overrides (BioNAS Sec. 3.4.2 and App. A.1)
     ("train", "imagenet16-120"): dict(batch_size=1024, learning_rate=0.5, weight_decay=3e-5,
                                       epochs=250, init_channels=48, layers=14, cutout=0,
@@ -41,19 +49,26 @@ DATASET_DEFAULTS = {  # (mode, dataset): overrides (BioNAS Sec. 3.4.2 and App. A
 RESNET_DEFAULTS = dict(augment=True, batch_size=128, learning_rate=0.1, learning_rate_min=0.0,
                        nesterov=False, weight_decay=1e-4, epochs=250, auxiliary=False, cutout=0,
                        drop_path_prob=0.0, label_smoothing=0.0, lr_schedule="multistep",
-                       report_freq=50)
-EGNAS_DEFAULTS = dict(layers=8, warm_start_epochs=15)    # EG-NAS train_search.py
+                       report_freq=50, holdout=5000)
+# --search egnas: EG-NAS's released train_search.py and model_search.py (Cai et al. 2024): SGD
+# without Nesterov, partial channels k = 4 with a channel shuffle, no edge normalization, no BN
+# after the pools; its alpha part is fed in batches of half the training batch
+EGNAS_DEFAULTS = dict(augment=True, batch_size=256, learning_rate=0.1, learning_rate_min=0.0,
+                      nesterov=False, weight_decay=3e-4, epochs=50, init_channels=16, layers=8,
+                      nodes=4, report_freq=50, warm_start_epochs=15, partial_channels=4,
+                      supernet="eg-nas")
 QUICK = {  # --quick: search then a short retrain on Fashion-MNIST, minutes on a 2-core CPU
     "search": dict(dataset="fashion-mnist", subset=1600, batch_size=32, learning_rate=0.05,
-                   epochs=3, init_channels=4, layers=3, nodes=2, report_freq=10,
-                   warm_start_epochs=1),
+                   learning_rate_min=0.0, nesterov=True, epochs=3, init_channels=4, layers=3,
+                   nodes=2, report_freq=10, warm_start_epochs=1),
     "train": dict(dataset="fashion-mnist", subset=40000, batch_size=64, learning_rate=0.05,
                   epochs=5, init_channels=8, layers=4, auxiliary=False, cutout=0,
                   drop_path_prob=0.0, augment=False, report_freq=50),
     # --experiment --quick: every retraining of the experiment at this size
     "experiment": dict(dataset="fashion-mnist", subset=5000, batch_size=64, learning_rate=0.05,
                        epochs=2, init_channels=8, layers=4, auxiliary=False, cutout=0,
-                       drop_path_prob=0.0, augment=False, lr_schedule="cosine", report_freq=40),
+                       drop_path_prob=0.0, augment=False, lr_schedule="cosine", report_freq=40,
+                       holdout=0),
 }
 # the flags --resume accepts: they change how a run continues, not what it computes
 RESUME_FLAGS = ("epochs", "gpu", "report_freq", "stop_after", "data")
@@ -62,6 +77,8 @@ MIN_LAYERS = 3               # reductions at 1/3 and 2/3 of the depth leave a no
 
 def apply_defaults(args, mode):
     """Fill every flag left unset with the paper's default for this mode and dataset."""
+    if args.quick and mode == "search" and args.search == "egnas" and args.init_channels is None:
+        args.init_channels = 8                 # EG-NAS's partial channels: 8 / 4 per candidate
     if args.quick:
         preset = "experiment" if getattr(args, "experiment", None) and mode == "train" else mode
         for k, v in QUICK[preset].items():
@@ -69,17 +86,23 @@ def apply_defaults(args, mode):
                 setattr(args, k, v)
     if mode == "search" and getattr(args, "darts_prime", False):
         args.schedule, args.prox = "fimt", args.prox or 0.1       # --darts_prime
-    base = dict(SEARCH_DEFAULTS if mode == "search" else TRAIN_DEFAULTS)
+    base = dict(TRAIN_DEFAULTS)
+    if mode == "search":
+        base = dict(EGNAS_DEFAULTS if args.search == "egnas" else
+                    SEARCH_PRESETS[getattr(args, "preset", None) or "authors"])
     if mode in ("train", "experiment") and getattr(args, "model", "darts") != "darts":
         base = dict(RESNET_DEFAULTS)
-    if mode == "search" and args.search == "egnas":
-        base.update(EGNAS_DEFAULTS)
     if mode == "train" and genotype_search_method(args.genotype) == "egnas":
         base["drop_path_prob"] = 0.3                      # BioNAS Sec. 3.4.1: 0.3 for BioNAS-EG
-    base.update(DATASET_DEFAULTS.get((mode, args.dataset), {}))
+    if mode != "search" or getattr(args, "preset", None) == "table4":
+        base.update(DATASET_DEFAULTS.get((mode, args.dataset), {}))
     for k, v in base.items():
         if getattr(args, k, None) is None:
             setattr(args, k, v)
+    if mode == "search" and getattr(args, "supernet", None) is None:
+        args.supernet = "pc-darts" if (args.partial_channels or 1) > 1 else "darts"
+    if mode == "search" and args.partial_channels is None:
+        args.partial_channels = 1
     return args
 
 
@@ -158,17 +181,18 @@ def _mode_default(key):
     fmt = lambda v: ("on" if v else "off") if isinstance(v, bool) else f"{v:g}" \
         if isinstance(v, float) else str(v)                               # noqa: E731
     parts = []
-    if key in SEARCH_DEFAULTS or key in EGNAS_DEFAULTS:
-        s, eg = SEARCH_DEFAULTS.get(key), EGNAS_DEFAULTS.get(key)
-        parts.append(f"search {fmt(s)}" + (f" (EG-NAS {fmt(eg)})" if eg is not None else "")
-                     if s is not None else f"EG-NAS search {fmt(eg)}")
+    search = [f"{name} {fmt(d[key])}" for name, d in list(SEARCH_PRESETS.items()) +
+              [("EG-NAS", EGNAS_DEFAULTS)] if key in d]
+    if search:
+        parts.append("search " + " / ".join(search))
     if key in TRAIN_DEFAULTS:
         parts.append(f"retrain {fmt(TRAIN_DEFAULTS[key])}")
     if key in RESNET_DEFAULTS and RESNET_DEFAULTS[key] != TRAIN_DEFAULTS.get(key):
         parts.append(f"ResNet {fmt(RESNET_DEFAULTS[key])}")
     for (mode, ds), d in DATASET_DEFAULTS.items():
         if key in d:
-            parts.append(f"{ds} {'retrain' if mode == 'train' else mode} {fmt(d[key])}")
+            parts.append(f"{ds} {'retrain' if mode == 'train' else 'search (table4)'} "
+                         f"{fmt(d[key])}")
     quick = [f"{m.replace('train', 'retrain')} {fmt(QUICK[m][key])}"
              for m in ("search", "train", "experiment") if key in QUICK[m]]
     return "default: " + ", ".join(parts) + ("; --quick: " + ", ".join(quick) if quick else "")
@@ -240,6 +264,9 @@ def build_parser():
                    "initialization and rules")
     _flag(d, "--report_freq", type=POS_INT, help="log every N steps (" +
           _mode_default("report_freq") + ")")
+    d.add_argument("--holdout", type=NONNEG_INT, metavar="N",
+                   help="retraining: hold N training images out as a validation set, "
+                   "evaluated every epoch (" + _mode_default("holdout") + ")")
     _flag(d, "--stop_after", type=POS_INT, metavar="N",
           help="stop after epoch N (resume later with --resume)")
     o = p.add_argument_group("optimization (unset: the paper's value for the mode)")
@@ -263,6 +290,9 @@ def build_parser():
     a.add_argument("--rule", default="bp", help="the rule of every layer of a ResNet")
     _flag(a, "--force_rule", metavar="RULE",
           help="retrain the genotype with every ruled op trained by RULE")
+    _flag(a, "--force_scope", choices=["network", "edges"], default="network",
+          help="--force_rule converts the whole network (stem, preprocessing, classifier, "
+          "auxiliary head: the authors' Fig. 4 runs) or only the searched edges")
     _flag(a, "--random_rules", type=int, metavar="SEED",
           help="retrain the genotype's ops with rules drawn at random (--rules, "
                "--skip_rules) from SEED")
@@ -286,8 +316,20 @@ def build_parser():
     _flag(s, "--train_portion", type=PORTION,
           help="weight share of the training set (default: 0.5; 10/11 for cs10 and fimt)")
     s.add_argument("--unrolled", action="store_true", help="second-order DARTS")
-    _flag(s, "--partial_channels", type=POS_INT, default=1, metavar="K",
-          help="PC-DARTS: 1/K of the channels through each mixed op, edge normalization")
+    s.add_argument("--preset", choices=list(SEARCH_PRESETS),
+                   help="--search darts setup: authors = the BioNAS authors' released "
+                   "train_search.py (DARTS's: 8 cells, batch 64, lr 0.025 cosine to 0.001, no "
+                   "Nesterov); table4 = BioNAS Table 4 (5 cells, batch 256, lr 0.1 to 0, "
+                   "Nesterov) (default: authors)")
+    _flag(s, "--partial_channels", type=POS_INT, metavar="K",
+          help="1/K of the channels through each mixed op (default: 1; EG-NAS 4)")
+    s.add_argument("--supernet", choices=["darts", "pc-darts", "eg-nas"],
+                   help="darts: all channels, BN after pools; pc-darts: partial channels, edge "
+                   "normalization beta, BN after pools; eg-nas: partial channels, no beta, no "
+                   "BN after pools (default: darts, pc-darts with --partial_channels > 1, "
+                   "eg-nas with --search egnas)")
+    _flag(s, "--merge_identity_skips", action="store_true",
+          help="at stride 1, one skip_connect candidate instead of one identity per rule")
     _flag(s, "--checkpoint_cells", action="store_true",
           help="recompute each supernet cell in backward (less memory, ~1.3x time)")
     _flag(s, "--arch_learning_rate", type=NONNEG, default=3e-4, help="Adam lr of alpha")
@@ -313,6 +355,13 @@ def build_parser():
     e.add_argument("--eta", type=float, default=0.4, help="weight of L_cos in the fitness")
     e.add_argument("--xi", type=float, default=0.1, help="step of alpha toward the best")
     _flag(e, "--pop_momentum", type=PROB, default=0.0, help="blend of the previous best")
+    _flag(e, "--eg_as_released", action="store_true",
+          help="the exploration as EG-NAS's released code runs it: sigma stays 1 (its epoch "
+          "counter is never incremented), one shared centre, every CMA-ES run seeded 1 (the N "
+          "runs are identical)")
+    _flag(e, "--cma_generations", type=POS_INT, default=1, metavar="G",
+          help="ask/tell generations per CMA-ES run: 1 as EG-NAS's code runs, more for the "
+          "iterated updates BioNAS App. A.4.2 describes")
     k = p.add_argument_group("attacks")
     k.add_argument("--checkpoint", help="checkpoint.pt of a --train run to attack")
     _flag(k, "--attack_grad", default="both", choices=["exact", "feedback", "both"],
@@ -383,9 +432,20 @@ def check_args(args, mode):
             raise SystemExit(f"error: --layers {args.layers}: a DARTS network needs at least "
                              f"{MIN_LAYERS} cells (reductions sit at 1/3 and 2/3 of the depth, "
                              f"so fewer leave no normal cell)")
-    if mode == "search" and args.init_channels % args.partial_channels:
-        raise SystemExit(f"error: --partial_channels {args.partial_channels} must divide "
-                         f"--init_channels {args.init_channels}")
+    if mode == "search":
+        if args.preset and args.search == "egnas":
+            raise SystemExit("error: --preset picks a --search darts setup; --search egnas "
+                             "uses EG-NAS's own (set single flags to change it)")
+        if (args.supernet == "darts") != (args.partial_channels == 1):
+            raise SystemExit(f"error: --supernet {args.supernet} with --partial_channels "
+                             f"{args.partial_channels}: darts takes every channel (K = 1), "
+                             f"pc-darts and eg-nas a part (K > 1)")
+        if args.init_channels % args.partial_channels:
+            raise SystemExit(f"error: --partial_channels {args.partial_channels} must divide "
+                             f"--init_channels {args.init_channels}")
+        if args.merge_identity_skips and args.search == "egnas":
+            raise SystemExit("error: --merge_identity_skips works with --search darts (EG-NAS's "
+                             "individuals set every candidate's weight)")
     if mode == "train" and args.model == "darts" or mode == "experiment" and \
             args.experiment not in ("table1", "collapse"):
         if not args.genotype:
@@ -410,6 +470,9 @@ def check_data(args, mode, xtr):
     if args.subset is not None and args.subset > n:
         raise SystemExit(f"error: --subset {args.subset} exceeds the {n:,} training images of "
                          f"{args.dataset}")
+    if mode == "train" and (getattr(args, "holdout", 0) or 0) >= (args.subset or n):
+        raise SystemExit(f"error: --holdout {args.holdout} leaves no training images of the "
+                         f"{args.subset or n:,}; hold out fewer (--holdout 0: none)")
     if mode == "search":
         n = args.subset or n
         portion = args.train_portion if args.train_portion is not None else \

@@ -23,9 +23,9 @@ class BasicBlock(nn.Module):
 
     def __init__(self, c_in, c_out, stride, rule):
         super().__init__()
-        self.conv1 = RuleConv2d(c_in, c_out, 3, stride, 1, bias=False, rule=rule)
+        self.conv1 = RuleConv2d(c_in, c_out, 3, stride, 1, bias=False, rule=rule, init="xavier")
         self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = RuleConv2d(c_out, c_out, 3, 1, 1, bias=False, rule=rule)
+        self.conv2 = RuleConv2d(c_out, c_out, 3, 1, 1, bias=False, rule=rule, init="xavier")
         self.bn2 = nn.BatchNorm2d(c_out)
         self.stride, self.pad = stride, c_out - c_in
 
@@ -55,7 +55,7 @@ class ResNet(nn.Module):
         std = std if std is not None else (1.0,) * in_channels
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1))
-        self.conv1 = RuleConv2d(in_channels, 16, 3, 1, 1, bias=False, rule=rule)
+        self.conv1 = RuleConv2d(in_channels, 16, 3, 1, 1, bias=False, rule=rule, init="xavier")
         self.bn1 = nn.BatchNorm2d(16)
         blocks, c_in = [], 16
         for stage, c_out in enumerate((16, 32, 64)):
@@ -63,7 +63,7 @@ class ResNet(nn.Module):
                 blocks.append(BasicBlock(c_in, c_out, 2 if stage > 0 and i == 0 else 1, rule))
                 c_in = c_out
         self.blocks = nn.Sequential(*blocks)
-        self.fc = RuleLinear(64, num_classes, rule=rule)
+        self.fc = RuleLinear(64, num_classes, rule=rule, init="xavier")
         for m in self.modules():
             if isinstance(m, (RuleConv2d, RuleLinear)):
                 nn.init.xavier_uniform_(m.weight)

@@ -26,34 +26,43 @@ def place(model, args, device):
         "channels_last" else model
 
 
-def make_batches(args, x, y, device, train, cutout=0, seed_offset=0, rank=0, world=1):
-    """Batches of --batch_size images; under torchrun each of the `world` ranks takes its share
-    of every epoch's shuffled order and --batch_size / world images per step."""
-    _, _, _, _, pad, flip = DATASETS[args.dataset]
+def make_batches(args, x, y, device, train, cutout=0, seed_offset=0, rank=0, world=1,
+                 batch_size=None):
+    """Batches of --batch_size (or `batch_size`) images; under torchrun each of the `world`
+    ranks takes its share of every epoch's shuffled order and batch / world images per step.
+    Cutout fills its hole with the dataset mean (zero after the network's normalization, as
+    DARTS's cutout after its Normalize transform)."""
+    _, _, mean, _, pad, flip = DATASETS[args.dataset]
+    bs = batch_size or args.batch_size
     if getattr(args, "augment", True) is False:
         pad, flip = 0, False
     mf = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
-    if args.batch_size % world:
-        raise SystemExit(f"error: --batch_size {args.batch_size} does not split over {world} "
+    if bs % world:
+        raise SystemExit(f"error: --batch_size {bs} does not split over {world} "
                          f"processes; use a multiple of {world}")
-    return Batches(x, y, args.batch_size // world, device, train=train, pad=pad if train else 0,
+    return Batches(x, y, max(1, bs // world), device, train=train, pad=pad if train else 0,
                    flip=flip and train, cutout=cutout, seed=args.seed + seed_offset,
-                   memory_format=mf, rank=rank, world=world)
+                   memory_format=mf, rank=rank, world=world, fill=mean)
 
 
 def build_eval_model(args, genotype):
     """The network to retrain: a CIFAR ResNet with --rule everywhere, or the genotype's network,
-    its rules forced to one (--force-rule) or drawn at random (--random-rules SEED)."""
+    its rules forced to one (--force_rule; --force_scope network, the authors' Fig. 4 runs,
+    also converts the stem, preprocessing, classifier and auxiliary head; edges: only the
+    searched edges) or drawn at random (--random_rules SEED)."""
     c_in, classes, mean, std, _, _ = DATASETS[args.dataset]
     if args.model != "darts":
         return resnet.ResNet(int(args.model[6:]), classes, args.rule, c_in, mean, std)
+    base_rule = args.base_rule
     if args.force_rule:
         genotype = darts.force_rule(genotype, args.force_rule)
+        if getattr(args, "force_scope", "network") == "network":
+            base_rule = args.force_rule    # the authors' BioModule: stem, preprocessing, heads
     if args.random_rules is not None:
         genotype = darts.random_rules(genotype, args.random_rules, args.rules.split(","),
                                       args.skip_rules.split(","))
     return darts.NetworkEval(args.init_channels, classes, args.layers, genotype, args.auxiliary,
-                             in_channels=c_in, base_rule=args.base_rule, mean=mean, std=std)
+                             in_channels=c_in, base_rule=base_rule, mean=mean, std=std)
 
 
 def make_scheduler(args, optimizer):
@@ -81,6 +90,13 @@ def train(args, run, device, genotype=None, after=0.0):
     if args.subset:
         perm = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(args.seed))
         xtr, ytr = xtr[perm[:args.subset]], ytr[perm[:args.subset]]
+    holdout = getattr(args, "holdout", 0) or 0
+    valid_b = None
+    if holdout:                      # Biotorch: 5,000 training images held out for validation
+        perm = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(args.seed + 7))
+        xva, yva = xtr[perm[-holdout:]], ytr[perm[-holdout:]]
+        xtr, ytr = xtr[perm[:-holdout]], ytr[perm[:-holdout]]
+        valid_b = make_batches(args, xva, yva, device, train=False)
     rank, world = distributed(device)
     train_b = make_batches(args, xtr, ytr, device, train=True, cutout=args.cutout, rank=rank,
                            world=world)
@@ -129,9 +145,10 @@ def train(args, run, device, genotype=None, after=0.0):
             continue
         test_acc, test_loss = evaluate(model, test_b)
         check_model_finite(model, run, f"epoch {epoch + 1}", args, test_loss)
+        valid = dict(zip(("valid_acc", "valid_loss"), evaluate(model, valid_b))) if valid_b else {}
         history.append(dict(epoch=epoch, train_loss=meter.loss / meter.n,
                             train_acc=100 * meter.correct / meter.n, test_acc=test_acc,
-                            test_loss=test_loss, seconds=time.time() - meter.t0,
+                            test_loss=test_loss, seconds=time.time() - meter.t0, **valid,
                             **(dict(replica_max_diff=spread) if world > 1 else {})))
         run.log(f"epoch {epoch + 1}/{args.epochs} done: test acc {test_acc:.2f}% loss "
                 f"{test_loss:.4f} ({time.time() - meter.t0:.0f}s, run ETA "
@@ -145,7 +162,7 @@ def train(args, run, device, genotype=None, after=0.0):
         layers = monitor.summary()
         run.write_json(layers, "layers.json")
         plot_history(history, run.file("curves.png"),
-                     ["train_acc", "test_acc", "train_loss", "test_loss"])
+                     ["train_acc", "valid_acc", "test_acc", "train_loss", "valid_loss", "test_loss"])
         bionas_experiments.plot_layers(layers, run.file("layers.png"),
                                        f"{os.path.basename(run.path)}: epoch {epoch + 1}")
         if args.stop_after and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
@@ -155,7 +172,12 @@ def train(args, run, device, genotype=None, after=0.0):
     if rank > 0:
         return None
     run.save(model.state_dict(), "model.pt")
-    run.log(f"training finished: test accuracy {history[-1]['test_acc']:.2f}%")
+    best = max(history, key=lambda h: h["test_acc"])
+    run.log(f"training finished: test accuracy {history[-1]['test_acc']:.2f}% after the last "
+            f"epoch; best {best['test_acc']:.2f}% after epoch {best['epoch'] + 1} (selected on "
+            f"the test set, as the BioNAS authors report)" + (
+                "; at the best validation epoch {:.2f}%".format(
+                    max(history, key=lambda h: h["valid_acc"])["test_acc"]) if holdout else ""))
     return history[-1]["test_acc"]
 
 

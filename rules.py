@@ -179,12 +179,19 @@ def _uniform(like, bound):
 class _RuleMixin:
     """Shared buffer handling of RuleConv2d and RuleLinear."""
 
-    def _init_rule(self, rule):
+    def _init_rule(self, rule, init):
+        """init "xavier" (Biotorch's converted layers, BioNAS Sec. 3.4: Xavier-uniform weight,
+        zero bias), "torch" (nn.Conv2d / nn.Linear's own, as DARTS and the BioNAS authors keep
+        for backprop layers), or None: xavier for a learning rule, torch's for bp."""
         self.rule = check_rule(rule)
         self.exact = False                                # set by exact_gradients()
-        nn.init.xavier_uniform_(self.weight)
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+        init = init or ("torch" if rule == "bp" else "xavier")
+        if init not in ("xavier", "torch"):
+            raise ValueError(f"init must be 'xavier' or 'torch', not {init!r}")
+        if init == "xavier":
+            nn.init.xavier_uniform_(self.weight)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
         self.register_buffer("weight_backward", torch.zeros_like(self.weight))
         self.reset_feedback()
 
@@ -226,7 +233,7 @@ class RuleConv2d(_RuleMixin, nn.Conv2d):
     """Drop-in nn.Conv2d whose backward follows a learning rule (BioNAS Sec. 2.1)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True, rule="fa", device=None, dtype=None):
+                 groups=1, bias=True, rule="fa", device=None, dtype=None, init=None):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
                          groups, bias, device=device, dtype=dtype)
         if isinstance(self.padding, str):
@@ -238,7 +245,7 @@ class RuleConv2d(_RuleMixin, nn.Conv2d):
                     raise ValueError("RuleConv2d supports padding='same' only for odd "
                                      "effective kernels at stride 1; pass integer padding")
                 self.padding = tuple(e // 2 for e in eff)
-        self._init_rule(rule)
+        self._init_rule(rule, init)
 
     def forward(self, x):
         if self.padding_mode != "zeros":
@@ -268,9 +275,10 @@ class RuleConv2d(_RuleMixin, nn.Conv2d):
 class RuleLinear(_RuleMixin, nn.Linear):
     """Drop-in nn.Linear whose backward follows a learning rule (BioNAS Sec. 2.1)."""
 
-    def __init__(self, in_features, out_features, bias=True, rule="fa", device=None, dtype=None):
+    def __init__(self, in_features, out_features, bias=True, rule="fa", device=None, dtype=None,
+                 init=None):
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        self._init_rule(rule)
+        self._init_rule(rule, init)
 
     def forward(self, x):
         if self.rule == "bp" or self.exact:

@@ -47,7 +47,9 @@ def build_search_model(args, candidates):
     return darts.Network(args.init_channels, classes, args.layers, candidates, steps=args.nodes,
                          multiplier=args.nodes, in_channels=c_in, base_rule=args.base_rule,
                          mean=mean, std=std, activation="crb" if args.crb else "softmax",
-                         partial_channels=getattr(args, "partial_channels", 1) or 1)
+                         partial_channels=getattr(args, "partial_channels", 1) or 1,
+                         supernet=getattr(args, "supernet", None),
+                         merge_identity_skips=getattr(args, "merge_identity_skips", False))
 
 
 def alpha_batches(alpha_b, epoch):
@@ -71,7 +73,8 @@ def search(args, run, device, after=0.0):
                                   zero=args.search == "darts" and not args.crb)
     (xw, yw), (xa, ya) = split_search_data(args)
     train_b = make_batches(args, xw, yw, device, train=True)
-    alpha_b = make_batches(args, xa, ya, device, train=True, seed_offset=1)
+    alpha_b = make_batches(args, xa, ya, device, train=True, seed_offset=1,
+                           batch_size=args.batch_size // 2 if args.search == "egnas" else None)
     eval_b = make_batches(args, xa, ya, device, train=False)
     model = place(build_search_model(args, candidates), args, device)
     model.checkpoint_cells = bool(getattr(args, "checkpoint_cells", False))
@@ -161,7 +164,8 @@ class DartsSearcher:
         self.architect = darts.Architect(model, args.momentum, args.weight_decay,
                                          args.arch_learning_rate,
                                          0.0 if args.crb else args.arch_weight_decay,
-                                         args.unrolled, regularizer=reg)
+                                         args.unrolled, regularizer=reg,
+                                         nesterov=bool(args.nesterov))
 
     def record(self):
         """After the weights' backward, before clipping: Eq. 18's Fisher trace."""
@@ -194,5 +198,7 @@ def make_searcher(args, model, run):
         import egnas
         return egnas.EGNASSearcher(model, args.samples, args.population_size, args.zeta,
                                    args.eta, args.xi, args.warm_start_epochs, args.pop_momentum,
-                                   seed=args.seed, log=run.log)
+                                   seed=args.seed, log=run.log,
+                                   as_released=getattr(args, "eg_as_released", False),
+                                   generations=getattr(args, "cma_generations", 1) or 1)
     return DartsSearcher(args, model)

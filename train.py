@@ -203,10 +203,15 @@ def experiment(args, run, device):
         with open(sub.file("layers.json")) as f:
             layers = json.load(f)
         with open(sub.file("history.json")) as f:
-            seconds = sum(h["seconds"] for h in json.load(f))
+            hist = json.load(f)
+        seconds = sum(h["seconds"] for h in hist)
+        best = max(hist, key=lambda h: h["test_acc"])
         cells = [r for n, r in zip(layers["names"], layers["rules"]) if ".ops." in n]  # edges
-        run.log(f"{os.path.basename(sub.path)}: test accuracy {acc:.2f}% ({seconds:.0f}s)")
-        return dict(test_acc=acc, layers=layers, seconds=seconds, rules=cells or layers["rules"],
+        run.log(f"{os.path.basename(sub.path)}: test accuracy {acc:.2f}% (best {best['test_acc']:.2f}"
+                f"% after epoch {best['epoch'] + 1}; {seconds:.0f}s)")
+        return dict(test_acc=acc, best_test_acc=best["test_acc"], best_epoch=best["epoch"] + 1,
+                    layers=layers, seconds=seconds, rules=cells or layers["rules"],
+                    force_scope=targs.force_scope if targs.force_rule else None,
                     params=sum(p.numel() for p in build_eval_model(targs, genotype).parameters()))
 
     def search_run(sub, resume_dir, overrides):

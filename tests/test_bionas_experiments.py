@@ -81,10 +81,18 @@ def test_force_rule_changes_every_ruled_convolution():
     mixed_edge, _ = _edge_rules(retrain.build_eval_model(_eval_args(), GENOTYPE))
     assert set(mixed_edge.values()) == {"fa", "usf", "brsf", "frsf"}
     for rule in ("bp", "fa", "usf", "brsf", "frsf"):
-        edge, other = _edge_rules(retrain.build_eval_model(_eval_args(force_rule=rule), GENOTYPE))
+        edge, other = _edge_rules(retrain.build_eval_model(
+            _eval_args(force_rule=rule, force_scope="edges"), GENOTYPE))
         assert edge.keys() == mixed_edge.keys()                       # the same convolutions
         assert set(edge.values()) == {rule}
         assert set(other.values()) == {"bp"}                          # stem, preprocessing, classifier
+        # the authors' scope (their Fig. 4 runs wrap the whole network in Biotorch's BioModule)
+        a = _eval_args(force_rule=rule, auxiliary=True)
+        assert a.force_scope == "network"                            # the default
+        whole = rules.layer_rules(retrain.build_eval_model(a, GENOTYPE))
+        assert set(whole.values()) == {rule}
+        assert {"stem.0", "classifier", "auxiliary_head.classifier",
+                "cells.0.preprocess1.op.1"} <= whole.keys()
     g = darts.force_rule(GENOTYPE, "usf")
     assert [n for n, _ in g.normal] == ["sep_conv_3x3_usf", "skip_connect_usf", "dil_conv_3x3_usf", "max_pool_3x3"]
     assert [j for _, j in g.reduce] == [j for _, j in GENOTYPE.reduce]
@@ -164,8 +172,12 @@ def _rows(path):
 
 def test_train_resnet_cli_logs_finite_layer_statistics(tmp_path, fake):
     flags, _ = fake
-    train.main(["--train", "--model", "resnet20", "--rule", "frsf", "--run_name", "r"] + flags + ["--epochs", "2"])
+    train.main(["--train", "--model", "resnet20", "--rule", "frsf", "--run_name", "r"] + flags
+               + ["--epochs", "2", "--holdout", "16"])
     run = tmp_path / "runs" / "r"
+    hist = json.loads((run / "history.json").read_text())     # Biotorch's held-out validation
+    assert all(0 <= h["valid_acc"] <= 100 and 100 * round(h["valid_acc"] * 16 / 100) / 16
+               == pytest.approx(h["valid_acc"]) for h in hist)       # a share of 16 images
     layers = json.loads((run / "layers.json").read_text())
     assert len(layers["names"]) == 20 and set(layers["rules"]) == {"frsf"}
     assert len(layers["history"]) == 2
@@ -198,10 +210,14 @@ def test_experiment_mixed_vs_single_and_resume(tmp_path, fake, monkeypatch):
     train.main(["--experiment", "mixed-vs-single", "--genotype", gpath, "--run_name", "m"] + flags)
     out = tmp_path / "runs" / "m"
     rows = _rows(out / "mixed-vs-single.csv")
-    assert [r["variant"] for r in rows] == ["mixed", "forced-bp", "forced-fa", "forced-usf", "forced-brsf", "forced-frsf"]
+    assert [r["variant"] for r in rows] == ["mixed"] + [f"forced-{r} (network)" for r in
+                                                        ("bp", "fa", "usf", "brsf", "frsf")]
     assert rows[0]["rules"] == "brsf fa frsf usf"
     for r in rows[1:]:
-        assert r["rules"] == r["variant"][7:]                  # every cell-edge conv has the forced rule
+        assert r["rules"] == r["variant"][7:].split()[0]      # every cell-edge conv has the forced rule
+        hist = json.loads((out / r["variant"].split()[0] / "history.json").read_text())
+        assert float(r["best_acc"]) == pytest.approx(round(max(h["test_acc"] for h in hist), 2))
+        assert float(r["test_acc"]) == pytest.approx(round(hist[-1]["test_acc"], 2))
     assert [r["paper_acc"] for r in rows] == ["94.86", "", "", "86.54", "83.17", "90.58"]
     assert (out / "mixed-vs-single_dynamics.png").exists() and (out / "mixed-vs-single.png").exists()
     # --resume reuses every finished retraining instead of training again

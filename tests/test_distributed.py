@@ -150,7 +150,8 @@ def test_attack_table_split_over_two_ranks_equals_one_process(tmp_path):
     common = ["--data", root, "--save", str(tmp_path / "runs"), "--dataset", "fashion-mnist"]
     train.main(["--train", "--genotype", str(gpath), "--epochs", "1", "--init_channels", "4",
                 "--layers", "3", "--batch_size", "16", "--run_name", "m"] + common)
-    attack = ["--attack", "fgsm,pgd", "--checkpoint", str(tmp_path / "runs" / "m" / "checkpoint.pt"),
+    # deterministic attacks only: PGD's random start draws other numbers for 2 x 24 than for 48
+    attack = ["--attack", "fgsm", "--checkpoint", str(tmp_path / "runs" / "m" / "checkpoint.pt"),
               "--attack-grad", "both"] + common
     train.main(attack + ["--batch_size", "48", "--run_name", "one"])
     ctx = mp.spawn(_worker, args=(2, _free_port(), attack + ["--batch_size", "24", "--run_name", "two"],
@@ -163,6 +164,6 @@ def test_attack_table_split_over_two_ranks_equals_one_process(tmp_path):
     one, two = rows("one"), rows("two")
     assert [r["grad"] for r in one] == [r["grad"] for r in two] == ["exact", "feedback"]
     for a, b in zip(one, two):                   # 24 + 24 images on two ranks = the 48 at once
-        for k in ("clean", "fgsm", "pgd"):
+        for k in ("clean", "fgsm"):
             assert float(a[k]) == pytest.approx(float(b[k]), abs=1e-6), k
     assert not (tmp_path / "runs" / "two" / "rank1").exists()

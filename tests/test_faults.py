@@ -247,7 +247,8 @@ def test_resume_takes_more_epochs_and_refuses_other_flags(tmp_path):
     hist = json.load(open(run / "history.json"))
     assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
     lrs = [float(m) for m in re.findall(r"epoch 3/4 step 1/\d+ lr (\S+)", (run / "log.txt").read_text())]
-    assert lrs == [pytest.approx(0.5 * 0.08 * (1 + np.cos(np.pi * 2 / 4)), abs=1e-4)]
+    lo = json.load(open(run / "args.json"))["learning_rate_min"]     # the preset's 0.001
+    assert lrs == [pytest.approx(lo + 0.5 * (0.08 - lo) * (1 + np.cos(np.pi * 2 / 4)), abs=1e-4)]
     assert json.load(open(run / "args.json"))["epochs"] == 4
 
 

@@ -150,16 +150,36 @@ def test_attack_cli_on_retrained_checkpoint(tmp_path):
 
 def test_egnas_search_through_train_py(tmp_path):
     args = tiny_args(tmp_path, "--search", "egnas", "--epochs", "2", "--warm_start_epochs", "1",
-                     "--samples", "2", "--population_size", "4", "--run_name", "eg")
+                     "--samples", "2", "--population_size", "4", "--run_name", "eg",
+                     "--init_channels", "8")
     train.main(args)
     run = tmp_path / "runs" / "eg"
     hist = json.load(open(run / "history.json"))
     ck = torch.load(run / "checkpoint.pt", weights_only=False)
     assert len(ck["config"]["candidates"]) == 21 and "none" not in ck["config"]["candidates"]
-    # epoch 1 is weight-only: alpha is still the initial one; epoch 2 moved it by xi * s
+    # EG-NAS's supernet (its model_search.py): partial channels k = 4 with a channel shuffle,
+    # no edge normalization beta, no BatchNorm after the pools; SGD without Nesterov
+    cfg = ck["config"]
+    assert cfg["supernet"] == "eg-nas" and cfg["partial_channels"] == 4
+    assert not any(k.startswith("betas_") for k in ck["model"])
+    net = darts.Network(**cfg)
+    pools = [op for e in net.cells[0].edges for n, op in zip(e.candidates, e.ops) if "pool" in n]
+    assert pools and all(isinstance(op, (torch.nn.MaxPool2d, torch.nn.AvgPool2d)) for op in pools)
+    convs = [m for m in net.cells[0].edges[0].ops.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(m.in_channels == 2 for m in convs)             # 8 channels / k
+    a = json.load(open(run / "args.json"))
+    assert a["nesterov"] is False and a["batch_size"] == 16
+    # epoch 1 is weight-only: alpha is still the initial 1e-3 N(0, 1) (softmax within 1% of
+    # uniform); the exploration of epoch 2 added xi * s, s a row-softmax (positive, sum 1), so
+    # alpha's change, centred per row (the softmax in history fixes alpha up to a constant per
+    # row), is 0.1 * (s - 1/n) with s a probability vector -- tests/test_egnas.py checks which s
     w0 = torch.tensor(hist[0]["weights_normal"])
-    w1 = torch.tensor(hist[1]["weights_normal"])
-    assert not torch.allclose(w0, w1)
+    assert (w0 - 1 / 21).abs().max() < 0.01 / 21
+    delta = ck["model"]["alphas_normal"] - torch.log(w0)
+    s_hat = (delta - delta.mean(1, keepdim=True)) / 0.1 + 1 / 21
+    assert torch.all(s_hat > -1e-3)
+    assert torch.allclose(s_hat.sum(1), torch.ones(len(s_hat)), atol=1e-3)
+    assert s_hat.std() > 0.1 / 21                          # a move, not a uniform shift
     assert ck["searcher"]["last_epoch"] == 1
     assert "EG-NAS exploration (epoch 2)" in (run / "log.txt").read_text()
     g = json.load(open(run / "genotype.json"))
