@@ -115,7 +115,7 @@ class Network(nn.Module):
     def __init__(self, C, num_classes, layers, candidates, steps=4, multiplier=4,
                  stem_multiplier=3, in_channels=3, base_rule="bp", mean=None, std=None,
                  activation="softmax", partial_channels=1, supernet=None,
-                 merge_identity_skips=False):
+                 merge_identity_skips=False, fused=False):
         super().__init__()
         if activation not in ("softmax", "crb"):
             raise ValueError(f"activation must be 'softmax' or 'crb', not {activation!r}")
@@ -134,14 +134,20 @@ class Network(nn.Module):
                            steps=steps, multiplier=multiplier, stem_multiplier=stem_multiplier,
                            in_channels=in_channels, base_rule=base_rule, mean=mean, std=std,
                            activation=activation, partial_channels=partial_channels,
-                           supernet=supernet, merge_identity_skips=merge_identity_skips)
+                           supernet=supernet, merge_identity_skips=merge_identity_skips,
+                           fused=fused)
+        if fused and activation == "crb":
+            raise ValueError("fused=True computes every rule variant of an operation together; "
+                             "CRB prunes single candidates: use fused=False with CRB")
         self.partial_channels = partial_channels
         for name in self.candidates:
             ops.parse_candidate(name)                     # fail early on unknown names
+        mixed, partial = (ops.FusedMixedOp, ops.FusedPartialMixedOp) if fused else \
+            (ops.MixedOp, ops.PartialMixedOp)
         if supernet == "darts":
-            edge = lambda C_, s_, c_: ops.MixedOp(C_, s_, c_)                   # noqa: E731
+            edge = lambda C_, s_, c_: mixed(C_, s_, c_)                         # noqa: E731
         else:
-            edge = lambda C_, s_, c_: ops.PartialMixedOp(                       # noqa: E731
+            edge = lambda C_, s_, c_: partial(                                  # noqa: E731
                 C_, s_, c_, partial_channels, pool_bn=supernet == "pc-darts")
         widths = _build_body(self, in_channels, C, layers, stem_multiplier, base_rule, mean, std,
                              lambda C_pp, C_p, C_c, red, red_prev: SearchCell(

@@ -14,8 +14,10 @@ import os
 
 import bionas_experiments
 import darts
+import neurogenesis
 import plasticity_experiments
 import rules
+import thesis_runs
 from attacks import ATTACKS, PRESETS
 from data import DATASETS
 
@@ -106,6 +108,40 @@ def apply_defaults(args, mode):
     return args
 
 
+def parse_sizes(text):
+    """'n_train=6000,epochs_d=5,n_fs=2/4/8' -> {"n_train": 6000, "epochs_d": 5, "n_fs": [2, 4, 8]}
+    (numbers as int or float, '/'-separated lists)."""
+    def num(v):
+        try:
+            return int(v)
+        except ValueError:
+            return float(v)
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        try:
+            if not sep or not key:
+                raise ValueError
+            out[key.strip()] = [num(v) for v in value.split("/")] if "/" in value else num(value)
+        except ValueError:
+            raise SystemExit(f"error: --sizes {text!r}: expected KEY=NUMBER[,KEY=NUMBER...] "
+                             f"(lists as 2/4/8), got {item!r}") from None
+    return out
+
+
+def apply_thesis_defaults(args, mode):
+    """Unset flags of a --neurogenesis / --dyno / --equinas run: the thesis's (Table 8, Sec.
+    7.3; thesis_runs.THESIS_DEFAULTS), --quick's shorter versions first."""
+    if args.quick:
+        for k, v in thesis_runs.QUICK_THESIS[mode].items():
+            if getattr(args, k, None) is None:
+                setattr(args, k, v)
+    for k, v in thesis_runs.THESIS_DEFAULTS[mode].items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    return args
+
+
 def genotype_search_method(path):
     """'darts' or 'egnas' as recorded in a genotype.json written by a search, else None."""
     try:
@@ -117,7 +153,8 @@ def genotype_search_method(path):
 
 def mode_of(args):
     """What a command runs: experiment, plasticity, attack, search or train (None: nothing)."""
-    for mode in ("experiment", "plasticity", "attack", "search", "train"):
+    for mode in ("experiment", "plasticity", "attack", "search", "train", "neurogenesis",
+                 "dyno", "equinas"):
         if getattr(args, mode, None):
             return mode
     return None
@@ -217,7 +254,15 @@ EXPERIMENT_HELP = dict(table1="ResNet-20/56 with each single rule (Table 1)",
                           "robustness": "attacks on the genotype and on single-rule ResNets "
                           "(Table 2; needs --genotype)",
                           "collapse": "DARTS vs DARTS-PRIME searches, parameter-free share per "
-                          "epoch (thesis Fig. 19)"})
+                          "epoch (thesis Fig. 19)",
+                          "north-generated": "thesis Sec. 6.3.2: every NORTH* strategy on generated "
+                          "data", "north-pareto": "Sec. 6.3.3: accuracy vs size of every strategy "
+                          "on Fashion-MNIST", "dyno-transfer": "Ch. 7: DYNO vs static transfer",
+                          "north-cost": "Table 9: seconds per mini-batch of each strategy",
+                          "equinas-table3": "Ch. 4 Table 3: EquiNAS_E vs C1/C4/D4/RPP on rotated "
+                          "Fashion-MNIST", "equinas-table4": "Table 4: EquiNAS_D vs the baselines",
+                          "equinas-fig12": "Fig. 12: EquiNAS_D's z under each group's "
+                          "augmentation", "equinas-cost": "a mixed layer's cost vs one group's"})
 
 
 def build_parser():
@@ -236,10 +281,21 @@ def build_parser():
     m.add_argument("--plasticity", choices=list(plasticity_experiments.EXPERIMENTS),
                    help="an experiment of the plasticity-rules paper: table2 (Table 2), "
                    "generalization (Fig. 3), convergence (Fig. 2), robustness (Fig. 5)")
-    m.add_argument("--experiment", choices=list(bionas_experiments.EXPERIMENTS),
+    m.add_argument("--neurogenesis", choices=list(neurogenesis.STRATEGIES) + ["static"],
+                   metavar="STRATEGY", help="thesis ch. 6: grow an MLP on Fashion-MNIST with a "
+                   f"strategy of Table 7 ({', '.join(neurogenesis.STRATEGIES)}) or 'static'")
+    m.add_argument("--dyno", choices=["near", "far"], help="thesis ch. 7: transfer an MLP "
+                   "pretrained on classes 0-4 to classes 5-9 (near) or 5-9 with permuted pixels "
+                   "(far) by DYNO and by static fine-tuning")
+    m.add_argument("--equinas", choices=["evolutionary", "differentiable"],
+                   help="thesis ch. 4: EquiNAS_E or EquiNAS_D on rotated Fashion-MNIST")
+    m.add_argument("--experiment", choices=list(bionas_experiments.EXPERIMENTS) +
+                   list(thesis_runs.THESIS_EXPERIMENTS),
                    help="a BioNAS analysis: " + "; ".join(f"{k}: {v}" for k, v in
                                                            EXPERIMENT_HELP.items()))
-    m.add_argument("--seeds", default="1,2,3", help="random-rules: the SEEDs to draw")
+    m.add_argument("--seeds", help="the SEEDs of --experiment and --plasticity, comma-separated "
+                   "(default: 1,2,3 for the BioNAS and thesis experiments, 0,1,2,3,4 for "
+                   "--plasticity)")
     m.add_argument("--quick", action="store_true", help=_quick_help())
     d = p.add_argument_group("data and machine")
     d.add_argument("--dataset", choices=list(DATASETS),
@@ -334,6 +390,20 @@ def build_parser():
           help="recompute each supernet cell in backward (less memory, ~1.3x time)")
     _flag(s, "--arch_learning_rate", type=NONNEG, default=3e-4, help="Adam lr of alpha")
     _flag(s, "--arch_weight_decay", type=NONNEG, default=1e-3, help="weight decay of alpha")
+    th = p.add_argument_group("neurogenesis and DYNO (Maile's thesis Ch. 6, 7)")
+    th.add_argument("--widths", default="64,64", help="--neurogenesis: initial hidden widths")
+    th.add_argument("--sizes", metavar="KEY=VALUE,...",
+                    help="--experiment north-*/dyno-transfer/equinas-*: overrides of the "
+                    "experiment's size knobs between --quick and full, e.g. "
+                    "n_train=6000,generations=5 (the knobs: README, thesis sections)")
+    _flag(th, "--max_width", type=POS_INT, default=784, help="--neurogenesis: the largest width "
+          "a hidden layer may grow to")
+    _flag(th, "--growth_schedule", choices=list(neurogenesis.SCHEDULES),
+          help="--neurogenesis: a preset schedule (Linear, Batched) instead of the triggers, "
+          "growing to --max_width (default: the strategy's triggers)")
+    th.add_argument("--iterations", type=POS_INT,
+                    help="--dyno: fine-tuning mini-batches per method (default: 1000, Sec. 7.3; "
+                    "--quick 200)")
     pr = p.add_argument_group("DARTS-PRIME (Maile's thesis Ch. 5; with --search darts)")
     pr.add_argument("--schedule", default="alternate", choices=["alternate", "cs10", "fimt"],
                     help="alpha steps: one per weight step, one per 10, or FIMT (Algorithm 3)")
@@ -409,6 +479,8 @@ def check_args(args, mode):
             args.search == "egnas":
         raise SystemExit("error: --schedule/--prox/--admm/--crb/--darts_prime change the DARTS "
                          "alpha step; use them with --search darts")
+    if args.seeds is None:
+        args.seeds = "0,1,2,3,4" if args.plasticity else "1,2,3"
     try:
         [int(s) for s in args.seeds.split(",")]
     except ValueError:
@@ -420,6 +492,30 @@ def check_args(args, mode):
         if unknown:
             raise SystemExit(f"error: --attack: unknown attack(s) {', '.join(unknown)}; choose "
                              f"from {', '.join(ATTACKS)}")
+    if args.sizes:
+        sizes = parse_sizes(args.sizes)
+        if args.experiment not in thesis_runs.THESIS_EXPERIMENTS:
+            raise SystemExit("error: --sizes sets the size knobs of the thesis experiments "
+                             f"({', '.join(thesis_runs.THESIS_EXPERIMENTS)}); drop it here")
+        module = thesis_runs.THESIS_EXPERIMENTS[args.experiment][0]
+        knobs = __import__("neurogenesis_experiments" if module == "neurogenesis" else
+                           "equinas_experiments").SIZES[False]
+        unknown = sorted(set(sizes) - set(knobs))
+        if unknown:
+            raise SystemExit(f"error: --sizes: unknown knob(s) {', '.join(unknown)} for "
+                             f"{args.experiment}; choose from {', '.join(knobs)}")
+    if mode == "neurogenesis":
+        try:
+            widths = [int(w) for w in args.widths.split(",")]
+        except ValueError:
+            raise SystemExit(f"error: --widths {args.widths!r}: give integers separated by commas, "
+                             f"e.g. 64,64") from None
+        if not widths or min(widths) < 1 or max(widths) > args.max_width:
+            raise SystemExit(f"error: --widths {args.widths}: every width must be between 1 and "
+                             f"--max_width {args.max_width}")
+    if mode in ("neurogenesis", "dyno", "equinas") and args.dataset not in ("mnist",
+                                                                            "fashion-mnist"):
+        raise SystemExit(f"error: --{mode} runs on mnist or fashion-mnist, not {args.dataset}")
     if mode == "plasticity" and args.dataset not in ("mnist", "fashion-mnist"):
         raise SystemExit(f"error: --plasticity runs on mnist or fashion-mnist, not "
                          f"{args.dataset}")
@@ -447,7 +543,7 @@ def check_args(args, mode):
             raise SystemExit("error: --merge_identity_skips works with --search darts (EG-NAS's "
                              "individuals set every candidate's weight)")
     if mode == "train" and args.model == "darts" or mode == "experiment" and \
-            args.experiment not in ("table1", "collapse"):
+            args.experiment in ("mixed-vs-single", "random-rules", "robustness"):
         if not args.genotype:
             raise SystemExit(f"error: {'--experiment ' + args.experiment if mode == 'experiment' else '--train'}"
                              f" needs --genotype PATH, the genotype.json of a search (e.g. of "
@@ -511,7 +607,7 @@ def resume_args(args, argv):
     for k, v in given.items():
         setattr(out, k, v)
     out.resume = path
-    if mode_of(out) in ("attack", "plasticity"):
+    if mode_of(out) in ("attack", "plasticity", "dyno"):
         raise SystemExit(f"error: {path} is an --{mode_of(out)} run, which has no checkpoint "
                          f"to resume; run it again")
     return out

@@ -9,7 +9,8 @@ weight of the edge i -> j, so h <- W h), output weights U (labels x |V|). From h
 
     h <- c_k(ReLU(W h + A x)),        c_k keeps the k largest entries, zeroes the rest.
 
-A unit *fires* in a round when its h is non-zero after that round. Firing record ("pattern")
+A unit *fires* in a round when its h is non-zero after that round (the paper; `firing="topk"`:
+when it is among the k kept, even at zero, as in the authors' code). Firing record ("pattern")
 bit order: round 1 is the most significant bit, round T the least significant, so the pattern
 "101" (fired in rounds 1 and 3, not 2) has code 5 and `code & 1` says "fired in the last round".
 
@@ -19,12 +20,12 @@ the true label's output node and b = 1 for the other updated node(s) (App. A.4, 
 Additive:  w <- w + eta * r,   multiplicative:  w <- w * (1 + eta * r)   (weights start at 0 / 1).
 Updates use only the firing patterns (not the magnitudes of h); no gradient anywhere (A.1).
 
-Only torch is imported (data loading is data.py's, in train.py). The paper's experiments (Table 2, Figs. 2, 3, 5) are in
-plasticity_experiments.py and run with `python train.py --plasticity NAME`.
+torch and numpy only. The data sets (A.2) and the experiments (Table 2, Figs. 2-6, A.4, the
+theorems) are in plasticity_experiments.py: `python train.py --plasticity NAME --seeds ...`.
 """
 import contextlib
-import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -46,16 +47,19 @@ class CapRNN(nn.Module):
     """The simple RNN of Sec. 2: A (masked, N(0,1) or all ones), graph G, weights W, U.
 
     W and U are parameters with requires_grad=False: plasticity rules change them in place;
-    train_gd switches gradients on. `input_weights="ones"` is Table 2's starred T=1 network.
+    train_gd switches gradients on. `input_weights="ones"` is Table 2's starred T=1* network.
+    `firing`: "nonzero" (Sec. 2: h_i != 0 after the round) or "topk" (BrainNet: the k kept
+    units fire, exactly k per round, even at zero activation).
     """
 
     def __init__(self, n_in, n_out, num_v=1000, cap=500, p=0.5, rounds=1, seed=None,
-                 input_weights="normal"):
+                 input_weights="normal", firing="nonzero"):
         super().__init__()
-        if input_weights not in ("normal", "ones"):
-            raise ValueError(f"input_weights must be 'normal' or 'ones', got {input_weights!r}")
+        _check_choice("input_weights", input_weights, ("normal", "ones"))
+        _check_choice("firing", firing, ("nonzero", "topk"))
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         self.n_in, self.n_out, self.num_v, self.cap, self.p, self.rounds = n_in, n_out, num_v, cap, p, rounds
+        self.firing = firing
         a_mask = torch.rand(num_v, n_in, generator=g) < p
         a = torch.randn(num_v, n_in, generator=g) if input_weights == "normal" else torch.ones(num_v, n_in)
         graph = torch.rand(num_v, num_v, generator=g) < p
@@ -74,15 +78,23 @@ class CapRNN(nn.Module):
             self.U.fill_(0.0 if mode == "additive" else 1.0)
         return self
 
+    def fire(self, u):
+        """One round's output c_k(u) for u = ReLU(W h + A x), and the 0/1 (long) firing bits."""
+        if self.firing == "nonzero" or self.cap >= u.shape[-1]:
+            h = cap_k(u, self.cap)
+            return h, (h != 0).long() if self.firing == "nonzero" else torch.ones_like(h, dtype=torch.long)
+        vals, idx = u.topk(self.cap, dim=-1)
+        return (torch.zeros_like(u).scatter(-1, idx, vals),
+                torch.zeros(u.shape, dtype=torch.long, device=u.device).scatter(-1, idx, 1))
+
     def hidden(self, x, W=None):
         """T rounds of h <- c_k(ReLU(W h + A x)) from h = 0. Returns (h, codes) for a batch."""
         W = self.W if W is None else W
         ax = x @ self.A.t()
-        h = cap_k(F.relu(ax), self.cap)                  # round 1: W h = 0
-        codes = (h != 0).long()
+        h, codes = self.fire(F.relu(ax))                 # round 1: W h = 0
         for _ in range(self.rounds - 1):
-            h = cap_k(F.relu(h @ W.t() + ax), self.cap)
-            codes = 2 * codes + (h != 0).long()
+            h, bits = self.fire(F.relu(h @ W.t() + ax))
+            codes = 2 * codes + bits
         return h, codes
 
     def forward(self, x, W=None, U=None):
@@ -90,7 +102,7 @@ class CapRNN(nn.Module):
         U = self.U if U is None else U
         return self.hidden(x, W)[0] @ U.t()
 
-    def firing(self, x):
+    def firing_patterns(self, x):
         """(batch, num_v) integer firing patterns (round 1 = most significant bit)."""
         with torch.no_grad():
             return self.hidden(x)[1]
@@ -153,14 +165,17 @@ def pattern_bits(rounds):
 
 class MLPRule(nn.Module):
     """Small-network RNN rule (Sec. 2, A.3): an MLP with one hidden layer (20 units) taking the
-    concatenated pre- and post-synaptic firing sequences (2T bits) and giving r(pre, post)."""
+    pre-synaptic then the post-synaptic firing sequence (2T bits, round 1 first) and giving
+    r(pre, post). `seed` draws the initial weights without touching torch's global generator;
+    seed=None draws them from (and advances) the global generator, like any nn.Module."""
 
     def __init__(self, rounds, hidden=20, seed=None):
         super().__init__()
-        if seed is not None:
-            torch.manual_seed(seed)
         self.rounds = rounds
-        self.net = nn.Sequential(nn.Linear(2 * rounds, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        with torch.random.fork_rng(devices=[]) if seed is not None else contextlib.nullcontext():
+            if seed is not None:
+                torch.manual_seed(seed)
+            self.net = nn.Sequential(nn.Linear(2 * rounds, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         bits = pattern_bits(rounds)
         n = 2 ** rounds
         pairs = torch.cat([bits.repeat_interleave(n, 0), bits.repeat(n, 1)], 1)   # [pre, post]
@@ -171,21 +186,31 @@ class MLPRule(nn.Module):
         return self.net(self.pairs).reshape(n, n)
 
 
+def _last_round_rule(rounds, not_fired, fired):
+    t = torch.tensor([not_fired, fired], dtype=torch.float32)
+    return OutputRuleTable(rounds, t[torch.arange(2 ** rounds) & 1])
+
+
 def perceptron_output_rule(rounds):
-    """Table 1's perceptron as an output rule: a unit that fired in the last round adds +1 to
-    the true label's weight and -1 to the wrongly predicted label's; other units change nothing."""
-    t = torch.zeros(2 ** rounds, 2)
-    t[1::2] = torch.tensor([1.0, -1.0])                  # odd codes fired in round T
-    return OutputRuleTable(rounds, t)
+    """Table 1's perceptron, the paper's output rule [[-1, 1], [1, -1]] (rows: not fired / fired;
+    columns: true label / other label; Theorem 1's sign pattern; BrainNet's README): a unit
+    that fired adds +1 to the true label's weight and -1 to the other's, a unit that did not
+    fire -1 and +1. For T > 1 a unit's row is read from its last round (`code & 1`), the
+    round whose h the output layer sees; the earlier rounds do not matter."""
+    return _last_round_rule(rounds, [-1.0, 1.0], [1.0, -1.0])
+
+
+def perceptron_output_rule_fired_only(rounds):
+    """Alternative (not the paper's): [[0, 0], [1, -1]], units that did not fire in the last
+    round are never updated (the plain perceptron on the 0/1 firing vector)."""
+    return _last_round_rule(rounds, [0.0, 0.0], [1.0, -1.0])
 
 
 def multiplicative_weights_output_rule(rounds):
     """Table 1's multiplicative weights (Winnow) rule for mode="multiplicative" with lr=1:
     a unit that fired in the last round doubles (1 + 1) its weight to the true label and halves
     (1 - 1/2) its weight to the wrongly predicted label; other units keep theirs (factor 1)."""
-    t = torch.zeros(2 ** rounds, 2)
-    t[1::2] = torch.tensor([1.0, -0.5])
-    return OutputRuleTable(rounds, t)
+    return _last_round_rule(rounds, [0.0, 0.0], [1.0, -0.5])
 
 
 def _as_table(rule, shape, name):
@@ -200,6 +225,10 @@ def _as_table(rule, shape, name):
 # ----------------------------------------------------------------------------------------
 
 LOOP_THREADS = 1      # intra-op threads for the per-example loop on CPU (0 = leave as is)
+UPDATES = ("mistakes", "all")
+ROWS = ("predicted", "all", "predicted_always")
+META_LOSSES = ("ce", "softmax_ce", "mse")
+
 
 def _w_delta(R, code):
     """delta[j, i] = R[code_i, code_j] for every pair (pre i, post j) as a rank-2^T product
@@ -224,23 +253,22 @@ def _loop_threads(device, threads):
 def _rule_trajectory(net, X, y, R, Ro, lr, update, rows, mode, order, record, threads=LOOP_THREADS):
     """Sequential rule-based training of `net` in place (A.1 steps 2-3). Returns the record
     (codes, labels, predictions of the updated examples) when `record` is True."""
-    k, T, n_out = net.cap, net.rounds, net.n_out
+    T, n_out = net.rounds, net.n_out
     W, U = net.W.data, net.U.data
     Gf = net.G
     mult = mode == "multiplicative"
     rec_codes, rec_y, rec_pred = [], [], []
     with torch.no_grad(), _loop_threads(X.device, threads):
         AX = X @ net.A.t()
-        H1 = cap_k(F.relu(AX), k)                        # round 1 does not depend on W
-        C1 = (H1 != 0).long()
+        H1, C1 = net.fire(F.relu(AX))                    # round 1 does not depend on W
         if T == 1 and Ro is not None:
             D0, D1 = Ro[:, 0][C1], Ro[:, 1][C1]          # output-rule columns for every example
         ys = y.tolist()
         for i in order.tolist():
             h, code = H1[i], C1[i]
             for _ in range(T - 1):
-                h = cap_k(F.relu(W @ h + AX[i]), k)
-                code = 2 * code + (h != 0).long()
+                h, bits = net.fire(F.relu(W @ h + AX[i]))
+                code = 2 * code + bits
             pred = int((U @ h).argmax())
             yi = ys[i]
             if update == "mistakes" and pred == yi:
@@ -262,13 +290,14 @@ def _rule_trajectory(net, X, y, R, Ro, lr, update, rows, mode, order, record, th
                         U.add_(d1, alpha=lr)
                         U[yi].add_(d0 - d1, alpha=lr)
                 else:
+                    other = pred != yi or rows == "predicted_always"
                     if mult:
                         U[yi].mul_(1 + lr * d0)
-                        if pred != yi:
+                        if other:
                             U[pred].mul_(1 + lr * d1)
                     else:
                         U[yi].add_(d0, alpha=lr)
-                        if pred != yi:
+                        if other:
                             U[pred].add_(d1, alpha=lr)
             if record:
                 rec_codes.append(code)
@@ -281,17 +310,19 @@ def _rule_trajectory(net, X, y, R, Ro, lr, update, rows, mode, order, record, th
 
 
 def _check_modes(update, rows, mode):
-    _check_choice("update", update, ("mistakes", "all"))
-    _check_choice("rows", rows, ("predicted", "all"))
+    _check_choice("update", update, UPDATES)
+    _check_choice("rows", rows, ROWS)
     _check_choice("mode", mode, ("additive", "multiplicative"))
 
 
 def train_with_rules(net, X, y, rnn_rule=None, output_rule=None, lr=1e-2, epochs=1,
                      update="mistakes", mode="additive", rows="predicted", reset=True, seed=None):
     """Rule-based training (A.1), in place, no gradient: per example, forward, record firing,
-    update W on every edge of G by r(pre, post) and U by r_o (true-label row with column 0,
-    predicted row with column 1 if it differs, or all other rows with `rows="all"`, A.4).
-    `update="all"` updates on every example, not only on mistakes (A.4). Returns the net."""
+    update W on every edge of G by r(pre, post) and U by r_o. Rows of U (A.4): "predicted":
+    the true label's row by column 0 and the predicted row by column 1 if it differs (the
+    paper); "all": every other row by column 1; "predicted_always": the predicted row by column
+    1 even when it is the true row (BrainNet). `update="all"` updates on every example, not
+    only on mistakes (A.4). `seed` shuffles the order each epoch. Returns the net."""
     _check_modes(update, rows, mode)
     n = 2 ** net.rounds
     R = _as_table(rnn_rule, (n, n), "RNN rule table")
@@ -307,26 +338,28 @@ def train_with_rules(net, X, y, rnn_rule=None, output_rule=None, lr=1e-2, epochs
     return net
 
 
-def _replay(net, record, R, Ro, lr, rows, mode):
-    """Final (W, U) as differentiable functions of the rule tables, given the recorded patterns.
+def _replay(net, record, R, Ro, lr, rows, mode, W0=None, U0=None):
+    """Final (W, U) as differentiable functions of the rule tables, given the recorded patterns
+    and the weights (W0, U0) before the recorded updates (default: A.1's start, 0 or 1).
 
     The updates depend on the rules only through their values at the recorded (discrete)
     patterns and decisions, so this equals backpropagating through the unrolled updates."""
     codes, ys, preds = record
     init = 0.0 if mode == "additive" else 1.0
-    W = net.G * init
-    U = torch.full((net.n_out, net.num_v), init, device=net.G.device)
+    W = net.G * init if W0 is None else W0
+    U = torch.full((net.n_out, net.num_v), init, device=net.G.device) if U0 is None else U0
     if len(codes) == 0:
         return W, U
     Yoh = F.one_hot(ys, net.n_out).float()
-    Poh = 1 - Yoh if rows == "all" else F.one_hot(preds, net.n_out).float() * (preds != ys).float()[:, None]
+    Poh = {"all": 1 - Yoh, "predicted_always": F.one_hot(preds, net.n_out).float(),
+           "predicted": F.one_hot(preds, net.n_out).float() * (preds != ys).float()[:, None]}[rows]
     if Ro is not None:
         d0, d1 = Ro[:, 0][codes], Ro[:, 1][codes]        # (m, V)
         if mode == "additive":
             U = U + lr * (Yoh.t() @ d0 + Poh.t() @ d1)
         else:
             for t in range(len(codes)):
-                U = U * (1 + lr * (Yoh[t][:, None] * d0[t] + Poh[t][:, None] * d1[t]))
+                U = U * (1 + lr * Yoh[t][:, None] * d0[t]) * (1 + lr * Poh[t][:, None] * d1[t])
     if R is not None and net.rounds > 1:
         m, v, P = len(codes), net.num_v, R.shape[0]
         L = R.t()[codes]                                  # (m, V, P): L[t, j, a] = R[a, code_t(j)]
@@ -342,37 +375,51 @@ def _replay(net, record, R, Ro, lr, rows, mode):
 
 def meta_learn(net_factory, X, y, rnn_rule=None, output_rule=None, epochs=1, batch_size=100,
                meta_lr=1e-2, weight_decay=0.01, lr=1e-2, update="mistakes", rows="predicted",
-               mode="additive", steps=None, seed=0):
+               mode="additive", steps=None, seed=0, loss="ce", online=False):
     """GD on the rule parameters (A.1): per batch, train a fresh network (net_factory()) with the
-    current rules, take the cross-entropy on the batch, and step the parameters of the rule
-    modules (RuleTable / OutputRuleTable / MLPRule; plain tensors stay fixed) by Adam with l2
-    `weight_decay`. Returns the list of batch losses; the rules are trained in place."""
+    current rules on the batch, take the loss on the batch ("ce": cross-entropy of the logits,
+    A.1; "softmax_ce": cross-entropy of the softmax output, BrainNet's double softmax, a bounded
+    smooth 0-1 loss; "mse": App. B's 1/n sum_i 1/l sum_c (f_c - l_c)^2 of the logits) and step
+    the parameters of the rule modules (RuleTable / OutputRuleTable / MLPRule; plain tensors
+    stay fixed) by Adam with l2 `weight_decay`.
+    online=True (not in the paper): one network trained through all the epochs (the horizon at
+    which the rule is used); each step differentiates the batch's updates from the weights the
+    earlier batches left (truncated) and takes the loss on the next batch.
+    Returns the list of batch losses; the rules are trained in place."""
     _check_modes(update, rows, mode)
+    _check_choice("loss", loss, META_LOSSES)
     mods = [r for r in (rnn_rule, output_rule) if isinstance(r, nn.Module)]
     params = [p for m in mods for p in m.parameters()]
     if not params:
         raise ValueError("meta_learn needs at least one rule module with parameters")
+    if len(X) < batch_size * (2 if online else 1):
+        raise ValueError(f"meta_learn needs at least {2 if online else 1} batch(es) of {batch_size} examples, got {len(X)}")
     opt = torch.optim.Adam(params, lr=meta_lr, weight_decay=weight_decay)
     g = torch.Generator().manual_seed(seed)
     losses = []
+    net = None
     for _ in range(epochs):
-        perm = torch.randperm(len(X), generator=g)
-        for s in range(0, len(X) - batch_size + 1, batch_size):
-            idx = perm[s:s + batch_size].to(X.device)
-            Xb, yb = X[idx], y[idx]
-            net = net_factory().to(X.device).reset(mode)
+        perm = torch.randperm(len(X), generator=g).to(X.device)
+        batches = [perm[s:s + batch_size] for s in range(0, len(X) - batch_size + 1, batch_size)]
+        for b, idx in enumerate(batches[:-1] if online else batches):
+            if not online or net is None:
+                net = net_factory().to(X.device).reset(mode)
             n = 2 ** net.rounds
             R = _as_table(rnn_rule, (n, n), "RNN rule table")
             Ro = _as_table(output_rule, (n, 2), "output rule table")
-            rec = _rule_trajectory(net, Xb, yb, None if R is None else R.detach(),
+            W0, U0 = (net.W.detach().clone(), net.U.detach().clone()) if online else (None, None)
+            rec = _rule_trajectory(net, X[idx], y[idx], None if R is None else R.detach(),
                                    None if Ro is None else Ro.detach(), lr, update, rows, mode,
-                                   torch.arange(len(Xb)), record=True)
-            W, U = _replay(net, rec, R, Ro, lr, rows, mode)
-            loss = F.cross_entropy(net(Xb, W=W, U=U), yb)
+                                   torch.arange(len(idx)), record=True)
+            W, U = _replay(net, rec, R, Ro, lr, rows, mode, W0, U0)
+            e = batches[b + 1] if online else idx
+            z = net(X[e], W=W, U=U)
+            out = (F.cross_entropy(z, y[e]) if loss == "ce" else F.cross_entropy(z.softmax(1), y[e])
+                   if loss == "softmax_ce" else ((z - F.one_hot(y[e], z.shape[1])) ** 2).mean())
             opt.zero_grad()
-            loss.backward()
+            out.backward()
             opt.step()
-            losses.append(loss.item())
+            losses.append(out.item())
             if steps is not None and len(losses) >= steps:
                 return losses
     return losses
@@ -424,42 +471,7 @@ def accuracy(net, X, y, batch_size=1000):
 
 
 # ----------------------------------------------------------------------------------------
-# Data sets (A.2)
-# ----------------------------------------------------------------------------------------
-
-def halfspace(n, d=10, seed=0):
-    """Halfspace: x ~ N(0, I_d), label 1[w* . x > 0] for a random w*. Split one draw into
-    train/test so that both share the labelling function."""
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(d, generator=g)
-    X = torch.randn(n, d, generator=g)
-    return X, (X @ w > 0).long()
-
-
-def relu_data(n, d=10, seed=0, width=1000):
-    """ReLU1/ReLU2: labels = argmax of a random one-hidden-layer ReLU net (width 1000, 2 outputs)."""
-    g = torch.Generator().manual_seed(seed)
-    W1 = torch.randn(width, d, generator=g) / math.sqrt(d)
-    b1 = torch.randn(width, generator=g) / math.sqrt(d)
-    W2 = torch.randn(2, width, generator=g) / math.sqrt(width)
-    X = torch.randn(n, d, generator=g)
-    return X, (F.relu(X @ W1.t() + b1) @ W2.t()).argmax(1)
-
-
-def rnn_data(n, d=10, seed=0):
-    """Simple-RNN data: argmax of a random simple RNN (T=3, |V|=100, k=50, p=0.5, N(0,1) W, U)."""
-    teacher = CapRNN(d, 2, num_v=100, cap=50, p=0.5, rounds=3, seed=seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        teacher.W.copy_(torch.randn(100, 100, generator=g) * teacher.G / 10)
-        teacher.U.copy_(torch.randn(2, 100, generator=g))
-    X = torch.randn(n, d, generator=g)
-    with torch.no_grad():
-        return X, teacher(X).argmax(1)
-
-
-# ----------------------------------------------------------------------------------------
-# Theory: Theorem 1, the MSE-optimal output rule (App. B), evolution as GD (App. C)
+# Theory: Theorems 1-4 (Sec. 3.1, App. B), the MSE-optimal output rule (App. B), App. C
 # ----------------------------------------------------------------------------------------
 
 def sign_pattern(table):
@@ -479,13 +491,13 @@ def theorem1_gd(net_factory, X, y, steps=100, batch_size=100, meta_lr=1e-2, weig
     return rule, losses
 
 
-def output_rule_design(H, codes, y, n_classes, lr=1e-2, scaled=False):
+def output_rule_design(H, codes, y, n_classes, rounds, lr=1e-2, scaled=False):
     """M[i, c, q] = d f_c(x_i) / d r_q with f_c = w_c(r) . y_i and w_c(r) = eta sum_{a,b} r(a,b)
     sum_{j: l_c(x_j) != b} chi^a(y_j) (App. B, updates on all examples and all rows, weights
-    from 0); q = 2 a + b. chi^a is the indicator of pattern a (the rule semantics of A.1);
-    `scaled=True` uses App. B's literal chi^1(y)_i = y_i for units that fired in the last round."""
-    P = int(codes.max()) + 1 if codes.numel() else 2
-    P = 1 << max(1, (P - 1).bit_length())
+    from 0); q = 2 a + b, a in 0 .. 2^T - 1 (T = `rounds`). chi^a is the indicator of pattern a
+    (the rule semantics of A.1); `scaled=True` uses App. B's literal chi^1(y)_i = y_i for units
+    that fired in the last round. The logits after training are f = M r (Theorem 2: linear)."""
+    P = 2 ** rounds
     chi = F.one_hot(codes, P).to(H.dtype)                        # (n, V, P)
     if scaled:
         last = (torch.arange(P, device=H.device) & 1).bool()
@@ -497,11 +509,11 @@ def output_rule_design(H, codes, y, n_classes, lr=1e-2, scaled=False):
     return lr * torch.einsum("nv,cqv->ncq", H, S)
 
 
-def mse_optimal_output_rule(H, codes, y, n_classes, lr=1e-2, scaled=False):
+def mse_optimal_output_rule(H, codes, y, n_classes, rounds, lr=1e-2, scaled=False):
     """App. B: the output rule minimizing L(r) = 1/n sum_i 1/l sum_c (f_c(r, x_i) - l_c(x_i))^2.
     dL/dr = 0 is a (2*2^T) x (2*2^T) linear system (4 x 4 at T=1), built in O(n l d).
     Returns the (2^T, 2) rule."""
-    M = output_rule_design(H.double(), codes, y, n_classes, lr, scaled)
+    M = output_rule_design(H.double(), codes, y, n_classes, rounds, lr, scaled)
     t = F.one_hot(y, n_classes).double()
     A = torch.einsum("ncq,ncr->qr", M, M)
     b = torch.einsum("ncq,nc->q", M, t)
@@ -509,11 +521,46 @@ def mse_optimal_output_rule(H, codes, y, n_classes, lr=1e-2, scaled=False):
     return r.reshape(-1, 2).float()
 
 
-def mse_output_rule_loss(rule, H, codes, y, n_classes, lr=1e-2, scaled=False):
+def mse_output_rule_loss(rule, H, codes, y, n_classes, rounds, lr=1e-2, scaled=False):
     """The MSE loss L(r) of App. B for a (2^T, 2) output rule."""
-    M = output_rule_design(H.double(), codes, y, n_classes, lr, scaled)
+    M = output_rule_design(H.double(), codes, y, n_classes, rounds, lr, scaled)
     f = M @ torch.as_tensor(rule).double().reshape(-1)
     return float(((f - F.one_hot(y, n_classes).double()) ** 2).mean())
+
+
+def output_rule_ce_loss(rule, M, y):
+    """Theorem 2: the cross-entropy after training with the output rule, CE(M r, y), for the
+    design M of output_rule_design (or any fixed record: the logits are linear in r), a
+    convex function of r. Differentiable in `rule`."""
+    return F.cross_entropy(M @ torch.as_tensor(rule).to(M.dtype).reshape(-1), y)
+
+
+def threshold_rule_run(X, y, rule, lr=1.0, epochs=1, margin=0.0):
+    """Theorems 3-4: a linear threshold unit sign(w . x), w from 0, on x in {-1, 1}^n with
+    labels y in {-1, 1}, trained online by a 2 x 2 output rule (rows: x_i = -1 / +1, i.e. not
+    fired / fired; column 0 when the label is +1, the unit being the true label's output node,
+    column 1 when it is -1): w_i += lr * rule[x_i > 0, y != 1] on every example with
+    y (w . x) <= margin (margin 0: the mistakes; Theorem 4: within `margin` of the threshold).
+    [-a, a; b, -b] gives w_i -= a (x_i = -1), w_i += b (x_i = 1) on a label +1 (Thm 3's proof).
+    Returns dict(w, mistakes (y w.x <= 0 when seen), updates, epochs, converged (a pass without
+    an update))."""
+    r = check_table(rule, (2, 2), "threshold rule").double().numpy()
+    X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    steps = r[(X > 0).astype(int), (y != 1).astype(int)[:, None]] * lr          # (m, n)
+    w = np.zeros(X.shape[1])
+    mistakes = updates = 0
+    for ep in range(1, epochs + 1):
+        upd = 0
+        for x, yi, s in zip(X, y, steps):
+            z = yi * float(w @ x)
+            mistakes += z <= 0
+            if z <= margin:
+                w += s
+                upd += 1
+        updates += upd
+        if upd == 0:
+            return dict(w=w, mistakes=int(mistakes), updates=updates, epochs=ep, converged=True)
+    return dict(w=w, mistakes=int(mistakes), updates=updates, epochs=epochs, converged=False)
 
 
 def evolution_step(x, loss_fn, eps, theta, form="haploid"):

@@ -149,6 +149,34 @@ class FeedbackLinearFunction(torch.autograd.Function):
         return gx, gw, gb, None, None
 
 
+def atrous_conv(conv, x, kernel_size, stride, padding, dilation, crop_ok=True):
+    """conv(x, stride, padding, dilation) of a dilation-d convolution computed as an undilated
+    one over the d*d interleaved sub-grids of its padded input, stacked on the batch axis
+    (space-to-batch, as TensorFlow's atrous convolution): the same function. On the CPU,
+    oneDNN's backward of dilated depthwise convolutions is 10-60x slower than that of undilated
+    ones (DARTS's dil_conv, measured in benchmarks/darts_bench.py --fusion). Stride d (DARTS's
+    reduction cells) needs only the first sub-grid. Other strides, unequal dilations or paddings
+    are convolved as given; so is a case whose output must be cropped when not crop_ok (the
+    Hebbian rule sums over every output position)."""
+    d, (s, s2), (p, p2), k = dilation[0], stride, padding, kernel_size[0]
+    if d == 1 or dilation[1] != d or s != s2 or p != p2 or kernel_size[1] != k or s not in (1, d):
+        return conv(x, stride, padding, dilation)
+    if s == d:
+        return conv(F.pad(x, (p, p, p, p))[:, :, ::d, ::d], (1, 1), (0, 0), (1, 1))
+    n, c, h, w = x.shape
+    ho, wo = h + 2 * p - d * (k - 1), w + 2 * p - d * (k - 1)
+    eh, ew = -ho % d, -wo % d
+    if (eh or ew) and not crop_ok:
+        return conv(x, stride, padding, dilation)
+    xp = F.pad(x, (p, p + ew, p, p + eh)).permute(0, 2, 3, 1)                # NHWC
+    hq, wq = xp.shape[1] // d, xp.shape[2] // d
+    z = xp.reshape(n, hq, d, wq, d, c).permute(2, 4, 0, 1, 3, 5).reshape(d * d * n, hq, wq, c)
+    y = conv(z.permute(0, 3, 1, 2), (1, 1), (0, 0), (1, 1)).permute(0, 2, 3, 1)
+    yq, yw, co = y.shape[1:]
+    y = y.reshape(d, d, n, yq, yw, co).permute(2, 3, 0, 4, 1, 5).reshape(n, yq * d, yw * d, co)
+    return y.permute(0, 3, 1, 2)[:, :, :ho, :wo]
+
+
 # ----------------------------------------------------------------------------------------
 # Layers
 # ----------------------------------------------------------------------------------------
@@ -261,15 +289,17 @@ class RuleConv2d(_RuleMixin, nn.Conv2d):
             # DARTS's FactorizedReduce). tests/test_rules.py runs that case in a subprocess.
             x, stride = x[:, :, ::stride[0], ::stride[1]], (1, 1)
         if self.rule == "bp" or self.exact:
-            return F.conv2d(x, self.weight, self.bias, stride, self.padding,
-                            self.dilation, self.groups)
+            return atrous_conv(lambda x_, s, p, d: F.conv2d(x_, self.weight, self.bias, s, p, d,
+                                                            self.groups),
+                               x, self.kernel_size, stride, self.padding, self.dilation)
         if self.rule == "brsf" and self.training:
             self._draw_brsf()
         (x, w, b), cast = _autocast(x, self.weight, self.bias)
         with torch.autocast(x.device.type, enabled=False) if cast else contextlib.nullcontext():
-            return FeedbackConv2dFunction.apply(x, w, b, self.weight_backward, self.rule,
-                                                list(stride), list(self.padding),
-                                                list(self.dilation), self.groups)
+            return atrous_conv(lambda x_, s, p, d: FeedbackConv2dFunction.apply(
+                x_, w, b, self.weight_backward, self.rule, list(s), list(p), list(d),
+                self.groups), x, self.kernel_size, stride, self.padding, self.dilation,
+                crop_ok=self.rule != "hebbian")
 
 
 class RuleLinear(_RuleMixin, nn.Linear):
@@ -291,6 +321,70 @@ class RuleLinear(_RuleMixin, nn.Linear):
 
 
 RULE_LAYERS = (RuleConv2d, RuleLinear)
+
+
+class MultiRuleConv2d(nn.Conv2d):
+    """R rule layers side by side in one convolution (the fused supernet, ops.FusedMixedOp):
+    the output channels form R equal blocks, block r trained by rules[r] (bp or an FA-family
+    rule). Each block is initialized, keeps its feedback buffer and draws brsf's |R| exactly
+    as a RuleConv2d of the block's shape (out_channels / R, in_channels / groups, k, k) would,
+    so R RuleConv2d layers and one MultiRuleConv2d with their weights compute the same
+    outputs and gradients. grad_input uses B = the blocks' feedback matrices, concatenated."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, rules, stride=1, padding=0,
+                 dilation=1, groups=1, bias=False, init=None):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias)
+        self.rules = [check_rule(r) for r in rules]
+        if "hebbian" in self.rules or out_channels % len(self.rules):
+            raise ValueError(f"MultiRuleConv2d: {out_channels} output channels in "
+                             f"{len(self.rules)} blocks of bp / fa / usf / brsf / frsf")
+        self.exact, self.block = False, out_channels // len(self.rules)
+        self.register_buffer("weight_backward", torch.zeros_like(self.weight))
+        self._bounds = []
+        for r, rule in enumerate(self.rules):          # each block as its own RuleConv2d
+            one = RuleConv2d(self.weight.shape[1], self.block, self.kernel_size, bias=False,
+                             rule=rule, init=init)              # a block's shape and fans
+            sl = slice(r * self.block, (r + 1) * self.block)
+            with torch.no_grad():
+                self.weight[sl] = one.weight
+                self.weight_backward[sl] = one.weight_backward
+                if self.bias is not None:
+                    self.bias[sl] = 0.0
+            self._bounds.append(one._bound)
+
+    def feedback_matrix(self):
+        """B of every block: W (bp, exact), the fixed B (fa), |.| * sign(W) (usf, brsf, frsf)."""
+        w = self.weight.detach()
+        if self.exact:
+            return w
+        blocks = []
+        for r, rule in enumerate(self.rules):
+            sl = slice(r * self.block, (r + 1) * self.block)
+            blocks.append(w[sl] if rule == "bp" else _feedback(w[sl], self.weight_backward[sl], rule))
+        return torch.cat(blocks)
+
+    def forward(self, x):
+        stride = self.stride
+        if self.kernel_size == (1, 1) and self.padding == (0, 0) and stride != (1, 1):
+            x, stride = x[:, :, ::stride[0], ::stride[1]], (1, 1)   # see RuleConv2d.forward
+        if self.exact or all(r == "bp" for r in self.rules):
+            return atrous_conv(lambda x_, s, p, d: F.conv2d(x_, self.weight, self.bias, s, p, d,
+                                                            self.groups),
+                               x, self.kernel_size, stride, self.padding, self.dilation)
+        if self.training and "brsf" in self.rules:     # a new tensor: pending backwards keep theirs
+            wb = self.weight_backward.clone()
+            for r, rule in enumerate(self.rules):
+                if rule == "brsf":
+                    sl = slice(r * self.block, (r + 1) * self.block)
+                    wb[sl] = _uniform(wb[sl], self._bounds[r])
+            self.weight_backward = wb
+        (x, w, b), cast = _autocast(x, self.weight, self.bias)
+        with torch.autocast(x.device.type, enabled=False) if cast else contextlib.nullcontext():
+            B = self.feedback_matrix().to(w.dtype)
+            return atrous_conv(lambda x_, s, p, d: FeedbackConv2dFunction.apply(
+                x_, w, b, B, "fa", list(s), list(p), list(d), self.groups),
+                x, self.kernel_size, stride, self.padding, self.dilation)
 
 
 # ----------------------------------------------------------------------------------------

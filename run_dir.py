@@ -11,6 +11,8 @@ import csv
 import json
 import math
 import os
+import pathlib
+import re
 import sys
 import time
 import warnings
@@ -366,3 +368,68 @@ def write_table(rows, columns, path_stem, title=""):
             w.writerows(rows)
     _atomic(path_stem + ".md", md)
     _atomic(path_stem + ".csv", csv_)
+
+
+def _dump_json(obj, path):
+    _atomic(path, lambda p: pathlib.Path(p).write_text(json.dumps(obj)))
+
+
+class Runs:
+    """The single runs of one experiment in `folder` (out_dir/NAME.runs): KEY.json holds a
+    finished run's rows, KEY.ckpt.pt a running one's last checkpoint, config.json `config` (what
+    shapes a single run). A config other than the stored one raises a one-line ValueError."""
+
+    def __init__(self, folder, config, total, log=None, on_row=None):
+        os.makedirs(folder, exist_ok=True)
+        config, path = json.loads(json.dumps(config)), os.path.join(folder, "config.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                old = json.load(f)
+            diff = [f"{k} {old.get(k)!r} there, {config.get(k)!r} now" if k != "data" else "other data"
+                    for k in sorted(set(old) | set(config)) if old.get(k) != config.get(k)]
+            if diff:
+                raise ValueError(f"{folder} holds runs of other sizes ({'; '.join(diff)}): pass the same quick, "
+                                 f"sizes and data to continue them, or use another out_dir")
+        else:
+            _dump_json(config, path)
+        self.folder, self.total = folder, total
+        self.log, self.on_row = log or (lambda *_: None), on_row or (lambda *_: None)
+        self.rows, self.done, self.trained, self.seconds = [], 0, 0, 0.0
+
+    def path(self, key, ext):
+        return os.path.join(self.folder, re.sub(r"[^A-Za-z0-9.=-]+", "_", key) + ext)
+
+    def __call__(self, key, work, describe):
+        """The rows of single run `key`: KEY.json's if it finished before; else work(state,
+        checkpoint) -> rows, state being its last checkpoint (None: from the start) and
+        checkpoint(state) saving one. describe(rows): the progress line's text."""
+        done, ckpt = self.path(key, ".json"), self.path(key, ".ckpt.pt")
+        self.done += 1
+        if os.path.exists(done):
+            with open(done) as f:
+                rows = json.load(f)
+            self.log(f"[{self.done}/{self.total}] {key}: finished earlier")
+        else:
+            state = torch.load(ckpt, weights_only=True) if os.path.exists(ckpt) else None
+            if state is not None:
+                self.log(f"  {key}: continuing from its checkpoint (epoch {state.get('epoch')})")
+            t0 = time.perf_counter()
+            rows = json.loads(json.dumps(work(state, lambda s: _atomic(ckpt, lambda p: torch.save(s, p)))))
+            _dump_json(rows, done)                     # JSON's rows: a cached run returns the same
+            self.trained, self.seconds = self.trained + 1, self.seconds + time.perf_counter() - t0
+            eta = self.seconds / self.trained * (self.total - self.done)
+            self.log(f"[{self.done}/{self.total}] {describe(rows)} ({self.seconds:.0f}s trained, ETA {eta:.0f}s)")
+            self.on_row(self.rows + rows)                # a partial report after every trained run
+        if os.path.exists(ckpt):
+            os.remove(ckpt)
+        self.rows += rows
+        return rows
+
+    def cached(self, key, make):
+        """make()'s picklable result, kept in KEY.pt (e.g. a pretrained model's state_dict)."""
+        path = self.path(key, ".pt")
+        if os.path.exists(path):
+            return torch.load(path, weights_only=True)
+        obj = make()
+        _atomic(path, lambda p: torch.save(obj, p))
+        return obj

@@ -22,8 +22,9 @@ import bionas_experiments
 import darts
 import ops
 from data import Batches, load_dataset
-from options import (SEARCH_DEFAULTS, apply_defaults, build_parser, check_args, check_data,
-                     mode_of, resume_args)
+import thesis_runs
+from options import (SEARCH_DEFAULTS, apply_defaults, apply_thesis_defaults, build_parser,
+                     check_args, check_data, mode_of, resume_args)
 from plots import plot_curves
 from retrain import build_eval_model, estimate_seconds, load_checkpoint_model, train
 from search import search
@@ -160,13 +161,14 @@ def plasticity(args, run, device):
         data[name] = (flat(xtr[idx]), ytr[idx].to(device), flat(xte), yte.to(device))
     steps = args.attack_steps or 20
     attack = plasticity_attack(steps, args.attack_alpha)
-    run.log(f"plasticity experiment {args.plasticity} ({'quick' if args.quick else 'full'}) on "
+    run.log(f"plasticity experiment {args.plasticity} ({'quick' if args.quick else 'full'}, "
+            f"seeds {args.seeds}; --seed {args.seed} draws the training images) on "
             f"{', '.join(data)}; attack targeted_l2, {steps} steps, alpha "
             f"{args.attack_alpha or '(eps/4) / median |grad margin|'}")
     t0 = time.time()
     try:
         out = PE.run(args.plasticity, data, run.path, quick=args.quick, attack=attack,
-                     seed=args.seed, log=run.log)
+                     seeds=[int(s) for s in args.seeds.split(",")], log=run.log)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     run.log(f"{args.plasticity} done in {time.time() - t0:.0f}s: "
@@ -269,6 +271,7 @@ def new_run(args, mode):
     tag = mode if mode == "attack" else f"{mode}-{args.dataset}"
     tag = f"{mode}-{args.plasticity or args.experiment}" if mode in ("plasticity", "experiment") \
         else tag
+    tag = f"{mode}-{getattr(args, mode)}" if mode in ("neurogenesis", "dyno", "equinas") else tag
     name = [args.run_name or time.strftime(f"{tag}-%Y%m%d-%H%M%S")]
     rank, world = distributed(pick_device(args.gpu))
     if world > 1:                                   # every rank writes into rank 0's directory
@@ -306,14 +309,18 @@ def prepare(args, argv):
                              "--attack, --experiment, --plasticity or --resume "
                              "(python train.py -h lists the flags)")
         if args.dataset is None:
-            args.dataset = "fashion-mnist" if args.plasticity else "cifar10"
+            args.dataset = "fashion-mnist" if mode in ("plasticity", "neurogenesis", "dyno",
+                                                       "equinas") or \
+                args.experiment in thesis_runs.THESIS_EXPERIMENTS else "cifar10"
         if mode == "attack":
             args.data = args.data if args.data != "./data" else None
         args.quick_retrain = bool(args.search and args.quick)
         if mode in ("search", "train"):
             apply_defaults(args, mode)
+        if mode in ("neurogenesis", "dyno", "equinas"):
+            apply_thesis_defaults(args, mode)
     check_args(args, mode)
-    if mode in ("search", "train") or (mode == "plasticity" and args.subset):
+    if mode in ("search", "train") or (mode in ("plasticity", "neurogenesis") and args.subset):
         check_data(args, mode, load_dataset(args.dataset, args.data)[0])
     if mode == "attack":
         load_checkpoint(args.checkpoint, "cpu", kinds=("eval", "resnet"),
@@ -364,8 +371,12 @@ def main(argv=None):
             run = new_run(args, mode)
         for w in WARNINGS:
             run.log_quietly(w)
+        if mode == "experiment" and args.experiment in thesis_runs.THESIS_EXPERIMENTS:
+            return thesis_runs.thesis_experiment(args, run)
         if mode == "experiment":
             return experiment(args, run, device)
+        if mode in ("neurogenesis", "dyno", "equinas"):
+            return getattr(thesis_runs, mode + "_run")(args, run, device)
         if mode == "plasticity":
             return plasticity(args, run, device)
         if mode == "attack":

@@ -60,9 +60,13 @@ def worker(cfg):
     del tiny
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss          # KiB on Linux
     torch.manual_seed(0)
-    model = darts.Network(cfg["C"], 10, cfg["layers"], cands).to(device, memory_format=mf)
-    b, s = cfg["batch"], cfg["size"]
-    x_train, x_valid = (torch.rand(b, 3, s, s, device=device).contiguous(memory_format=mf)
+    model = darts.Network(cfg["C"], 10, cfg["layers"], cands, steps=cfg.get("nodes", 4),
+                          multiplier=cfg.get("nodes", 4), in_channels=cfg.get("in_channels", 3),
+                          partial_channels=cfg.get("partial", 1),
+                          supernet=cfg.get("supernet"), fused=cfg.get("fused", False)
+                          ).to(device, memory_format=mf)
+    b, s, c_in = cfg["batch"], cfg["size"], cfg.get("in_channels", 3)
+    x_train, x_valid = (torch.rand(b, c_in, s, s, device=device).contiguous(memory_format=mf)
                         for _ in range(2))
     y_train, y_valid = (torch.randint(0, 10, (b,), device=device) for _ in range(2))
     lr = 0.1
@@ -128,10 +132,15 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
     ap.add_argument("--orders", default="first,second")
     ap.add_argument("--gpu", type=int, default=None)
+    ap.add_argument("--fusion", action="store_true",
+                    help="instead: the fused supernet (darts.Network(fused=True)) against the plain "
+                         "one at the quick size, the paper's sizes and with partial channels")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(json.loads(args.worker))
+    if args.fusion:
+        return fusion(args)
     device = "cpu"
     if args.gpu is not None:
         if torch.cuda.is_available() and args.gpu < torch.cuda.device_count():
@@ -179,6 +188,36 @@ def main():
         print(f"- {order} order: " + ", ".join(
             f"{sp} {rows[(order, sp, 'channels_last')][0] / rows[(order, sp, 'contiguous')][0]:.2f}"
             for sp in SPACES))
+
+
+FUSION_SIZES = {  # name: Network and batch settings (first order, channels_last, 22 candidates)
+    "quick (C 4, 3 cells, 2 nodes, 28x28x1, batch 32)":
+        dict(C=4, layers=3, nodes=2, in_channels=1, size=28, batch=32),
+    "paper C 16, 5 cells, batch 32 (32x32x3)": dict(C=16, layers=5, nodes=4, size=32, batch=32),
+    "paper C 16, 8 cells, batch 32 (32x32x3)": dict(C=16, layers=8, nodes=4, size=32, batch=32),
+    "partial channels 4 (pc-darts), C 16, 8 cells, batch 64":
+        dict(C=16, layers=8, nodes=4, size=32, batch=64, partial=4, supernet="pc-darts"),
+}
+
+
+def fusion(args):
+    """Fused / plain supernet search-step time, side by side per size (issue 19)."""
+    threads = args.threads or torch.get_num_threads()
+    print(f"torch {torch.__version__}, {threads} thread(s), first order, channels_last, 22 "
+          f"candidates; median of {args.repeats} round-robin steps after 1 warm-up\n")
+    print("| size | plain (s) | fused (s) | plain / fused |")
+    print("|---|---:|---:|---:|")
+    for name, size in FUSION_SIZES.items():
+        procs, rows = {}, {}
+        for fused in (False, True):
+            cfg = dict(size, space="22-cand", format="channels_last", order="first",
+                       device="cpu", threads=args.threads, fused=fused)
+            procs[(fused,)] = subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--worker", json.dumps(cfg)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        _run_group(procs, "first", args.repeats, rows)
+        plain, fused = rows[("first", False)][0], rows[("first", True)][0]
+        print(f"| {name} | {plain:.3f} | {fused:.3f} | {plain / fused:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 labels, updates on every example (update="all": the worst case, every example updates W and U).
 "naive" is a per-example implementation in the style of the public code (the W update builds
 the |V| x |V| index matrix of pattern pairs and gathers from the rule), timed in the same run.
-Threads: the loop's intra-op threads (plasticity.LOOP_THREADS).
+Threads: the loop's intra-op threads (plasticity.LOOP_THREADS). Also: the two firing definitions
+(CapRNN firing="nonzero" / "topk") and a step of meta_learn, fresh or online (long horizon).
 """
 import argparse
 import os
@@ -14,7 +15,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import plasticity as P  # noqa: E402
@@ -68,17 +68,24 @@ def main():
             print(f"| {T} | {th} | {ours:,.0f} | {naive:,.0f} | {ours / naive:.1f}x |")
     P.LOOP_THREADS = 1
     torch.set_num_threads(max(args.threads))
+    print("\n| firing (T=3, perceptron rule, MLP RNN rule) | examples/s |")
+    print("|---|---|")
+    for firing in ("nonzero", "topk"):
+        net = P.CapRNN(784, 10, 1000, 500, 0.5, 3, seed=0, firing=firing)
+        R, n = P.MLPRule(3, 20, seed=0).table().detach(), args.n // 4
+        print(f"| {firing} | {rate(lambda: P.train_with_rules(net, X[:n], y[:n], rnn_rule=R, output_rule=P.perceptron_output_rule(3)), n):,.0f} |")
     print("\n| meta-learning step (batch 100, Adam) | |V| | T | seconds/step |")
     print("|---|---|---|---|")
-    for v, k, T in ((100, 50, 3), (1000, 500, 1), (1000, 500, 3)):
+    for v, k, T, online in ((100, 50, 3, False), (1000, 500, 1, False), (1000, 500, 3, False), (1000, 500, 3, True)):
         rr = P.MLPRule(T, 20, seed=0) if T > 1 else None
-        ro = P.OutputRuleTable(T, seed=0)
-        f = lambda: P.meta_learn(lambda: P.CapRNN(784, 10, v, k, 0.5, T, seed=0), X[:300], y[:300],  # noqa: E731
-                                 rnn_rule=rr, output_rule=ro, update="all", steps=3)
+        ro = P.OutputRuleTable(T, seed=0) if not online else P.perceptron_output_rule(T).table()
+        f = lambda: P.meta_learn(lambda: P.CapRNN(784, 10, v, k, 0.5, T, seed=0), X[:400], y[:400],  # noqa: E731
+                                 rnn_rule=rr, output_rule=ro, update="all", steps=3, online=online)
         f()                                                      # warm-up (imports, allocations)
         t = time.perf_counter()
         f()
-        print(f"| {'MLP RNN rule + output table' if T > 1 else 'output table'} | {v} | {T} | {(time.perf_counter() - t) / 3:.3f} |")
+        what = ("MLP RNN rule" + (" (online)" if online else " + output table")) if T > 1 else "output table"
+        print(f"| {what} | {v} | {T} | {(time.perf_counter() - t) / 3:.3f} |")
 
 
 if __name__ == "__main__":

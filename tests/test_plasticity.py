@@ -1,5 +1,6 @@
-"""Tests of plasticity.py against hand computations, a naive unrolled implementation, and the
-paper's closed forms (Sec. 2, A.1, Theorem 1, App. B, App. C)."""
+"""Tests of plasticity.py against hand computations, a naive unrolled implementation and the
+paper's closed forms (Sec. 2, Table 1, A.1, A.4, Theorem 1, App. B). Each docstring names the
+one-line bug the test catches. The theorems (2-4) and App. C are in test_plasticity_theory.py."""
 import math
 
 import pytest
@@ -21,6 +22,7 @@ def _tiny_net(rounds=2):
 
 
 def test_cap_k_keeps_exactly_k_largest():
+    """Bug: cap_k keeps the k smallest (topk(..., largest=False)) or k+1 entries."""
     torch.manual_seed(0)
     u = torch.rand(5, 40) + 0.1                         # all positive, distinct
     out = P.cap_k(u, 7)
@@ -30,6 +32,7 @@ def test_cap_k_keeps_exactly_k_largest():
 
 
 def test_firing_patterns_hand_run_two_rounds():
+    """Bug: the round-1 bit is the least significant one (codes = codes + 2 * bits)."""
     net = _tiny_net(rounds=2)
     with torch.no_grad():
         net.W.copy_(torch.tensor([[0.0, 5.0, 0.0], [0.0, 0.0, -10.0], [0.0, 0.0, 0.0]]))
@@ -37,11 +40,45 @@ def test_firing_patterns_hand_run_two_rounds():
     x = torch.tensor([[1.0, 2.0]])
     # round 1: Ax = [1,2,3] -> cap_2 -> [0,2,3]; round 2: W h + Ax = [10+1, -30+2, 0+3] -> [11,0,3]
     # patterns (round 1 = high bit): unit0 "01" = 1, unit1 "10" = 2, unit2 "11" = 3
-    assert net.firing(x).tolist() == [[1, 2, 3]]
+    assert net.firing_patterns(x).tolist() == [[1, 2, 3]]
     assert net(x).tolist() == [[14.0, 8.0]]
 
 
+def test_topk_firing_counts_kept_zeros_and_nonzero_firing_does_not():
+    """Bug: firing="topk" uses h != 0 (BrainNet's exactly-k rule lost), or "nonzero" counts kept zeros."""
+    net = P.CapRNN(2, 2, num_v=2, cap=2, p=1.0, rounds=1, seed=0)
+    top = P.CapRNN(2, 2, num_v=2, cap=2, p=1.0, rounds=1, seed=0, firing="topk")
+    for n in (net, top):
+        with torch.no_grad():
+            n.A.copy_(torch.tensor([[1.0, 0.0], [-1.0, 0.0]]))      # Ax = [1, -1] -> ReLU [1, 0]
+    x = torch.tensor([[1.0, 0.0]])
+    assert net.firing_patterns(x).tolist() == [[1, 0]] and top.firing_patterns(x).tolist() == [[1, 1]]
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(50, 30, generator=g) * (torch.rand(50, 30, generator=g) < 0.15)   # sparse images
+    big = [P.CapRNN(30, 3, 40, 20, 0.5, 3, seed=1, firing=f) for f in ("nonzero", "topk")]
+    for b in big:
+        with torch.no_grad():
+            b.W.copy_(torch.randn(40, 40, generator=g) * b.G)
+    h, codes = big[1].hidden(X)
+    assert all(((codes >> r) & 1).sum(1).eq(20).all() for r in range(3))     # exactly k per round
+    h0, codes0 = big[0].hidden(X)
+    assert torch.equal((codes0 & 1).bool(), h0 != 0) and (h0 != 0).sum(1).lt(20).any()
+
+
+def test_input_weights_ones_is_the_mask_and_the_hand_built_network():
+    """Bug: input_weights="ones" ignores the mask (A = ones), i.e. T=1* is a complete input layer."""
+    net = P.CapRNN(4, 2, num_v=5, cap=2, p=0.5, rounds=1, seed=3, input_weights="ones")
+    mask = net.A_mask
+    assert torch.equal(net.A, mask) and 0 < mask.sum() < mask.numel()
+    x = torch.tensor([[0.1, 0.7, 0.2, 0.4]])
+    s = [sum(float(x[0, i]) for i in range(4) if mask[j, i]) for j in range(5)]    # by hand
+    top2 = sorted(range(5), key=lambda j: -s[j])[:2]
+    h = net.hidden(x)[0][0]
+    assert [round(float(v), 5) for v in h] == [round(s[j], 5) if j in top2 else 0.0 for j in range(5)]
+
+
 def test_one_update_of_W_and_U_by_hand():
+    """Bug: the RNN rule is read [post, pre] (R[code_j, code_i]) or U's columns are swapped."""
     net = _tiny_net(rounds=2)
     R = torch.tensor([[10.0 * a + b for b in range(4)] for a in range(4)])   # R[pre, post]
     Ro = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]])
@@ -64,7 +101,21 @@ def test_one_update_of_W_and_U_by_hand():
     assert torch.allclose(net.W, W) and torch.allclose(net.U, U)
 
 
+def test_perceptron_output_rule_is_the_papers_and_reads_the_last_round():
+    """Bug: the default perceptron is [[0, 0], [1, -1]] (units that did not fire never updated),
+    or a T > 1 row is read from round 1 (code >> (T-1)) instead of the last round (code & 1)."""
+    assert P.perceptron_output_rule(1).table().tolist() == [[-1.0, 1.0], [1.0, -1.0]]
+    assert P.perceptron_output_rule_fired_only(1).table().tolist() == [[0.0, 0.0], [1.0, -1.0]]
+    t3 = P.perceptron_output_rule(3).table()
+    assert all(t3[c].tolist() == ([1.0, -1.0] if c & 1 else [-1.0, 1.0]) for c in range(8))
+    # one update by hand: x = [1, 2] fires units 1, 2 (h = [0, 2, 3]); U = 0 predicts 0, label 1
+    net = _tiny_net(rounds=1)
+    P.train_with_rules(net, torch.tensor([[1.0, 2.0]]), torch.tensor([1]), output_rule=P.perceptron_output_rule(1), lr=0.1)
+    assert torch.allclose(net.U, torch.tensor([[0.1, -0.1, -0.1], [-0.1, 0.1, 0.1]]))
+
+
 def test_multiplicative_weights_rule_doubles_and_halves():
+    """Bug: Winnow's factors swapped (halve the true label's weight, double the predicted one's)."""
     net = _tiny_net(rounds=1)
     x, y = torch.tensor([[1.0, 2.0]]), torch.tensor([1])     # units 1, 2 fire; prediction 0
     P.train_with_rules(net, x, y, output_rule=P.multiplicative_weights_output_rule(1), lr=1.0,
@@ -72,121 +123,217 @@ def test_multiplicative_weights_rule_doubles_and_halves():
     assert net.U.tolist() == [[1.0, 0.5, 0.5], [1.0, 2.0, 2.0]]
 
 
-def test_perceptron_output_rule_learns_halfspace():
-    X, y = P.halfspace(4000, 10, seed=3)
-    net = P.CapRNN(10, 2, num_v=1000, cap=500, p=0.5, rounds=1, seed=0)
-    P.train_with_rules(net, X[:2000], y[:2000], output_rule=P.perceptron_output_rule(1), epochs=2, seed=0)
-    assert P.accuracy(net, X[2000:], y[2000:]) > 0.9
+def test_mlp_rule_reads_pre_then_post_round_one_first():
+    """Bug: the MLP gets [post, pre] (pairs built with repeat / repeat_interleave swapped) or the
+    bits with the last round first. Hand computation: a hidden unit reading one input bit."""
+    rule = P.MLPRule(3, 4, seed=0)
+    with torch.no_grad():
+        for p_ in rule.parameters():
+            p_.zero_()
+        rule.net[0].weight[0, 0] = 1.0                # pre, round 1
+        rule.net[0].weight[1, 5] = 1.0                # post, round 3
+        rule.net[2].weight[0, 0], rule.net[2].weight[0, 1] = 10.0, 1.0
+    t = rule.table()
+    want = torch.tensor([[10.0 * (pre >> 2 & 1) + (post & 1) for post in range(8)] for pre in range(8)])
+    assert torch.equal(t.detach(), want)
 
 
-def _naive_unrolled_loss(net, X, y, R, Ro, lr, mode):
-    """Per-example differentiable unrolled rule training with an elementwise gather."""
-    W = net.G * (0.0 if mode == "additive" else 1.0)
-    U = torch.full((net.n_out, net.num_v), 0.0 if mode == "additive" else 1.0)
+def test_mlp_rule_seed_leaves_the_global_generator_alone():
+    """Bug: MLPRule(seed=s) calls torch.manual_seed(s) (reseeds every later global draw), or
+    seed=None restores the global state after drawing (two unseeded rules come out equal)."""
+    torch.manual_seed(123)
+    a = torch.rand(3)
+    torch.manual_seed(123)
+    r1 = P.MLPRule(3, 20, seed=5)
+    b = torch.rand(3)
+    assert torch.equal(a, b) and torch.equal(r1.table(), P.MLPRule(3, 20, seed=5).table())
+    assert not torch.equal(P.MLPRule(3, 20).table(), P.MLPRule(3, 20).table())
+
+
+def test_perceptron_output_rule_learns_halfspace_over_seeds():
+    """Bug: the output rule's columns swapped in training (the true label gets column 1). Measured
+    over seeds 0-7: fired-only rule 0.92-0.96, the paper's rule 0.77-0.84 (|V|=300, 2 epochs)."""
+    for s in range(3):
+        X, y = PE.halfspace(4000, 10, seed=s)
+        net = P.CapRNN(10, 2, num_v=300, cap=150, p=0.5, rounds=1, seed=s)
+        P.train_with_rules(net, X[:2000], y[:2000], output_rule=P.perceptron_output_rule_fired_only(1), epochs=2, seed=s)
+        acc = P.accuracy(net, X[2000:], y[2000:])
+        P.train_with_rules(net, X[:2000], y[:2000], output_rule=P.perceptron_output_rule(1), epochs=2, seed=s)
+        assert acc > 0.85 and P.accuracy(net, X[2000:], y[2000:]) > 0.75     # chance 0.5
+
+
+def _naive_unrolled(net, X, y, R, Ro, lr, mode, update, rows, W0=None, U0=None):
+    """Per-example differentiable unrolled rule training with elementwise gathers."""
+    init = 0.0 if mode == "additive" else 1.0
+    W = net.G * init if W0 is None else W0
+    U = torch.full((net.n_out, net.num_v), init) if U0 is None else U0
     for i in range(len(X)):
         h, codes = net.hidden(X[i:i + 1], W)
         codes = codes[0]
-        pred = int((h @ U.t()).argmax())
-        if pred == int(y[i]):
+        pred, yi = int((h @ U.t()).argmax()), int(y[i])
+        if update == "mistakes" and pred == yi:
             continue
         delta = R[codes[None, :], codes[:, None]] * net.G                # delta[j, i] = R[c_i, c_j]
-        rows = torch.zeros(net.n_out, net.num_v)
-        rows = rows.index_put((torch.tensor([int(y[i])]),), Ro[codes, 0][None])
-        rows = rows.index_put((torch.tensor([pred]),), Ro[codes, 1][None])
         W = W + lr * delta if mode == "additive" else W * (1 + lr * delta)
-        U = U + lr * rows if mode == "additive" else U * (1 + lr * rows)
-    return F.cross_entropy(net(X, W=W, U=U), y)
+        for c in range(net.n_out):
+            col = 0 if c == yi else 1 if (rows == "all" or c == pred) else None
+            factors = [col] if col != 0 or not (rows == "predicted_always" and c == pred) else [0, 1]
+            for b in [f for f in factors if f is not None]:
+                d = torch.zeros(net.n_out, net.num_v).index_put((torch.tensor([c]),), Ro[codes, b][None])
+                U = U + lr * d if mode == "additive" else U * (1 + lr * d)
+    return W, U
 
 
+@pytest.mark.parametrize("rows", ["predicted", "all", "predicted_always"])
+@pytest.mark.parametrize("update", ["mistakes", "all"])
 @pytest.mark.parametrize("mode", ["additive", "multiplicative"])
-def test_meta_gradient_equals_naive_unrolled_gradient(mode):
+def test_replay_and_meta_gradient_equal_naive_unrolled(mode, update, rows):
+    """Bug: the replay's rows differ from training's in one combination, e.g. Poh = 1 - Yoh for
+    rows="predicted" with update="all", or the mistake mask dropped (preds != ys)."""
     torch.manual_seed(0)
-    X, y = torch.randn(12, 4), torch.randint(0, 3, (12,))
+    X, y = torch.randn(10, 4), torch.randint(0, 3, (10,))
     net = P.CapRNN(4, 3, num_v=8, cap=4, p=0.6, rounds=2, seed=1)
     R = (0.3 * torch.randn(4, 4)).requires_grad_(True)
     Ro = (0.3 * torch.randn(4, 2)).requires_grad_(True)
-    naive = _naive_unrolled_loss(net, X, y, R, Ro, 0.1, mode)
+    Wn, Un = _naive_unrolled(net, X, y, R, Ro, 0.1, mode, update, rows)
+    naive = F.cross_entropy(net(X, W=Wn, U=Un), y)
     g_naive = torch.autograd.grad(naive, (R, Ro))
+    P.train_with_rules(net, X, y, rnn_rule=R.detach(), output_rule=Ro.detach(), lr=0.1, update=update, rows=rows, mode=mode)
+    assert torch.allclose(net.W, Wn, atol=1e-5) and torch.allclose(net.U, Un, atol=1e-5)
     net.reset(mode)
-    rec = P._rule_trajectory(net, X, y, R.detach(), Ro.detach(), 0.1, "mistakes", "predicted", mode,
-                             torch.arange(len(X)), record=True)
-    W, U = P._replay(net, rec, R, Ro, 0.1, "predicted", mode)
+    rec = P._rule_trajectory(net, X, y, R.detach(), Ro.detach(), 0.1, update, rows, mode, torch.arange(len(X)), record=True)
+    W, U = P._replay(net, rec, R, Ro, 0.1, rows, mode)
     ours = F.cross_entropy(net(X, W=W, U=U), y)
     g_ours = torch.autograd.grad(ours, (R, Ro))
     assert torch.allclose(ours, naive, atol=1e-5)
     for a, b in zip(g_ours, g_naive):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
-    assert torch.allclose(W, net.W, atol=1e-5) and torch.allclose(U, net.U, atol=1e-5)
 
 
-def _rule_loss(rnn_rule, out_rule, X, y, batches=4, bs=50):
-    loss = 0.0
-    for b in range(batches):
-        net = P.CapRNN(10, 2, num_v=40, cap=20, p=0.5, rounds=3, seed=5)
-        xb, yb = X[b * bs:(b + 1) * bs], y[b * bs:(b + 1) * bs]
-        P.train_with_rules(net, xb, yb, rnn_rule=rnn_rule, output_rule=out_rule)
-        loss += F.cross_entropy(net(xb), yb).item() / batches
-    return loss
+def test_replay_from_a_trained_state_for_online_meta_learning():
+    """Bug: the online replay restarts from 0 (W0/U0 ignored) instead of the weights the earlier
+    batches left."""
+    torch.manual_seed(1)
+    X, y = torch.randn(16, 4), torch.randint(0, 3, (16,))
+    net = P.CapRNN(4, 3, num_v=8, cap=4, p=0.6, rounds=2, seed=2)
+    R = (0.3 * torch.randn(4, 4)).requires_grad_(True)
+    Ro = P.perceptron_output_rule(2).table()
+    P.train_with_rules(net, X[:8], y[:8], rnn_rule=R.detach(), output_rule=Ro, lr=0.1, update="all")
+    W0, U0 = net.W.clone(), net.U.clone()
+    rec = P._rule_trajectory(net, X[8:], y[8:], R.detach(), Ro, 0.1, "all", "predicted", "additive",
+                             torch.arange(8), record=True)
+    W, U = P._replay(net, rec, R, Ro, 0.1, "predicted", "additive", W0, U0)
+    Wn, Un = _naive_unrolled(net, X[8:], y[8:], R, Ro, 0.1, "additive", "all", "predicted", W0, U0)
+    assert torch.allclose(W, net.W, atol=1e-5) and torch.allclose(W, Wn, atol=1e-5) and torch.allclose(U, Un, atol=1e-5)
+    ga = torch.autograd.grad(F.cross_entropy(net(X, W=W, U=U), y), R)[0]
+    gb = torch.autograd.grad(F.cross_entropy(net(X, W=Wn, U=Un), y), R)[0]
+    assert torch.allclose(ga, gb, atol=1e-4, rtol=1e-4) and ga.abs().max() > 0
 
 
-def test_meta_learning_lowers_the_loss():
-    X, y = P.relu_data(1200, 10, seed=4)
-    rr, ro = P.RuleTable(3, seed=0), P.OutputRuleTable(3, seed=0)
-    before = _rule_loss(rr, ro, X, y)
-    losses = P.meta_learn(lambda: P.CapRNN(10, 2, num_v=40, cap=20, p=0.5, rounds=3, seed=5), X[200:], y[200:],
-                          rnn_rule=rr, output_rule=ro, batch_size=50, meta_lr=0.1, epochs=2, steps=30)
-    after = _rule_loss(rr, ro, X, y)
-    assert len(losses) == 30 and after < 0.85 * before
+def test_meta_learning_first_adam_step_follows_the_app_b_gradient():
+    """Bug: meta_learn steps up the loss or trains on another loss (e.g. the MSE of the softmax):
+    Adam's first step is -meta_lr * sign(grad), and App. B's grad is 2/(n l) M^T (M r - t)."""
+    X, y = PE.halfspace(60, 10, seed=1)
+    mk = lambda: P.CapRNN(10, 2, 20, 10, 0.5, 1, seed=3)
+    H, codes = mk().hidden(X)
+    M = P.output_rule_design(H.double(), codes, y, 2, 1, lr=1e-2)
+    r0 = P.OutputRuleTable(1, seed=4)
+    start = r0.table().detach().clone().double()
+    grad = 2 / (60 * 2) * torch.einsum("ncq,nc->q", M, M @ start.reshape(-1) - F.one_hot(y, 2).double())
+    P.meta_learn(mk, X, y, output_rule=r0, batch_size=60, meta_lr=1e-3, weight_decay=0.0,
+                 update="all", rows="all", loss="mse", steps=1)
+    step = (r0.table().detach().double() - start).reshape(-1)
+    assert torch.allclose(step, -1e-3 * torch.sign(grad), atol=1e-6)
 
 
-def test_theorem1_sign_pattern_emerges():
-    X, y = P.halfspace(3000, 10, seed=0)
-    rule, losses = P.theorem1_gd(lambda: P.CapRNN(10, 2, num_v=60, cap=30, p=0.5, rounds=1, seed=1),
-                                 X, y, steps=60, batch_size=50, meta_lr=0.1, seed=1)
-    assert P.sign_pattern(rule.table().detach()) == [[-1, 1], [1, -1]]
-    assert sum(losses[-10:]) < sum(losses[:10])
+def test_meta_learning_reaches_the_mse_optimal_rule():
+    """Bug: the meta-gradient of the output rule flows into the wrong rows (column 1 used for the
+    true row in the replay): GD on the rule must reach App. B's closed-form minimum."""
+    for s in (0, 1):
+        X, y = PE.relu_data(120, 10, seed=s)
+        mk = lambda: P.CapRNN(10, 2, 24, 12, 0.5, 1, seed=s)
+        H, codes = mk().hidden(X)
+        r_opt = P.mse_optimal_output_rule(H, codes, y, 2, 1, lr=1e-3)
+        L = lambda r: P.mse_output_rule_loss(r, H, codes, y, 2, 1, lr=1e-3)
+        ro = P.OutputRuleTable(1, seed=s)
+        L0 = L(ro.table().detach())
+        P.meta_learn(mk, X, y, output_rule=ro, batch_size=120, meta_lr=0.1, weight_decay=0.0, lr=1e-3,
+                     update="all", rows="all", loss="mse", steps=300, epochs=10 ** 9)
+        assert (L(ro.table().detach()) - L(r_opt)) < 0.01 * (L0 - L(r_opt))
 
 
-def _mse_by_training(net, X, y, rule, lr):
-    """App. B's loss by actually training (updates on every example, all rows) and reading U."""
-    P.train_with_rules(net, X, y, output_rule=rule, lr=lr, update="all", rows="all")
-    h = net.hidden(X)[0]
-    return ((h @ net.U.t() - F.one_hot(y, net.n_out).float()) ** 2).mean().item()
+def test_theorem1_sign_pattern_emerges_over_seeds():
+    """Bug: meta_learn ascends (opt.step on -loss) or the replay swaps the output columns: GD on a
+    T=1 output rule must reach Theorem 1's sign pattern [-, +; +, -] from random starts. (At 60
+    steps seeds 1-4 and 6-8 reach it; seed 5 not yet, r(0, 1) = -0.37 still crossing zero; the
+    theory experiment takes 150 steps.)"""
+    for s in (1, 2, 3):
+        X, y = PE.halfspace(3000, 10, seed=s)
+        rule, losses = P.theorem1_gd(lambda: P.CapRNN(10, 2, num_v=60, cap=30, p=0.5, rounds=1, seed=s),
+                                     X, y, steps=60, batch_size=50, meta_lr=0.1, seed=s)
+        assert P.sign_pattern(rule.table().detach()) == [[-1, 1], [1, -1]]
 
 
-def test_mse_optimal_output_rule_beats_random_rules():
-    X, y = P.relu_data(600, 10, seed=2)
+def test_mse_optimal_output_rule_equals_training_and_beats_random_rules():
+    """Bug: output_rule_design sums column b=1 over the examples of class c (S1 = S0)."""
+    X, y = PE.relu_data(600, 10, seed=2)
     net = P.CapRNN(10, 2, num_v=80, cap=40, p=0.5, rounds=1, seed=0)
     h, codes = net.hidden(X)
-    r_opt = P.mse_optimal_output_rule(h, codes, y, 2, lr=1e-2)
-    best = _mse_by_training(net, X, y, r_opt, 1e-2)
-    assert best == pytest.approx(P.mse_output_rule_loss(r_opt, h, codes, y, 2, 1e-2), rel=1e-3)
+
+    def trained_mse(rule):
+        P.train_with_rules(net, X, y, output_rule=rule, lr=1e-2, update="all", rows="all")
+        return ((net.hidden(X)[0] @ net.U.t() - F.one_hot(y, 2).float()) ** 2).mean().item()
+    r_opt = P.mse_optimal_output_rule(h, codes, y, 2, 1, lr=1e-2)
+    best = trained_mse(r_opt)
+    assert best == pytest.approx(P.mse_output_rule_loss(r_opt, h, codes, y, 2, 1, 1e-2), rel=1e-3)
     g = torch.Generator().manual_seed(0)
-    for _ in range(20):
-        r = torch.randn(2, 2, generator=g)
-        assert best <= _mse_by_training(net, X, y, r, 1e-2) + 1e-7
+    for _ in range(10):
+        assert best <= trained_mse(torch.randn(2, 2, generator=g)) + 1e-7
     # stationarity (dL/dr = 0) of the paper's literal scaled chi^1(y) = y version
-    r_s = P.mse_optimal_output_rule(h, codes, y, 2, lr=1e-2, scaled=True).double().requires_grad_(True)
-    M = P.output_rule_design(h.double(), codes, y, 2, 1e-2, scaled=True)
-    loss = ((M @ r_s.reshape(-1) - F.one_hot(y, 2).double()) ** 2).mean()
-    g_opt = torch.autograd.grad(loss, r_s)[0].abs().max()
+    r_s = P.mse_optimal_output_rule(h, codes, y, 2, 1, lr=1e-2, scaled=True).double().requires_grad_(True)
+    M = P.output_rule_design(h.double(), codes, y, 2, 1, 1e-2, scaled=True)
+    g_opt = torch.autograd.grad(((M @ r_s.reshape(-1) - F.one_hot(y, 2).double()) ** 2).mean(), r_s)[0]
     r_rand = torch.randn(2, 2, generator=g, dtype=torch.float64).requires_grad_(True)
     g_rand = torch.autograd.grad(((M @ r_rand.reshape(-1) - F.one_hot(y, 2).double()) ** 2).mean(), r_rand)[0]
-    assert g_opt < 1e-6 * g_rand.abs().max()
+    assert g_opt.abs().max() < 1e-6 * g_rand.abs().max()
 
 
-@pytest.mark.parametrize("form", ["haploid", "paper"])
-def test_evolution_tracks_gd(form):
-    loss = lambda Y: (Y - 1.0) ** 2
-    out = P.simulate_evolution(loss, n_genes=100, eps=0.01, theta=0.5, generations=300, x0=0.3, form=form)
-    ye, yg = torch.tensor(out["y_evolution"]), torch.tensor(out["y_gd"])
-    moved = abs(yg[-1] - yg[0])
-    assert moved > 0.5 and abs(ye[-1] - 1.0) < abs(ye[0] - 1.0)     # selection lowers the loss
-    assert (ye - yg).abs().max() < 0.05 * moved
-    assert ((out["x_evolution"] >= 0) & (out["x_evolution"] <= 1)).all()
+def test_output_rule_design_uses_the_networks_rounds():
+    """Bug: the design infers 2^T from the codes seen: at T=2 with no unit ever firing in round 1
+    (codes 0, 1 only) it would build a 2-row rule."""
+    codes = torch.tensor([[0, 1, 1], [1, 0, 1]])
+    H = (codes & 1).double()
+    M = P.output_rule_design(H, codes, torch.tensor([0, 1]), 2, rounds=2)
+    assert M.shape == (2, 2, 8)
+
+
+def test_train_gd_learns_a_linearly_separable_problem():
+    """Bug: train_gd never steps (opt.step dropped) or steps up the loss: labels argmax(U* h) are
+    linearly separable in h, and Adam on U must fit >= 95% of them; params="all" keeps the masks."""
+    X = torch.rand(600, 20, generator=torch.Generator().manual_seed(0))
+    for s in (0, 1):
+        net = P.CapRNN(20, 3, 60, 30, 0.5, 1, seed=s)
+        with torch.no_grad():
+            y = (net.hidden(X)[0] @ torch.randn(3, 60, generator=torch.Generator().manual_seed(s)).t()).argmax(1)
+        P.train_gd(net, X, y, epochs=30, lr=0.05, batch_size=50, seed=s)
+        assert P.accuracy(net, X, y) >= 0.95
+    net = P.CapRNN(20, 3, 60, 30, 0.5, 2, seed=2)
+    P.train_gd(net, X, y, epochs=1, params="all", seed=0)
+    assert (net.A[net.A_mask == 0] == 0).all() and (net.W[net.G == 0] == 0).all() and net.W.abs().sum() > 0
+
+
+def test_relu_data_has_no_hidden_bias():
+    """Bug: relu_data adds a hidden bias (A.2 has none): without one the labels are invariant to
+    scaling the inputs by a positive factor (ReLU is positively homogeneous)."""
+    X, y = PE.relu_data(2000, 10, seed=5)
+    g = torch.Generator().manual_seed(5)
+    W1 = torch.randn(1000, 10, generator=g) / math.sqrt(10)
+    W2 = torch.randn(2, 1000, generator=g) / math.sqrt(1000)
+    assert torch.equal((F.relu(3.0 * X @ W1.t()) @ W2.t()).argmax(1), y) and 0.2 < y.float().mean() < 0.8
 
 
 def test_malformed_rule_tables_are_clear_errors():
+    """Bug: a wrongly shaped or NaN table is silently broadcast / trained with."""
     with pytest.raises(ValueError, match="shape"):
         P.RuleTable(2, torch.zeros(3, 4))
     with pytest.raises(ValueError, match="NaN"):
@@ -199,40 +346,50 @@ def test_malformed_rule_tables_are_clear_errors():
         P.train_with_rules(net, x, y, output_rule=torch.full((4, 2), math.inf))
     with pytest.raises(ValueError, match="mode"):
         P.train_with_rules(net, x, y, output_rule=torch.zeros(4, 2), mode="hebbian")
+    with pytest.raises(ValueError, match="firing"):
+        P.CapRNN(2, 2, 3, 2, firing="spikes")
+    with pytest.raises(ValueError, match="rule module"):
+        P.meta_learn(lambda: net, x, y, output_rule=torch.zeros(4, 2), batch_size=1)
+    with pytest.raises(ValueError, match="batch"):                # not an endless loop
+        P.meta_learn(lambda: net, x, y, output_rule=P.OutputRuleTable(2), batch_size=2, epochs=10 ** 9)
 
 
-def _local_targeted_l2(net, X, y, eps, steps=10):
-    """A tiny targeted L2 PGD (Sec. 4): nine targets per image, broken if any target succeeds."""
-    n_out = net.n_out
-    broken = torch.zeros(len(X), dtype=torch.bool)
-    for t in range(1, n_out):
-        target = (y + t) % n_out
-        x = X.clone()
-        for _ in range(steps):
-            x.requires_grad_(True)
-            g, = torch.autograd.grad(F.cross_entropy(net(x), target), x)
-            x = x.detach() - 0.5 * eps * g / (g.norm(dim=1, keepdim=True) + 1e-12)
-            d = x - X
-            x = (X + d * torch.clamp(eps / (d.norm(dim=1, keepdim=True) + 1e-12), max=1.0)).clamp(0, 1)
-        with torch.no_grad():
-            broken |= net(x).argmax(1) != y
-    return broken
+def test_meta_learn_online_trains_one_network_through_all_epochs():
+    """Bug: online meta-learning builds a fresh network every batch (the horizon of use lost):
+    with 5 batches per epoch it must call the factory once and take 4 steps per epoch."""
+    X, y = PE.halfspace(50, 10, seed=0)
+    calls = []
+
+    def factory():
+        calls.append(1)
+        return P.CapRNN(10, 2, 12, 6, 0.5, 3, seed=0)
+    losses = P.meta_learn(factory, X, y, rnn_rule=P.MLPRule(3, 4, seed=0), output_rule=P.perceptron_output_rule(3).table(),
+                          batch_size=10, epochs=2, online=True)
+    assert len(calls) == 1 and len(losses) == 8
+    calls.clear()
+    assert len(P.meta_learn(factory, X, y, output_rule=P.OutputRuleTable(3, seed=0), batch_size=10)) == 5 and len(calls) == 5
 
 
-def test_table2_robustness_path_with_local_attack():
-    g = torch.Generator().manual_seed(0)
-    protos = torch.rand(3, 784, generator=g)                   # three noisy prototype "images"
-    y = torch.randint(0, 3, (400,), generator=g)
-    X = (protos[y] + 0.3 * torch.randn(400, 784, generator=g)).clamp(0, 1)
-    rows = PE.experiment_table2(X[:300], y[:300], X[300:], y[300:], quick=True, attack=_local_targeted_l2,
-                               epochs=1, meta_steps=3, n_attack=10)
-    assert [r["model"] for r in rows] == ["T=1", "T=1*", "T=3"]
-    for r in rows:
-        assert 0 <= r["robust_eps4"] <= r["robust_eps2"] <= 100
-        assert r["accuracy"] > 60                                 # chance is 33%
-    # eps = 0 is the clean accuracy; a huge budget breaks everything
-    net = P.CapRNN(784, 3, num_v=200, cap=100, rounds=1, seed=0)
-    P.train_with_rules(net, X[:300], y[:300], output_rule=P.perceptron_output_rule(1))
-    Xa, ya = X[300:340], y[300:340]
-    assert PE.robust_accuracy(net, Xa, ya, 0, _local_targeted_l2) == P.accuracy(net, Xa, ya)
-    assert PE.robust_accuracy(net, Xa, ya, 50.0, _local_targeted_l2) == 0.0
+def test_meta_learning_on_a_relu_task_lowers_the_held_out_loss():
+    """Bug: meta_learn never steps the rules (opt.step() dropped): learning both rules on ReLU
+    data must lower the loss of rule-trained networks on held-out batches, on every one of 4
+    seeds, and by 30% on average (measured over seeds 0-7: ratios 0.08-1.0, mean 0.44; seed 0
+    alone gives 0.84, so no per-seed factor is asserted)."""
+    X, y = PE.relu_data(1100, 10, seed=4)
+
+    def loss(rr, ro, s):
+        out = 0.0
+        for b in range(4):
+            net = P.CapRNN(10, 2, num_v=40, cap=20, p=0.5, rounds=3, seed=s)
+            xb, yb = X[b * 50:(b + 1) * 50], y[b * 50:(b + 1) * 50]
+            P.train_with_rules(net, xb, yb, rnn_rule=rr, output_rule=ro)
+            out += F.cross_entropy(net(xb), yb).item() / 4
+        return out
+    ratios = []
+    for s in range(4):
+        rr, ro = P.RuleTable(3, seed=s), P.OutputRuleTable(3, seed=s)
+        before = loss(rr, ro, s)
+        P.meta_learn(lambda: P.CapRNN(10, 2, num_v=40, cap=20, p=0.5, rounds=3, seed=s), X[200:], y[200:],
+                     rnn_rule=rr, output_rule=ro, batch_size=50, meta_lr=0.1, epochs=2, steps=25, seed=s)
+        ratios.append(loss(rr, ro, s) / before)
+    assert max(ratios) < 0.95 and sum(ratios) / 4 < 0.7, ratios

@@ -25,7 +25,9 @@ def float64():
 CONV_CONFIGS = [  # (in, out, k, stride, padding, dilation, groups, bias)
     (4, 6, 3, 1, 1, 1, 1, True),
     (4, 6, 3, 2, 1, 1, 2, False),
-    (6, 6, 5, 1, 4, 2, 6, True),          # dilated depthwise
+    (6, 6, 5, 1, 4, 2, 6, True),          # dilated depthwise (odd sizes: atrous_conv crops)
+    (6, 6, 3, 2, 2, 2, 6, False),         # DARTS's dil_conv in a reduction cell: stride = dilation
+    (4, 6, 3, 1, 3, 3, 2, True),          # dilation 3, grouped
     (4, 8, 1, 2, 0, 1, 1, False),         # FactorizedReduce-style 1x1 at stride 2
     (3, 5, (3, 2), (2, 1), (1, 0), (1, 2), 1, True),
 ]
@@ -77,8 +79,8 @@ def test_bp_conv_equals_torch(cfg):
     assert isinstance(lay, RuleConv2d) and lay.rule == "bp"
     x = torch.randn(2, cin, 11, 10)
     g = torch.randn_like(ref(x))
-    for a, e in zip(_conv_grads(lay, x, g), _conv_grads(ref, x, g)):
-        assert (a is None and e is None) or torch.equal(a, e)
+    for a, e in zip(_conv_grads(lay, x, g), _conv_grads(ref, x, g)):   # dilated: other sum order
+        assert (a is None and e is None) or torch.allclose(a, e, rtol=0, atol=1e-12)
 
 
 def test_bp_linear_equals_torch():
@@ -267,6 +269,21 @@ def test_hebbian_conv_matches_unfolded_linear():
     Y = patches @ W.t()
     expect = -(Y.t() @ patches - torch.tril(Y.t() @ Y) @ W) / (Y ** 2).sum(0)[:, None]
     assert torch.allclose(lay.weight.grad.reshape(4, 27), expect, atol=1e-10)
+
+
+def test_hebbian_dilated_conv_matches_unfolded_linear():
+    """The same with dilation 2 on an even input, which rules.atrous_conv computes on four
+    sub-grids: the Hebbian sums must still run over exactly the layer's output positions."""
+    for size in (8, 7):                       # 7: the sub-grids' extra row must not count
+        torch.manual_seed(11)
+        lay = RuleConv2d(2, 3, 3, stride=1, padding=2, dilation=2, rule="hebbian")
+        x = torch.randn(2, 2, size, size)
+        lay(x).sum().backward()
+        patches = F.unfold(x, 3, dilation=2, padding=2).transpose(1, 2).reshape(-1, 18)
+        W = lay.weight.detach().reshape(3, 18)
+        Y = patches @ W.t()
+        expect = -(Y.t() @ patches - torch.tril(Y.t() @ Y) @ W) / (Y ** 2).sum(0)[:, None]
+        assert torch.allclose(lay.weight.grad.reshape(3, 18), expect, atol=1e-10)
 
 
 def test_hebbian_bounded_and_finds_principal_component():

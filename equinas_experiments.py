@@ -1,0 +1,457 @@
+"""The thesis's Ch. 4 experiments at CPU scale (Tables 3 and 4, Figs. 10-12, the cost of Eq. 12),
+on top of equinas.py.
+
+rotMNIST, Galaxy10 and ISIC are not on this machine: the data are Fashion-MNIST rotated by the
+rotMNIST recipe (`rotate_images`), or, for Fig. 12, transformed by exactly one group's action
+(`augment_by_group`). `run(name, data, out_dir, ...)` writes NAME.md (means ± std beside the
+thesis's numbers), NAME.csv (one row per method and seed) and NAME.png into out_dir; every
+finished sub-run (method, seed) is kept in out_dir/NAME.runs/ and an unfinished search is
+checkpointed there after every generation or epoch, so calling run() again resumes.
+"""
+import csv
+import math
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from equinas import (ELEMENTS, GROUPS, RPP, GroupConv2d, MixedGroupConv2d, accuracy, act, as_float, fit,
+                     population, recalibrate_bn, search_differentiable, search_evolutionary)
+
+EXPERIMENTS = ("equinas-table3", "equinas-table4", "equinas-fig12", "equinas-cost")
+PAPER_TABLE3 = {"EquiNAS_E": (1.78, 0.04), "RPP": (2.18, 0.04), "D4": (1.78, 0.11), "C4": (1.64, 0.22),
+                "C1": (5.02, 1.15)}                      # rotMNIST test error %, Table 3
+PAPER_TABLE4 = {"EquiNAS_D": (2.29, 0.27), "RPP": (2.89, 0.27), "D4": (2.97, 1.50), "C4": (2.43, 0.54),
+                "C1": (3.97, 0.75)}                      # rotMNIST test error %, Table 4
+BASELINES = {"C1": "C1", "C4": "C4", "D4": "D4", "RPP": RPP}
+SIZES = {  # CPU scale; the thesis: 16 fields, all 54k/6k images, 50 generations, 100 epochs
+    False: dict(n_train=10000, n_test=2000, fields=2, layers=8, kernel_size=5, hidden=64,
+                generations=10, parent_size=5, epochs_d=10, fig12_train=5000, fig12_epochs=10,
+                cost=((16, 28, 64), (4, 28, 64), (2, 14, 64)), cost_repeats=5, bn_images=1000),
+    True: dict(n_train=2000, n_test=1000, fields=1, layers=8, kernel_size=5, hidden=64,
+               generations=3, parent_size=5, epochs_d=2, fig12_train=1000, fig12_epochs=1,
+               cost=((4, 28, 64), (2, 14, 32)), cost_repeats=3, bn_images=1000),
+}
+
+
+# ----------------------------------------------------------------------------------------
+# Data: the rotMNIST recipe, group augmentation, subsets and the 10% validation split
+# ----------------------------------------------------------------------------------------
+
+def rotate_images(x, seed=0, angles=None, chunk=4096):
+    """rotMNIST recipe: every image rotated by its own angle, uniform in [0, 2π) from `seed` (or
+    the given `angles`, radians, counter-clockwise), bilinear (affine_grid + grid_sample with
+    align_corners=False: about the image centre, pixel centres onto pixel centres at multiples
+    of 90°), zero outside the original image. Returns float [0, 1] images."""
+    x = as_float(x)
+    if angles is None:
+        angles = torch.rand(len(x), generator=torch.Generator().manual_seed(seed)) * 2 * math.pi
+    out = torch.empty_like(x)
+    for i in range(0, len(x), chunk):
+        a = angles[i:i + chunk].to(x)
+        c, s = torch.cos(a), torch.sin(a)
+        # grid_sample reads the output pixel at p from the input at theta p: theta = rotation by -a
+        # in (x right, y down) coordinates, which turns the picture counter-clockwise by a
+        theta = torch.stack([torch.stack([c, -s, 0 * a], 1), torch.stack([s, c, 0 * a], 1)], 1)
+        grid = F.affine_grid(theta, list(x[i:i + chunk].shape), align_corners=False)
+        out[i:i + chunk] = F.grid_sample(x[i:i + chunk], grid, mode="bilinear", padding_mode="zeros",
+                                         align_corners=False)
+    return out
+
+
+def augment_by_group(x, group, seed=0):
+    """Fig. 12: every image transformed by an element of `group` drawn uniformly from `seed`, with
+    the exact action (rot90 / flip). Returns (images as float [0, 1], the elements drawn)."""
+    x, E = as_float(x), ELEMENTS[group]
+    g = torch.tensor(E)[torch.randint(len(E), (len(x),), generator=torch.Generator().manual_seed(seed))]
+    out = x.clone()
+    for e in E:
+        sel = g == e
+        out[sel] = act(x[sel], e)
+    return out, g
+
+
+def prepare(data, n_train, n_test, transform=None, valid_fraction=0.1, seed=0):
+    """Fixed subsets (the first n of a permutation from `seed`) of (train_x, train_y, test_x,
+    test_y), transformed by transform(x, seed) (train seed+1, test seed+2), 10% of the training
+    subset held out for validation (Sec. 4.5). Returns a dict with train/valid/test pairs and the
+    training pixel mean and std (the network's normalization)."""
+    trx, try_, tex, tey = data
+    g = torch.Generator().manual_seed(seed)
+    itr = torch.randperm(len(trx), generator=g)[:n_train]
+    ite = torch.randperm(len(tex), generator=g)[:n_test]
+    xtr, xte = as_float(trx[itr]), as_float(tex[ite])
+    if transform is not None:
+        xtr, xte = transform(xtr, seed + 1), transform(xte, seed + 2)
+    nv = int(round(valid_fraction * len(xtr)))
+    ytr = try_[itr].long()
+    return dict(train=(xtr[nv:], ytr[nv:]), valid=(xtr[:nv], ytr[:nv]), test=(xte, tey[ite].long()),
+                mean=float(xtr[nv:].mean()), std=float(xtr[nv:].std()))
+
+
+# ----------------------------------------------------------------------------------------
+# Sub-runs: kept in NAME.runs/KEY.pt (a row when done, a checkpoint while running)
+# ----------------------------------------------------------------------------------------
+
+def _save(obj, path):
+    torch.save(obj, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def _subrun(runs, key, work, log):
+    """work(state, checkpoint) -> (row, extra); cached in runs/key.pt, resumed from its checkpoint."""
+    path = os.path.join(runs, key + ".pt")
+    saved = torch.load(path, weights_only=True) if os.path.exists(path) else {}
+    if "row" in saved:
+        log(f"{key}: done earlier")
+        return saved["row"], saved["extra"]
+    t0 = time.perf_counter() - saved.get("seconds", 0.0)
+    row, extra = work(saved.get("state"),
+                      lambda s: _save({"state": s, "seconds": time.perf_counter() - t0}, path))
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    _save({"row": row, "extra": extra}, path)
+    log(f"{key}: test error {row.get('test_error')}%, {row['seconds']} s")
+    return row, extra
+
+
+def _evaluate(net, d, sz):
+    """(test error %, validation accuracy %), BatchNorm statistics first recalibrated on
+    sz["bn_images"] training images (0: the running statistics, as in the thesis)."""
+    if sz["bn_images"]:
+        recalibrate_bn(net, d["train"][0][:sz["bn_images"]])
+    return round(100 * (1 - accuracy(net, *d["test"])), 2), round(100 * accuracy(net, *d["valid"]), 2)
+
+
+def _net_config(d, sz):
+    return dict(layers=sz["layers"], fields=sz["fields"], kernel_size=sz["kernel_size"],
+                hidden=sz["hidden"], mean=d["mean"], std=d["std"])
+
+
+def _spec(arch, d, sz):
+    cfg = _net_config(d, sz)
+    return {"arch": [arch] * cfg.pop("layers"), "config": dict(cfg, in_channels=1, classes=10)}
+
+
+def _baseline(d, sz, name, seed, epochs, optimizer, lr, log):
+    def work(state, checkpoint):
+        net, _ = fit(_spec(BASELINES[name], d, sz), *d["train"], epochs, optimizer, lr, seed=seed,
+                     state=state, on_epoch=checkpoint)
+        err, acc = _evaluate(net, d, sz)
+        return dict(method=name, seed=seed, test_error=err, valid_acc=acc, params=net.num_params(),
+                    groups="-".join(g or "mix" for g in net.groups())), {}
+    return work
+
+
+# ----------------------------------------------------------------------------------------
+# The experiments
+# ----------------------------------------------------------------------------------------
+
+def experiment_table3(d, sz, seeds, runs, log=print):
+    """Table 3 (Sec. 4.5.1): EquiNAS_E (`generations` of 0.5 epoch, parent size 5, SGD 0.1) and
+    the C1, C4, D4, RPP baselines trained for the same (generations + 1) / 2 epochs with SGD 0.1.
+    EquiNAS_E's row: the final population's member with the best validation accuracy (its mean
+    test error over the final population is beside it). Returns (rows, extras)."""
+    rows, extras = [], {}
+    for seed in seeds:
+        def work(state, checkpoint):
+            st = search_evolutionary(*d["train"], *d["valid"], generations=sz["generations"],
+                                     parent_size=sz["parent_size"], seed=seed, state=state,
+                                     on_generation=checkpoint, log=log, bn_images=sz["bn_images"],
+                                     **_net_config(d, sz))
+            pop = [(net.groups(), ind["params"], ind["valid_acc"], _evaluate(net, d, sz)[0])
+                   for net, ind in population(st)]
+            best = max(pop, key=lambda p: p[2])
+            return (dict(method="EquiNAS_E", seed=seed, test_error=best[3], valid_acc=round(100 * best[2], 2),
+                         params=best[1], groups="-".join(best[0]),
+                         population_test_error=round(statistics.mean(p[3] for p in pop), 2)),
+                    dict(history=st["history"], population=pop))
+        row, extra = _subrun(runs, f"EquiNAS_E-seed{seed}", work, log)
+        rows.append(row)
+        extras[seed] = extra
+        epochs = (sz["generations"] + 1) * 0.5
+        for name in BASELINES:
+            rows.append(_subrun(runs, f"{name}-sgd-seed{seed}",
+                                _baseline(d, sz, name, seed, epochs, "sgd", 0.1, log), log)[0])
+    return rows, extras
+
+
+def experiment_table4(d, sz, seeds, runs, log=print):
+    """Table 4 (Sec. 4.5.2): EquiNAS_D (every layer [G]-mixed, Adam 0.01 for Psi and Z, batch 64)
+    and the C1, C4, D4, RPP baselines with Adam 0.01, `epochs_d` epochs each. Returns (rows,
+    {seed: z history})."""
+    rows, extras = [], {}
+    for seed in seeds:
+        def work(state, checkpoint):
+            net, st = search_differentiable(*d["train"], epochs=sz["epochs_d"], seed=seed, state=state,
+                                            on_epoch=checkpoint, **_net_config(d, sz))
+            final, (err, acc) = net.z(), _evaluate(net, d, sz)
+            return (dict(method="EquiNAS_D", seed=seed, test_error=err, valid_acc=acc, params=net.num_params(),
+                         groups="-".join(GROUPS[max(range(len(z)), key=z.__getitem__)] for z in final)),
+                    dict(z=[(h["epoch"], h["z"]) for h in st["history"]]))
+        row, extra = _subrun(runs, f"EquiNAS_D-seed{seed}", work, log)
+        rows.append(row)
+        extras[seed] = extra
+        for name in BASELINES:
+            rows.append(_subrun(runs, f"{name}-adam-seed{seed}",
+                                _baseline(d, sz, name, seed, sz["epochs_d"], "adam", 0.01, log), log)[0])
+    return rows, extras
+
+
+def supergroup_mass(z, group):
+    """The share of z on the groups that contain `group` (layers equivariant to it)."""
+    return sum(w for g, w in zip(GROUPS, z) if set(ELEMENTS[group]) <= set(ELEMENTS[g]))
+
+
+def experiment_fig12(data, sz, seed, runs, log=print):
+    """Fig. 12: EquiNAS_D on Fashion-MNIST transformed by exactly each group's action, one trial
+    per group; the z of each layer over training. Row per group: test error, the dominant group
+    per layer, and the z mass on groups containing the augmentation group, at init and at the
+    end (mean over layers). Returns (rows, {group: z history})."""
+    rows, extras = [], {}
+    for A in GROUPS:
+        d = prepare(data, sz["fig12_train"], sz["n_test"], lambda x, s, A=A: augment_by_group(x, A, s)[0])
+
+        def work(state, checkpoint):
+            net, st = search_differentiable(*d["train"], epochs=sz["fig12_epochs"], seed=seed, state=state,
+                                            on_epoch=checkpoint, **_net_config(d, sz))
+            hist = [(h["epoch"], h["z"]) for h in st["history"]]
+            mass = [statistics.mean(supergroup_mass(z, A) for z in zs) for _, zs in (hist[0], hist[-1])]
+            return (dict(method=f"augmented {A}", seed=seed, n_train=len(d["train"][0]),
+                         test_error=_evaluate(net, d, sz)[0],
+                         dominant="-".join(GROUPS[max(range(len(z)), key=z.__getitem__)] for z in hist[-1][1]),
+                         mass_init=round(mass[0], 3), mass_final=round(mass[1], 3)), dict(z=hist))
+        row, extra = _subrun(runs, f"fig12-{A}-seed{seed}", work, log)
+        rows.append(row)
+        extras[A] = extra
+    return rows, extras
+
+
+def mixed_layer_cost(fields=16, size=28, batch=64, kernel_size=5, group="D4", groups=GROUPS, repeats=5,
+                     seed=0):
+    """Seconds of one forward+backward of a MixedGroupConv2d over `groups` and of a GroupConv2d of
+    `group` with the same expanded width (fields·8 channels in and out), on one thread, timed in
+    alternation, median of `repeats`. Eq. 12 makes the mixed layer one convolution: the ratio
+    should stay near 1 when the convolution dominates."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(seed)
+        m = 8 // len(ELEMENTS[group])
+        layers = {"single": GroupConv2d(group, fields * m, fields * m, kernel_size, frame="D4"),
+                  "mixed": MixedGroupConv2d(fields, fields, kernel_size, groups)}
+        x = torch.randn(batch, fields * 8, size, size)
+        times = {k: [] for k in layers}
+        for r in range(repeats + 1):
+            for k, layer in layers.items():
+                t = time.perf_counter()
+                layer.zero_grad()
+                layer(x).square().mean().backward()
+                if r:                                             # the first round warms up
+                    times[k].append(time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(threads)
+    s, mx = statistics.median(times["single"]), statistics.median(times["mixed"])
+    return dict(fields=fields, channels=fields * 8, size=size, batch=batch, group=group,
+                single_s=s, mixed_s=mx, ratio=mx / s)
+
+
+# ----------------------------------------------------------------------------------------
+# Reports: NAME.md, NAME.csv, NAME.png
+# ----------------------------------------------------------------------------------------
+
+def _write_csv(rows, path):
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, keys)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def _md(header, rows):
+    return ("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
+            + "".join("| " + " | ".join("—" if v is None else str(v) for v in r) + " |\n" for r in rows))
+
+
+def _mean_std(vals):
+    return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals) if len(vals) > 1 else 0.0:.2f}"
+
+
+def _summary(rows, paper, title):
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    out = []
+    for m in methods:
+        rs = [r for r in rows if r["method"] == m]
+        p = paper.get(m)
+        out.append([m, f"{p[0]:.2f} ± {p[1]:.2f}" if p else None, _mean_std([r["test_error"] for r in rs]),
+                    f"{statistics.mean(r['params'] for r in rs):,.0f}", len(rs),
+                    f"{statistics.mean(r['seconds'] for r in rs):.0f}"])
+    return title + "\n\n" + _md(["method", "thesis rotMNIST error %", "measured error % (mean ± std)",
+                                 "params", "seeds", "s / seed"], out)
+
+
+def _scale(sz, d, what):
+    bn = (f"; BatchNorm statistics recalibrated on {sz['bn_images']} training images before every "
+          f"evaluation (not in the thesis)" if sz["bn_images"] else "")
+    return (f"{len(d['train'][0])} training / {len(d['valid'][0])} validation / {len(d['test'][0])} test "
+            f"images, {sz['layers']} layers, {sz['fields']} D4 fields ({8 * sz['fields']} channels, "
+            f"doubled half way), k = {sz['kernel_size']}, {what}{bn}")
+
+
+def _group_colors():
+    return {g: c for g, c in zip(GROUPS, ("#8c8c8c", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#d62728"))}
+
+
+def _plot_error_params(ax, rows):
+    colors = dict(zip(dict.fromkeys(r["method"] for r in rows), ("#d62728", "#1f77b4", "#2ca02c",
+                                                                 "#ff7f0e", "#9467bd", "#444444")))
+    for m, c in colors.items():
+        rs = [r for r in rows if r["method"] == m]
+        ax.scatter([r["params"] for r in rs], [r["test_error"] for r in rs], color=c, label=m, s=22)
+    ax.set_xscale("log")
+    ax.minorticks_off()
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("test error (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def _plot_z(axes, hist, title=""):
+    """One panel per layer: z_G over epochs (Figs. 12 and 15)."""
+    colors = _group_colors()
+    epochs = [e for e, _ in hist]
+    for layer, ax in enumerate(axes):
+        for gi, g in enumerate(GROUPS):
+            ax.plot(epochs, [zs[layer][gi] for _, zs in hist], color=colors[g], label=g, lw=1.2)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{title}layer {layer + 1}", fontsize=7)
+        ax.tick_params(labelsize=6)
+    axes[0].set_ylabel("z", fontsize=7)
+
+
+def _plot_table3(rows, extras, path, title):
+    from plots import _plt
+    plt = _plt()
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    _plot_error_params(ax[0], rows)
+    ax[0].set_title("test error vs parameters (Fig. 10)", fontsize=9)
+    seed = min(extras)
+    hist = extras[seed]["history"]
+    rounds = sorted({h["round"] for h in hist})
+    best = [max((h for h in hist if h["round"] == r and h["selected"]), key=lambda h: h["valid_acc"])
+            for r in rounds]
+    grid = [[GROUPS.index(g) for g in h["groups"]] for h in best]
+    ax[1].imshow([list(col) for col in zip(*grid)], aspect="auto", cmap=plt.matplotlib.colors.ListedColormap(
+        list(_group_colors().values())), vmin=-0.5, vmax=len(GROUPS) - 0.5, origin="lower")
+    for r, h in enumerate(best):
+        for layer, g in enumerate(h["groups"]):
+            ax[1].text(r, layer, g, ha="center", va="center", fontsize=6, color="white")
+    ax[1].set_yticks(range(len(grid[0])), range(1, len(grid[0]) + 1))
+    ax[1].set_xlabel("generation")
+    ax[1].set_ylabel("layer")
+    ax[1].set_title(f"best selected member's groups (seed {seed})", fontsize=9)
+    for k, (s, ex) in enumerate(sorted(extras.items())):
+        pts = [(h["round"] + 0.12 * k, h["params"]) for h in ex["history"] if h["selected"]]
+        ax[2].scatter(*zip(*pts), s=10, label=f"seed {s}")
+    ax[2].set_yscale("log")
+    ax[2].set_xlabel("generation")
+    ax[2].set_ylabel("parameters")
+    ax[2].set_title("selected members' parameter counts (Fig. 11)", fontsize=9)
+    ax[2].legend(fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_z_grid(histories, path, title, first=None):
+    """Rows: histories {label: [(epoch, z per layer)]}; columns: layers. `first`: a wide panel on top."""
+    from plots import _plt
+    plt = _plt()
+    layers = len(next(iter(histories.values()))[0][1])
+    top = first is not None
+    fig = plt.figure(figsize=(1.7 * layers, 1.6 * len(histories) + 0.8 + 2.6 * top))
+    gs = fig.add_gridspec(len(histories) + top, layers, height_ratios=[1.6] * top + [1] * len(histories))
+    if top:
+        first(fig.add_subplot(gs[0, :layers // 2]))
+    for r, (label, hist) in enumerate(histories.items()):
+        _plot_z([fig.add_subplot(gs[r + top, c]) for c in range(layers)], hist, f"{label}, ")
+    handles, labels = fig.axes[-1].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(GROUPS), fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None, rotate=True):
+    """Run experiment `name` (EXPERIMENTS) and write NAME.md, NAME.csv, NAME.png into out_dir.
+
+    data: (train_x, train_y, test_x, test_y), images (N, 1, 28, 28) uint8 or float [0, 1] (e.g.
+    data.load_dataset("fashion-mnist", root)); rotate=False when they are rotated already
+    (rotMNIST). sizes: overrides of SIZES[quick]. Returns the per-seed rows."""
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown EquiNAS experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
+    if not seeds:
+        raise ValueError("no seeds given; pass at least one (the thesis's tables: 3 or more)")
+    sz = dict(SIZES[bool(quick)], **(sizes or {}))
+    stem, runs = os.path.join(out_dir, name), os.path.join(out_dir, name + ".runs")
+    os.makedirs(runs, exist_ok=True)
+    scale = "quick" if quick else "full"
+    if name == "equinas-cost":
+        rows = [mixed_layer_cost(f, s, b, sz["kernel_size"], g, repeats=sz["cost_repeats"])
+                for f, s, b in sz["cost"] for g in ("C1", "D4")]
+        for r in rows:
+            log(f"cost: {r}")
+        text = (f"Cost of a [G]-mixed layer over {', '.join(GROUPS)} (Eq. 12: one convolution of the "
+                f"summed filters) against one group layer of the same expanded width, forward + "
+                f"backward, one thread, median of {sz['cost_repeats']} ({scale})\n\n"
+                + _md(["channels", "size", "batch", "single group", "single ms", "mixed ms", "mixed / single"],
+                      [[r["channels"], r["size"], r["batch"], r["group"], round(1000 * r["single_s"], 1),
+                        round(1000 * r["mixed_s"], 1), round(r["ratio"], 2)] for r in rows]))
+        from plots import plot_bars
+        plot_bars([f"{r['channels']}ch {r['size']}px vs {r['group']}" for r in rows],
+                  {"mixed / single": [r["ratio"] for r in rows]}, stem + ".png", "time ratio",
+                  f"[G]-mixed vs single group layer ({scale}); target ≤ 1.2")
+    elif name == "equinas-fig12":
+        rows, extras = experiment_fig12(data, sz, seeds[0], runs, log)
+        text = (f"Fig. 12 ({scale}): EquiNAS_D on Fashion-MNIST transformed by each group's action, "
+                f"seed {seeds[0]}, {sz['fig12_epochs']} epochs, {rows[0]['n_train']} training images; 'z on ⊇A' is "
+                f"the mean over layers of the z mass on groups containing the augmentation group A"
+                + (f"; BatchNorm statistics recalibrated on {sz['bn_images']} training images before "
+                   f"testing (not in the thesis)" if sz["bn_images"] else "") + "\n\n"
+                + _md(["augmentation", "test error %", "dominant group per layer", "z on ⊇A at init",
+                       "z on ⊇A at end", "s"],
+                      [[r["method"], r["test_error"], r["dominant"], r["mass_init"], r["mass_final"], r["seconds"]]
+                       for r in rows]))
+        _plot_z_grid({A: extras[A]["z"] for A in GROUPS}, stem + ".png",
+                     f"Fig. 12 analogue ({scale}): z per layer over epochs, rows = augmentation group")
+    else:
+        transform = (lambda x, s: rotate_images(x, s)) if rotate else None
+        d = prepare(data, sz["n_train"], sz["n_test"], transform)
+        if name == "equinas-table3":
+            rows, extras = experiment_table3(d, sz, seeds, runs, log)
+            what = (f"{sz['generations']} generations of 0.5 epoch, parent size {sz['parent_size']}, "
+                    f"baselines {(sz['generations'] + 1) / 2} epochs, SGD 0.1")
+            e_rows = [[r["seed"], r["test_error"], r["population_test_error"], r["groups"], f"{r['params']:,}"]
+                      for r in rows if r["method"] == "EquiNAS_E"]
+            text = (_summary(rows, PAPER_TABLE3, f"Table 3 ({scale}) on rotated Fashion-MNIST: "
+                             + _scale(sz, d, what)) + "\nEquiNAS_E final populations\n\n"
+                    + _md(["seed", "best-validation member error %", "population mean error %",
+                           "its groups per layer", "params"], e_rows))
+            _plot_table3(rows, extras, stem + ".png", f"Table 3 analogue ({scale}), rotated Fashion-MNIST")
+        else:
+            rows, extras = experiment_table4(d, sz, seeds, runs, log)
+            what = f"{sz['epochs_d']} epochs, Adam 0.01 (Psi and Z), batch 64"
+            d_rows = [[r["seed"], r["test_error"], r["groups"]] for r in rows if r["method"] == "EquiNAS_D"]
+            text = (_summary(rows, PAPER_TABLE4, f"Table 4 ({scale}) on rotated Fashion-MNIST: "
+                             + _scale(sz, d, what)) + "\nEquiNAS_D: largest z per layer at the end\n\n"
+                    + _md(["seed", "test error %", "argmax z per layer"], d_rows))
+            _plot_z_grid({f"seed {s}": extras[s]["z"] for s in sorted(extras)}, stem + ".png",
+                         f"Table 4 analogue ({scale}): EquiNAS_D z per layer (Fig. 15) and error vs "
+                         f"parameters (Fig. 14)", first=lambda ax: _plot_error_params(ax, rows))
+    with open(stem + ".md", "w") as f:
+        f.write(text)
+    _write_csv(rows, stem + ".csv")
+    return rows

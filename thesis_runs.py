@@ -1,0 +1,217 @@
+"""train.py's runs of Maile's thesis systems (chapters 4, 6, 7), each in a run directory.
+
+    --neurogenesis STRATEGY   an MLP grown by NORTH* or a baseline (ch. 6, Algorithm 4) on
+                              Fashion-MNIST: widths per layer over time, accuracy, checkpoint
+                              every epoch, --resume
+    --dyno near|far           ch. 7: an MLP pretrained on Fashion-MNIST classes 0-4, then moved to
+                              classes 5-9 (near) or 5-9 with permuted pixels (far) by DYNO and
+                              by static fine-tuning, side by side
+    --equinas evolutionary|differentiable
+                              ch. 4: EquiNAS_E / EquiNAS_D on rotated Fashion-MNIST, checkpoint
+                              every generation / epoch, --resume
+    --experiment north-* | dyno-transfer | equinas-*
+                              the thesis's experiments (neurogenesis_experiments.py,
+                              equinas_experiments.py), resumable: finished single runs are kept
+
+The systems themselves are neurogenesis.py, dyno.py and equinas.py; this file only loads the
+data, writes the run directory and calls them.
+"""
+import os
+import time
+
+import torch
+
+from data import load_dataset
+from run_dir import fmt_eta
+
+# --experiment names on the command line -> (module, its experiment name)
+THESIS_EXPERIMENTS = {"north-generated": ("neurogenesis", "generated"),
+                      "north-pareto": ("neurogenesis", "pareto"),
+                      "dyno-transfer": ("neurogenesis", "transfer"),
+                      "north-cost": ("neurogenesis", "trigger-cost"),
+                      "equinas-table3": ("equinas", "equinas-table3"),
+                      "equinas-table4": ("equinas", "equinas-table4"),
+                      "equinas-fig12": ("equinas", "equinas-fig12"),
+                      "equinas-cost": ("equinas", "equinas-cost")}
+THESIS_DEFAULTS = {  # Table 8 / Sec. 6.3.1 (MLP on MNIST: Adam 3e-4, batch 512), Sec. 7.3
+    "neurogenesis": dict(dataset="fashion-mnist", epochs=20, batch_size=512, learning_rate=3e-4),
+    "dyno": dict(dataset="fashion-mnist", batch_size=64, learning_rate=3e-4, iterations=1000),
+    "equinas": dict(dataset="fashion-mnist"),
+}
+QUICK_THESIS = {"neurogenesis": dict(epochs=2, subset=12000), "dyno": dict(iterations=200),
+                "equinas": {}}
+
+
+def _flat(data):
+    """(train_x, train_y, test_x, test_y) as flattened float [0, 1] images and labels."""
+    import neurogenesis_experiments as NX
+    return NX.as_flat(data)
+
+
+def neurogenesis_run(args, run, device):
+    """--neurogenesis STRATEGY: GrowableMLP(784, --widths, 10), grown by the strategy (or a
+    --growth_schedule preset, or 'static') up to --max_width per layer; a checkpoint after
+    every epoch (run_dir's atomic save), resumable."""
+    import neurogenesis as NG
+    import neurogenesis_experiments as NX
+    xtr, ytr, xte, yte = _flat(load_dataset(args.dataset, args.data))
+    if args.subset:
+        idx = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(args.seed))
+        xtr, ytr = xtr[idx[:args.subset]], ytr[idx[:args.subset]]
+    xtr, ytr, xte, yte = (t.to(device) for t in (xtr, ytr, xte, yte))
+    widths = [int(w) for w in args.widths.split(",")]
+    strategy = None if args.neurogenesis == "static" else args.neurogenesis
+    state = None
+    if args.resume and os.path.exists(run.file("checkpoint.pt")):
+        state = torch.load(run.file("checkpoint.pt"), weights_only=False)["state"]
+        run.log(f"resumed after epoch {state['epoch']}")
+    torch.manual_seed(args.seed)
+    model = NG.GrowableMLP(xtr.shape[1], widths, int(ytr.max()) + 1,
+                           max_widths=args.max_width).to(device)
+    run.log(f"neurogenesis {args.neurogenesis}{' ' + args.growth_schedule if args.growth_schedule else ''}"
+            f": MLP {xtr.shape[1]}-{widths}-{int(ytr.max()) + 1} (max {args.max_width} per layer), "
+            f"{len(xtr)} images, {args.epochs} epochs, batch {args.batch_size}, Adam "
+            f"{args.learning_rate:g}")
+    t0 = time.time()
+
+    def on_epoch(epoch, st):
+        run.save(dict(kind="neurogenesis", state=st, args=vars(args)), "checkpoint.pt")
+        run.write_json(st["result"]["epochs"], "history.json")
+        done, last = [e["seconds"] for e in st["result"]["epochs"]], st["result"]["epochs"][-1]
+        run.log(f"epoch {epoch}/{args.epochs}: test {100 * last['test_accuracy']:.2f}%, widths "
+                f"{last['widths']} ({last['seconds']:.0f}s), run ETA "
+                f"{fmt_eta(sum(done) / len(done) * (args.epochs - epoch))}")
+    stop = args.stop_after if args.stop_after and args.stop_after < args.epochs else None
+    res = NX.train_growing(model, strategy, (xtr, ytr, xte, yte), epochs=stop or args.epochs,
+                           batch_size=args.batch_size, lr=args.learning_rate,
+                           schedule=args.growth_schedule, max_widths=args.max_width,
+                           final_widths=[args.max_width] * len(widths) if args.growth_schedule
+                           else None,
+                           seed=args.seed, state=state, on_epoch=on_epoch)
+    if stop:
+        run.log(f"stopping after epoch {stop} (--stop_after); continue with --resume {run.path}")
+        return None
+    run.write_json({k: v for k, v in res.items() if k != "history"}, "result.json")
+    NX.plot_growth(res["history"]["widths"], run.file("widths.png"),
+                   f"{args.neurogenesis}: widths per hidden layer over training steps",
+                   [(e["epoch"], 100 * e["test_accuracy"]) for e in res["epochs"]])
+    run.log(f"finished in {time.time() - t0:.0f}s: test accuracy {100 * res['test_accuracy']:.2f}%, "
+            f"widths {res['widths']} ({res['params']:,} parameters)")
+    return res
+
+
+def dyno_run(args, run, device):
+    """--dyno near|far: pretrain the MLP on classes 0-4, then DYNO and static fine-tuning on the
+    target for --iterations mini-batches each, from the same pretrained weights (Sec. 7.3)."""
+    import neurogenesis_experiments as NX
+    xtr, ytr, xte, yte = (t.to(device) for t in _flat(load_dataset(args.dataset, args.data)))
+    src = [m for m in (ytr < 5, yte < 5)]
+    source = (xtr[src[0]], ytr[src[0]], xte[src[1]], yte[src[1]])
+    tgt = (xtr[~src[0]], ytr[~src[0]] - 5, xte[~src[1]], yte[~src[1]] - 5)
+    if args.dyno == "far":                         # a fixed pixel permutation: a far shift
+        perm = torch.randperm(xtr.shape[1], generator=torch.Generator().manual_seed(args.seed))
+        perm = perm.to(device)
+        tgt = (tgt[0][:, perm], tgt[1], tgt[2][:, perm], tgt[3])
+    torch.manual_seed(args.seed)
+    model = NX.pretrain(NX.TRANSFER_MODELS["mlp"](5).to(device), source, args.seed)
+    pre = {k: v.clone() for k, v in model.state_dict().items()}
+    run.log(f"pretrained on classes 0-4 ({len(source[0])} images): test "
+            f"{100 * NX.accuracy(model, source[2], source[3]):.2f}%")
+    rows = []
+    for method in ("dyno", "static"):
+        net = NX.TRANSFER_MODELS["mlp"](5).to(device)
+        net.load_state_dict(pre)
+        torch.manual_seed(args.seed)
+        torch.nn.init.xavier_uniform_(net.head.weight)
+        torch.nn.init.zeros_(net.head.bias)
+        r = NX.transfer(net, tgt, method, args.iterations, batch_size=args.batch_size,
+                        lr=args.learning_rate, seed=args.seed)
+        rows.append(dict(method=method, target=args.dyno, test_acc=round(100 * r["test_accuracy"], 2),
+                         mflops=round(r["flops"] / 1e6, 3), widths=r["widths"],
+                         widths_before=r["widths_before"], grown=r["grown"], pruned=r["pruned"],
+                         seconds=round(r["seconds"], 1)))
+        run.log(f"{method}: test {rows[-1]['test_acc']}% on classes 5-9 ({args.dyno}), "
+                f"{rows[-1]['mflops']} MFLOPs, widths {r['widths_before']} -> {r['widths']} "
+                f"({rows[-1]['seconds']}s)")
+        NX.plot_growth(r["widths_curve"], run.file(f"widths_{method}.png"),
+                       f"{method} transfer ({args.dyno}): widths per layer")
+    run.write_json(rows, "result.json")
+    return rows
+
+
+def equinas_run(args, run, device):
+    """--equinas evolutionary|differentiable on rotated Fashion-MNIST at equinas_experiments'
+    SIZES (quick or full): EquiNAS_E checkpoints every generation, EquiNAS_D every epoch."""
+    import equinas as E
+    import equinas_experiments as X
+    if device.type != "cpu":
+        run.log(f"note: --equinas runs on the CPU (equinas_experiments builds its networks "
+                f"there); {device} is not used")
+    sz = X.SIZES[bool(args.quick)]
+    d = X.prepare(load_dataset(args.dataset, args.data), sz["n_train"], sz["n_test"],
+                  lambda x, s: X.rotate_images(x, s))
+    cfg = dict(fields=sz["fields"], layers=sz["layers"], kernel_size=sz["kernel_size"],
+               hidden=sz["hidden"], mean=d["mean"], std=d["std"])
+    state = None
+    if args.resume and os.path.exists(run.file("checkpoint.pt")):
+        state = torch.load(run.file("checkpoint.pt"), weights_only=False)["state"]
+        run.log("resumed from the last checkpoint")
+    save = lambda st: run.save(dict(kind="equinas", state=st, args=vars(args)),  # noqa: E731
+                               "checkpoint.pt")
+    run.log(f"EquiNAS ({args.equinas}, {'quick' if args.quick else 'full'}): "
+            f"{len(d['train'][0])} rotated training images, {len(d['valid'][0])} validation, "
+            f"{len(d['test'][0])} test; {cfg}")
+    t0 = time.time()
+    if args.equinas == "evolutionary":
+        st = E.search_evolutionary(*d["train"], *d["valid"], generations=sz["generations"],
+                                   parent_size=sz["parent_size"], seed=args.seed, state=state,
+                                   on_generation=save, log=run.log, bn_images=sz["bn_images"], **cfg)
+        pop = [(net, ind) for net, ind in E.population(st)]
+        net, best = max(pop, key=lambda p: p[1]["valid_acc"])
+        history = st["history"]
+    else:
+        net, st = E.search_differentiable(*d["train"], epochs=sz["epochs_d"], seed=args.seed,
+                                          valid=d["valid"], state=state, on_epoch=save,
+                                          log=run.log, bn_images=sz["bn_images"], **cfg)
+        history = st["history"]
+    if sz["bn_images"]:
+        E.recalibrate_bn(net, d["train"][0][:sz["bn_images"]])
+    acc = E.accuracy(net, *d["test"])
+    groups = net.groups()
+    if args.equinas == "differentiable":             # mixed layers: the group of largest z
+        groups = [E.GROUPS[max(range(len(z)), key=z.__getitem__)] for z in net.z()]
+    out = dict(method=args.equinas, test_error=round(100 * (1 - acc), 2), groups=groups,
+               z=net.z() if args.equinas == "differentiable" else None,
+               params=net.num_params(), seconds=round(time.time() - t0))
+    run.write_json(out, "result.json")
+    run.write_json(history, "history.json")
+    run.log(f"finished: test error {out['test_error']}% with groups {out['groups']}"
+            + (" (largest z per layer)" if args.equinas == "differentiable" else "") + " "
+            f"({out['params']:,} parameters, {out['seconds']}s)")
+    return out
+
+
+def thesis_experiment(args, run):
+    """--experiment NAME of the thesis's systems, in the run directory; a second call with
+    the same run directory (--resume RUN) skips the single runs that finished."""
+    from options import parse_sizes
+    if getattr(args, "gpu", None) is not None:
+        run.log("note: the thesis experiments run on the CPU (their drivers build every network "
+                "there); --gpu is not used")
+    module, name = THESIS_EXPERIMENTS[args.experiment]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    sizes = parse_sizes(args.sizes) if getattr(args, "sizes", None) else None
+    t0 = time.time()
+    if module == "neurogenesis":
+        import neurogenesis_experiments as NX
+        data = None if name == "generated" else load_dataset(args.dataset or "fashion-mnist",
+                                                             args.data)
+        rows = NX.run(name, data, run.path, seeds=seeds, quick=args.quick, log=run.log,
+                      sizes=sizes)
+    else:
+        import equinas_experiments as X
+        rows = X.run(name, load_dataset(args.dataset or "fashion-mnist", args.data), run.path,
+                     seeds=seeds, quick=args.quick, log=run.log, sizes=sizes)
+    with open(run.file(name + ".md")) as f:
+        run.log(f"{args.experiment} done in {time.time() - t0:.0f}s\n" + f.read())
+    return rows
