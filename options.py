@@ -386,6 +386,9 @@ def build_parser():
                    "eg-nas with --search egnas)")
     _flag(s, "--merge_identity_skips", action="store_true",
           help="at stride 1, one skip_connect candidate instead of one identity per rule")
+    _flag(s, "--fused", action="store_true",
+          help="the fused supernet: the rule variants of each operation as one convolution "
+          "(same function and gradients, faster on the CPU; not with --crb)")
     _flag(s, "--checkpoint_cells", action="store_true",
           help="recompute each supernet cell in backward (less memory, ~1.3x time)")
     _flag(s, "--arch_learning_rate", type=NONNEG, default=3e-4, help="Adam lr of alpha")
@@ -473,6 +476,9 @@ def check_args(args, mode):
     check_rules_arg(args.rule, "--rule")
     check_rules_arg(args.force_rule or "bp", "--force_rule")
     check_rules_arg(args.base_rule, "--base_rule")
+    if getattr(args, "fused", False) and args.crb:
+        raise SystemExit("error: --fused computes the rule variants of an operation together; "
+                         "CRB prunes single candidates: drop --fused or --crb")
     if args.prox and args.admm:
         raise SystemExit("error: --prox and --admm are two alternative regularizers; pick one")
     if (args.schedule != "alternate" or args.prox or args.admm or args.crb) and \

@@ -68,7 +68,7 @@ def _errorbar_curves(summary, series_key, x, m, path, xlabel, title):
     for s in dict.fromkeys(r[series_key] for r in summary):
         pts = sorted((r[x], r[m + "_mean"], r[m + "_std"]) for r in summary if r[series_key] == s)
         ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", ms=3, capsize=2, label=s)
-    ax.set(xlabel=xlabel, ylabel=f"{m.replace('_', ' ')} (%)", title=title)
+    ax.set(xlabel=xlabel, ylabel=f"{m.replace('_', ' ')} (%)", title=textwrap.fill(title, 100))
     ax.title.set_fontsize(8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)

@@ -1,5 +1,6 @@
 """Figures of a run: alpha heatmaps, derived cells as graphs, training curves, bar charts.
 Each plot function writes `path` and returns its Figure, closed (its artists can still be read)."""
+import textwrap
 import numpy as np
 import torch
 
@@ -316,7 +317,7 @@ def plot_bars(groups, series, path, ylabel, title="", errors=None):
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels(groups, fontsize=8)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 90), fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     ax.set_ylim(0, 100 if max((v or 0) for vs in series.values() for v in vs) <= 100 else None)
     ncol = 2 if max(map(len, series)) > 20 else min(4, len(series))

@@ -49,7 +49,8 @@ def build_search_model(args, candidates):
                          mean=mean, std=std, activation="crb" if args.crb else "softmax",
                          partial_channels=getattr(args, "partial_channels", 1) or 1,
                          supernet=getattr(args, "supernet", None),
-                         merge_identity_skips=getattr(args, "merge_identity_skips", False))
+                         merge_identity_skips=getattr(args, "merge_identity_skips", False),
+                         fused=getattr(args, "fused", False))
 
 
 def alpha_batches(alpha_b, epoch):

@@ -193,10 +193,10 @@ def main():
 FUSION_SIZES = {  # name: Network and batch settings (first order, channels_last, 22 candidates)
     "quick (C 4, 3 cells, 2 nodes, 28x28x1, batch 32)":
         dict(C=4, layers=3, nodes=2, in_channels=1, size=28, batch=32),
-    "paper C 16, 5 cells, batch 32 (32x32x3)": dict(C=16, layers=5, nodes=4, size=32, batch=32),
-    "paper C 16, 8 cells, batch 32 (32x32x3)": dict(C=16, layers=8, nodes=4, size=32, batch=32),
-    "partial channels 4 (pc-darts), C 16, 8 cells, batch 64":
-        dict(C=16, layers=8, nodes=4, size=32, batch=64, partial=4, supernet="pc-darts"),
+    "paper C 16, 5 cells, 4 nodes, 32x32x3, batch 16": dict(C=16, layers=5, nodes=4, size=32,
+                                                             batch=16),
+    "partial channels 4 (pc-darts), C 16, 8 cells, batch 32":
+        dict(C=16, layers=8, nodes=4, size=32, batch=32, partial=4, supernet="pc-darts"),
 }
 
 
