@@ -8,7 +8,6 @@ thesis's numbers), NAME.csv (one row per method and seed) and NAME.png into out_
 finished sub-run (method, seed) is kept in out_dir/NAME.runs/ and an unfinished search is
 checkpointed there after every generation or epoch, so calling run() again resumes.
 """
-import csv
 import math
 import os
 import statistics
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 
 from equinas import (ELEMENTS, GROUPS, RPP, GroupConv2d, MixedGroupConv2d, accuracy, act, as_float, fit,
                      population, recalibrate_bn, search_differentiable, search_evolutionary)
+from run_dir import _atomic, md_table, write_csv
 
 EXPERIMENTS = ("equinas-table3", "equinas-table4", "equinas-fig12", "equinas-cost")
 PAPER_TABLE3 = {"EquiNAS_E": (1.78, 0.04), "RPP": (2.18, 0.04), "D4": (1.78, 0.11), "C4": (1.64, 0.22),
@@ -95,11 +95,6 @@ def prepare(data, n_train, n_test, transform=None, valid_fraction=0.1, seed=0):
 # Sub-runs: kept in NAME.runs/KEY.pt (a row when done, a checkpoint while running)
 # ----------------------------------------------------------------------------------------
 
-def _save(obj, path):
-    torch.save(obj, path + ".tmp")
-    os.replace(path + ".tmp", path)
-
-
 def _subrun(runs, key, work, log):
     """work(state, checkpoint) -> (row, extra); cached in runs/key.pt, resumed from its checkpoint."""
     path = os.path.join(runs, key + ".pt")
@@ -109,9 +104,9 @@ def _subrun(runs, key, work, log):
         return saved["row"], saved["extra"]
     t0 = time.perf_counter() - saved.get("seconds", 0.0)
     row, extra = work(saved.get("state"),
-                      lambda s: _save({"state": s, "seconds": time.perf_counter() - t0}, path))
+                      lambda s: _atomic(path, lambda p: torch.save({"state": s, "seconds": time.perf_counter() - t0}, p)))
     row["seconds"] = round(time.perf_counter() - t0, 1)
-    _save({"row": row, "extra": extra}, path)
+    _atomic(path, lambda p: torch.save({"row": row, "extra": extra}, p))
     log(f"{key}: test error {row.get('test_error')}%, {row['seconds']} s")
     return row, extra
 
@@ -261,19 +256,6 @@ def mixed_layer_cost(fields=16, size=28, batch=64, kernel_size=5, group="D4", gr
 # Reports: NAME.md, NAME.csv, NAME.png
 # ----------------------------------------------------------------------------------------
 
-def _write_csv(rows, path):
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, keys)
-        w.writeheader()
-        w.writerows(rows)
-
-
-def _md(header, rows):
-    return ("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
-            + "".join("| " + " | ".join("—" if v is None else str(v) for v in r) + " |\n" for r in rows))
-
-
 def _mean_std(vals):
     return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals) if len(vals) > 1 else 0.0:.2f}"
 
@@ -287,7 +269,7 @@ def _summary(rows, paper, title):
         out.append([m, f"{p[0]:.2f} ± {p[1]:.2f}" if p else None, _mean_std([r["test_error"] for r in rs]),
                     f"{statistics.mean(r['params'] for r in rs):,.0f}", len(rs),
                     f"{statistics.mean(r['seconds'] for r in rs):.0f}"])
-    return title + "\n\n" + _md(["method", "thesis rotMNIST error %", "measured error % (mean ± std)",
+    return title + "\n\n" + md_table(["method", "thesis rotMNIST error %", "measured error % (mean ± std)",
                                  "params", "seeds", "s / seed"], out)
 
 
@@ -407,7 +389,7 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
         text = (f"Cost of a [G]-mixed layer over {', '.join(GROUPS)} (Eq. 12: one convolution of the "
                 f"summed filters) against one group layer of the same expanded width, forward + "
                 f"backward, one thread, median of {sz['cost_repeats']} ({scale})\n\n"
-                + _md(["channels", "size", "batch", "single group", "single ms", "mixed ms", "mixed / single"],
+                + md_table(["channels", "size", "batch", "single group", "single ms", "mixed ms", "mixed / single"],
                       [[r["channels"], r["size"], r["batch"], r["group"], round(1000 * r["single_s"], 1),
                         round(1000 * r["mixed_s"], 1), round(r["ratio"], 2)] for r in rows]))
         from plots import plot_bars
@@ -421,7 +403,7 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
                 f"the mean over layers of the z mass on groups containing the augmentation group A"
                 + (f"; BatchNorm statistics recalibrated on {sz['bn_images']} training images before "
                    f"testing (not in the thesis)" if sz["bn_images"] else "") + "\n\n"
-                + _md(["augmentation", "test error %", "dominant group per layer", "z on ⊇A at init",
+                + md_table(["augmentation", "test error %", "dominant group per layer", "z on ⊇A at init",
                        "z on ⊇A at end", "s"],
                       [[r["method"], r["test_error"], r["dominant"], r["mass_init"], r["mass_final"], r["seconds"]]
                        for r in rows]))
@@ -438,7 +420,7 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
                       for r in rows if r["method"] == "EquiNAS_E"]
             text = (_summary(rows, PAPER_TABLE3, f"Table 3 ({scale}) on rotated Fashion-MNIST: "
                              + _scale(sz, d, what)) + "\nEquiNAS_E final populations\n\n"
-                    + _md(["seed", "best-validation member error %", "population mean error %",
+                    + md_table(["seed", "best-validation member error %", "population mean error %",
                            "its groups per layer", "params"], e_rows))
             _plot_table3(rows, extras, stem + ".png", f"Table 3 analogue ({scale}), rotated Fashion-MNIST")
         else:
@@ -447,11 +429,11 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
             d_rows = [[r["seed"], r["test_error"], r["groups"]] for r in rows if r["method"] == "EquiNAS_D"]
             text = (_summary(rows, PAPER_TABLE4, f"Table 4 ({scale}) on rotated Fashion-MNIST: "
                              + _scale(sz, d, what)) + "\nEquiNAS_D: largest z per layer at the end\n\n"
-                    + _md(["seed", "test error %", "argmax z per layer"], d_rows))
+                    + md_table(["seed", "test error %", "argmax z per layer"], d_rows))
             _plot_z_grid({f"seed {s}": extras[s]["z"] for s in sorted(extras)}, stem + ".png",
                          f"Table 4 analogue ({scale}): EquiNAS_D z per layer (Fig. 15) and error vs "
                          f"parameters (Fig. 14)", first=lambda ax: _plot_error_params(ax, rows))
     with open(stem + ".md", "w") as f:
         f.write(text)
-    _write_csv(rows, stem + ".csv")
+    write_csv(rows, stem + ".csv")
     return rows

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from dyno import DYNO, flops
 from neurogenesis import DENSE_ONLY, SCHEDULES, STRATEGIES, GrowableCNN, GrowableMLP, Neurogenesis
 from plots import _plt, _save
-from run_dir import Runs, _atomic, write_table
+from run_dir import Runs, _atomic, md_table, write_table
 
 EXPERIMENTS = ("generated", "pareto", "transfer", "trigger-cost")
 SIZES = {  # quick (True) and full (False); run(..., sizes={...}) overrides any of them
@@ -487,11 +487,6 @@ def _summary(rows, keys, fields):
     return res
 
 
-def _md(rows, cols):
-    return ("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
-            + "".join("| " + " | ".join("—" if r[c] is None else str(r[c]) for c in cols) + " |\n" for r in rows))
-
-
 def _report(rows, stem, keys, fields, title):
     """NAME.csv: every run; NAME.md: mean +- std over seeds, then every run."""
     cols = [k for k in rows[0] if k != "flops_curve"]
@@ -500,8 +495,8 @@ def _report(rows, stem, keys, fields, title):
 
     def write(path):
         with open(path, "w") as f:
-            f.write(f"{title}\n\nMean ± std over seeds:\n\n{_md(summary, list(summary[0]))}\n"
-                    f"Every run:\n\n{_md(rows, cols)}")
+            f.write(f"{title}\n\nMean ± std over seeds:\n\n{md_table(list(summary[0]), [[r[c] for c in summary[0]] for r in summary])}\n"
+                    f"Every run:\n\n{md_table(cols, [[r[c] for c in cols] for r in rows])}")
     _atomic(stem + ".md", write)
 
 

@@ -185,6 +185,21 @@ def atrous_conv(conv, x, kernel_size, stride, padding, dilation, crop_ok=True):
     return y.permute(0, 3, 1, 2)[:, :, :ho, :wo]
 
 
+def routed_conv(conv, x, layer, crop_ok=True):
+    """conv(x, stride, padding, dilation) with `layer`'s configuration, routed around two CPU
+    problems of oneDNN, the same function either way. A 1x1 convolution at stride s reads only
+    every s-th pixel: those are taken first and convolved at stride 1. This avoids a oneDNN fault
+    in the backward of strided 1x1 channels_last convolutions on the CPU (torch 2.9-2.14: heap
+    corruption, a segfault or an endless spin, with any thread count, e.g. x (3, 12, 28, 28) or
+    (3, 4, 28, 28), weight (4, C, 1, 1), stride 2; here it is DARTS's FactorizedReduce;
+    tests/test_rules.py runs that case in a subprocess). Dilated convolutions go through
+    atrous_conv."""
+    stride = layer.stride
+    if layer.kernel_size == (1, 1) and layer.padding == (0, 0) and stride != (1, 1):
+        x, stride = x[:, :, ::stride[0], ::stride[1]], (1, 1)
+    return atrous_conv(conv, x, layer.kernel_size, stride, layer.padding, layer.dilation, crop_ok)
+
+
 # ----------------------------------------------------------------------------------------
 # Layers
 # ----------------------------------------------------------------------------------------
@@ -287,27 +302,16 @@ class RuleConv2d(_RuleMixin, nn.Conv2d):
         if self.padding_mode != "zeros":
             raise ValueError(f"RuleConv2d supports padding_mode='zeros' only, "
                              f"got {self.padding_mode!r}")
-        stride = self.stride
-        if self.kernel_size == (1, 1) and self.padding == (0, 0) and stride != (1, 1):
-            # A 1x1 convolution at stride s reads only every s-th pixel: take them first and
-            # convolve at stride 1 (the same function). This routes around a oneDNN fault in
-            # the backward of strided 1x1 channels_last convolutions on the CPU (torch 2.9-2.14:
-            # heap corruption, a segfault or an endless spin, with any thread count, e.g.
-            # x (3, 12, 28, 28) or (3, 4, 28, 28), weight (4, C, 1, 1), stride 2; here it is
-            # DARTS's FactorizedReduce). tests/test_rules.py runs that case in a subprocess.
-            x, stride = x[:, :, ::stride[0], ::stride[1]], (1, 1)
         if self.rule == "bp" or self.exact:
-            return atrous_conv(lambda x_, s, p, d: F.conv2d(x_, self.weight, self.bias, s, p, d,
-                                                            self.groups),
-                               x, self.kernel_size, stride, self.padding, self.dilation)
+            return routed_conv(lambda x_, s, p, d: F.conv2d(x_, self.weight, self.bias, s, p, d,
+                                                            self.groups), x, self)
         if self.rule == "brsf" and self.training:
             self._draw_brsf()
         (x, w, b), cast = _autocast(x, self.weight, self.bias)
         with torch.autocast(x.device.type, enabled=False) if cast else contextlib.nullcontext():
-            return atrous_conv(lambda x_, s, p, d: FeedbackConv2dFunction.apply(
+            return routed_conv(lambda x_, s, p, d: FeedbackConv2dFunction.apply(
                 x_, w, b, self.weight_backward, self.rule, list(s), list(p), list(d),
-                self.groups), x, self.kernel_size, stride, self.padding, self.dilation,
-                crop_ok=self.rule != "hebbian")
+                self.groups), x, self, crop_ok=self.rule != "hebbian")
 
 
 class RuleLinear(_RuleMixin, nn.Linear):
@@ -373,13 +377,9 @@ class MultiRuleConv2d(nn.Conv2d):
         return torch.cat(blocks)
 
     def forward(self, x):
-        stride = self.stride
-        if self.kernel_size == (1, 1) and self.padding == (0, 0) and stride != (1, 1):
-            x, stride = x[:, :, ::stride[0], ::stride[1]], (1, 1)   # see RuleConv2d.forward
         if self.exact or all(r == "bp" for r in self.rules):
-            return atrous_conv(lambda x_, s, p, d: F.conv2d(x_, self.weight, self.bias, s, p, d,
-                                                            self.groups),
-                               x, self.kernel_size, stride, self.padding, self.dilation)
+            return routed_conv(lambda x_, s, p, d: F.conv2d(x_, self.weight, self.bias, s, p, d,
+                                                            self.groups), x, self)
         if self.training and "brsf" in self.rules:     # a new tensor: pending backwards keep theirs
             wb = self.weight_backward.clone()
             for r, rule in enumerate(self.rules):
@@ -390,9 +390,8 @@ class MultiRuleConv2d(nn.Conv2d):
         (x, w, b), cast = _autocast(x, self.weight, self.bias)
         with torch.autocast(x.device.type, enabled=False) if cast else contextlib.nullcontext():
             B = self.feedback_matrix().to(w.dtype)
-            return atrous_conv(lambda x_, s, p, d: FeedbackConv2dFunction.apply(
-                x_, w, b, B, "fa", list(s), list(p), list(d), self.groups),
-                x, self.kernel_size, stride, self.padding, self.dilation)
+            return routed_conv(lambda x_, s, p, d: FeedbackConv2dFunction.apply(
+                x_, w, b, B, "fa", list(s), list(p), list(d), self.groups), x, self)
 
 
 # ----------------------------------------------------------------------------------------

@@ -349,25 +349,31 @@ def _atomic(path, write):
     os.replace(tmp, path)
 
 
-def write_table(rows, columns, path_stem, title=""):
-    """rows (dicts) as a markdown table (path_stem.md) and CSV (path_stem.csv)."""
-    def cell(v):
-        return "—" if v is None else str(v)
+def md_table(header, rows):
+    """A markdown table: header names, rows as lists of cells (None shown as —)."""
+    return ("| " + " | ".join(header) + " |\n|" + "---|" * len(header) + "\n"
+            + "".join("| " + " | ".join("—" if v is None else str(v) for v in r) + " |\n" for r in rows))
 
-    def md(p):
-        with open(p, "w") as f:
-            f.write((f"{title}\n\n" if title else "") + "| " + " | ".join(h for h, _ in columns) + " |\n"
-                    + "|" + "---|" * len(columns) + "\n"
-                    + "".join("| " + " | ".join(cell(fn(r)) for _, fn in columns) + " |\n" for r in rows))
 
+def write_csv(rows, path):
+    """rows (dicts) as CSV at path, written whole (temp file, then rename)."""
     def csv_(p):
         keys = list(dict.fromkeys(k for r in rows for k in r))
         with open(p, "w", newline="") as f:
             w = csv.DictWriter(f, keys)
             w.writeheader()
             w.writerows(rows)
+    _atomic(path, csv_)
+
+
+def write_table(rows, columns, path_stem, title=""):
+    """rows (dicts) as a markdown table (path_stem.md) and CSV (path_stem.csv)."""
+    def md(p):
+        with open(p, "w") as f:
+            f.write((f"{title}\n\n" if title else "")
+                    + md_table([h for h, _ in columns], [[fn(r) for _, fn in columns] for r in rows]))
     _atomic(path_stem + ".md", md)
-    _atomic(path_stem + ".csv", csv_)
+    write_csv(rows, path_stem + ".csv")
 
 
 def _dump_json(obj, path):

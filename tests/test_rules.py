@@ -258,17 +258,23 @@ def test_hebbian_linear_update_closed_form():
     assert torch.allclose(x.grad, g @ lay.weight_backward, atol=1e-12)   # error goes on via B
 
 
+def _hebbian_conv_matches_unfolded(lay, x, **unfold):
+    """lay's weight gradient after one backward = minus the normalized Sanger update of the
+    Hebbian linear rule on all unfolded patches of x."""
+    lay(x).sum().backward()
+    n = lay.weight[0].numel()
+    patches = F.unfold(x, lay.kernel_size, **unfold).transpose(1, 2).reshape(-1, n)
+    W = lay.weight.detach().reshape(-1, n)
+    Y = patches @ W.t()
+    expect = -(Y.t() @ patches - torch.tril(Y.t() @ Y) @ W) / (Y ** 2).sum(0)[:, None]
+    assert torch.allclose(lay.weight.grad.reshape(-1, n), expect, atol=1e-10)
+
+
 def test_hebbian_conv_matches_unfolded_linear():
     """A Hebbian conv is the Hebbian linear rule applied to all unfolded patches."""
     torch.manual_seed(10)
-    lay = RuleConv2d(3, 4, 3, stride=2, padding=1, rule="hebbian")
-    x = torch.randn(2, 3, 7, 7)
-    lay(x).sum().backward()
-    patches = F.unfold(x, 3, padding=1, stride=2).transpose(1, 2).reshape(-1, 27)
-    W = lay.weight.detach().reshape(4, 27)
-    Y = patches @ W.t()
-    expect = -(Y.t() @ patches - torch.tril(Y.t() @ Y) @ W) / (Y ** 2).sum(0)[:, None]
-    assert torch.allclose(lay.weight.grad.reshape(4, 27), expect, atol=1e-10)
+    _hebbian_conv_matches_unfolded(RuleConv2d(3, 4, 3, stride=2, padding=1, rule="hebbian"),
+                                   torch.randn(2, 3, 7, 7), padding=1, stride=2)
 
 
 def test_hebbian_dilated_conv_matches_unfolded_linear():
@@ -276,14 +282,9 @@ def test_hebbian_dilated_conv_matches_unfolded_linear():
     sub-grids: the Hebbian sums must still run over exactly the layer's output positions."""
     for size in (8, 7):                       # 7: the sub-grids' extra row must not count
         torch.manual_seed(11)
-        lay = RuleConv2d(2, 3, 3, stride=1, padding=2, dilation=2, rule="hebbian")
-        x = torch.randn(2, 2, size, size)
-        lay(x).sum().backward()
-        patches = F.unfold(x, 3, dilation=2, padding=2).transpose(1, 2).reshape(-1, 18)
-        W = lay.weight.detach().reshape(3, 18)
-        Y = patches @ W.t()
-        expect = -(Y.t() @ patches - torch.tril(Y.t() @ Y) @ W) / (Y ** 2).sum(0)[:, None]
-        assert torch.allclose(lay.weight.grad.reshape(3, 18), expect, atol=1e-10)
+        _hebbian_conv_matches_unfolded(
+            RuleConv2d(2, 3, 3, stride=1, padding=2, dilation=2, rule="hebbian"),
+            torch.randn(2, 2, size, size), dilation=2, padding=2)
 
 
 def test_hebbian_bounded_and_finds_principal_component():
