@@ -11,11 +11,15 @@ Two parts:
   where it stopped -- and writes NAME.md, NAME.csv and plots beside the paper's numbers:
 
     table1           ResNet-20 and ResNet-56, each trained with bp, fa, usf, brsf, frsf (Table 1)
-    mixed-vs-single  a searched genotype with its mixed rules, and with every ruled op forced to
-                     one rule (Fig. 4), with gradient variance (Fig. 7), weights (Figs. 5-6) and
-                     alignment per layer
+    mixed-vs-single  per seed, a searched genotype (the seed's own search, or --genotype) with its
+                     mixed rules and with every ruled op forced to one rule (Fig. 4), with
+                     gradient variance (Fig. 7), weights (Figs. 5-6) and alignment per layer
     random-rules     the searched genotype against the same ops with rules drawn at random
                      (arXiv version, Table 5)
+    search-vs-random per search seed: the searched genotype, its ops with random rules, and a
+                     genotype drawn at random from the space (random ops and rules), each
+                     retrained with the same budget and seed (arXiv Table 5 and DARTS's
+                     random-architecture control)
     robustness       the searched model, ResNet-56 with each FA-family rule and ResNet-20 with
                      backprop under the attack preset, exact and feedback gradients (Table 2)
 
@@ -24,15 +28,18 @@ configuration (train.py flags as overrides); attack_fn(label) -> rows of
 attacks.evaluate_robustness for the network trained under `label`.
 """
 import os
+import textwrap
 
 import numpy as np
 import torch
 
 import rules
-from plots import _plt, plot_bars
-from run_dir import write_table
+from plots import _plt, _save, plot_bars
+from run_dir import write_csv, write_table
 
-EXPERIMENTS = ("table1", "mixed-vs-single", "random-rules", "robustness", "collapse")
+EXPERIMENTS = ("table1", "mixed-vs-single", "random-rules", "search-vs-random", "robustness",
+               "collapse")
+SEEDED = ("mixed-vs-single", "search-vs-random")   # every variant once per seed, mean +- std
 SINGLE_RULES = ("bp", "fa", "usf", "brsf", "frsf")
 
 # Table 1: test error (%) on CIFAR-10 and CIFAR-100 (None: not reported)
@@ -203,12 +210,25 @@ def plot_layers(summary, path, title=""):
 # Experiments
 # ----------------------------------------------------------------------------------------
 
-def plan(name, seeds=(1, 2, 3)):
-    """[(label, train.py overrides)] of the retrainings experiment `name` needs."""
+def plan(name, seeds=(1, 2, 3), searched=True):
+    """[(label, train.py overrides)] of the retrainings experiment `name` needs. In the SEEDED
+    ones each variant runs once per seed s (seed=s) on the genotype of search s (search_seed=s;
+    `searched=False`: on the --genotype given)."""
     if name == "table1":
         return [(f"resnet{d}-{r}", dict(model=f"resnet{d}", rule=r)) for d in (20, 56) for r in SINGLE_RULES]
-    if name == "mixed-vs-single":
-        return [("mixed", {})] + [(f"forced-{r}", dict(force_rule=r)) for r in SINGLE_RULES]
+    if name in SEEDED:
+        variants = ([("mixed", {})] + [(f"forced-{r}", dict(force_rule=r)) for r in SINGLE_RULES]
+                    if name == "mixed-vs-single" else
+                    [("searched", {}), ("searched-ops-random-rules", dict(random_rules="seed")),
+                     ("random-genotype", dict(random_genotype="seed"))])
+        out = []
+        for s in seeds:
+            for label, o in variants:
+                o = {k: s if v == "seed" else v for k, v in o.items()}
+                if "random_genotype" not in o and searched:
+                    o["search_seed"] = s
+                out.append((f"{label}-s{s}", dict(o, seed=s)))
+        return out
     if name == "random-rules":
         return [("searched", {})] + [(f"random-{s}", dict(random_rules=s)) for s in seeds]
     if name == "collapse":
@@ -238,17 +258,19 @@ def _layer_stats(res):
 
 
 def run(name, train_fn, attack_fn, out_dir, dataset="cifar10", seeds=(1, 2, 3), log=print,
-        search_fn=None):
+        search_fn=None, searched=True):
     """Run experiment `name` (EXPERIMENTS): every retraining of plan(name) (for "collapse",
     every search, search_fn(label, overrides) -> per-epoch history), then the report."""
     results = {}
-    todo = plan(name, seeds)
+    todo = plan(name, seeds, searched)
     for i, (label, overrides) in enumerate(todo):
         log(f"[{i + 1}/{len(todo)}] {label}: {overrides or 'the genotype as searched'}")
         results[label] = (search_fn if name == "collapse" else train_fn)(label, overrides)
     stem = os.path.join(out_dir, name)
     if name == "collapse":
         return report_collapse(results, stem, dataset)
+    if name in SEEDED:
+        return report_seeded(name, todo, results, stem, dataset)
     paper_col = "CIFAR-10" if dataset != "cifar100" else "CIFAR-100"
     if name == "table1":
         rows = []
@@ -313,6 +335,90 @@ def run(name, train_fn, attack_fn, out_dir, dataset="cifar10", seeds=(1, 2, 3), 
     plot_bars(cols, {f"{r['model']} ({r['grad']})": [r.get(c) for c in cols] for r in measured}, stem + ".png",
               "accuracy (%)", f"Table 2 layout, measured on {dataset}")
     return rows
+
+
+def _mean_std(values):
+    v = np.array([x for x in values if x is not None], dtype=float)
+    return (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0) if len(v) else (None, None)
+
+
+def report_seeded(name, todo, results, stem, dataset):
+    """A SEEDED experiment: NAME_seeds.csv (one row per variant and seed), NAME.md/.csv (mean
+    +- std over seeds, sample std, beside the paper), the paired differences to the searched
+    (mixed) genotype with its wins over seeds, and NAME.png with error bars."""
+    paper_col = "CIFAR-10" if dataset != "cifar100" else "CIFAR-100"
+    per_seed = []
+    for label, o in todo:
+        r = results[label]
+        per_seed.append(dict(variant=label.rsplit("-s", 1)[0], seed=o["seed"],
+                             test_acc=round(r["test_acc"], 2), best_acc=_best(r, lambda a: round(a, 2)),
+                             rules=" ".join(sorted(set(r["rules"]))), genotype=r.get("genotype"),
+                             seconds=round(r["seconds"]), **_layer_stats(r)))
+    write_csv(per_seed, stem + "_seeds.csv")
+    variants = list(dict.fromkeys(r["variant"] for r in per_seed))
+    ref = variants[0]                                     # searched / mixed
+    by = {v: {r["seed"]: r for r in per_seed if r["variant"] == v} for v in variants}
+
+    def paper(v):
+        if name == "mixed-vs-single":
+            return PAPER_FIG4.get(v.replace("forced-", ""))
+        return {"searched": PAPER_TABLE5["searched"], "searched-ops-random-rules": PAPER_TABLE5["random"]}.get(v)
+    rows = []
+    for v in variants:
+        acc = [r["test_acc"] for r in by[v].values()]
+        common = sorted(set(by[v]) & set(by[ref]))
+        diff = [by[ref][s]["test_acc"] - by[v][s]["test_acc"] for s in common]
+        m, sd = _mean_std(acc)
+        bm, bsd = _mean_std([r["best_acc"] for r in by[v].values()])
+        dm, dsd = _mean_std(diff)
+        rows.append(dict(variant=v, seeds=len(acc), paper_acc=paper(v), mean_acc=round(m, 2), std_acc=round(sd, 2),
+                         best_mean=None if bm is None else round(bm, 2), best_std=None if bsd is None else round(bsd, 2),
+                         ref_minus=None if v == ref else round(dm, 2), ref_minus_std=None if v == ref else round(dsd, 2),
+                         ref_wins=None if v == ref else f"{sum(d > 0 for d in diff)}/{len(diff)}",
+                         log10_grad_var=round(float(np.mean([r["log10_grad_var_mean"] for r in by[v].values()])), 2),
+                         angle=round(float(np.mean([r["alignment_mean"] for r in by[v].values()])), 1)))
+    cols = [("variant", lambda r: r["variant"]), ("seeds", lambda r: r["seeds"]),
+            (f"paper {paper_col} %", lambda r: r["paper_acc"]),
+            (f"measured {dataset} %, last epoch (mean ± std)", lambda r: f"{r['mean_acc']:.2f} ± {r['std_acc']:.2f}"),
+            ("best epoch % (mean ± std)", lambda r: None if r["best_mean"] is None else f"{r['best_mean']:.2f} ± {r['best_std']:.2f}"),
+            (f"{ref} − this, paired (mean ± std)", lambda r: None if r["ref_minus"] is None else f"{r['ref_minus']:+.2f} ± {r['ref_minus_std']:.2f}"),
+            (f"seeds {ref} wins", lambda r: r["ref_wins"]),
+            ("log10 grad var", lambda r: r["log10_grad_var"]), ("mean angle(W, B)°", lambda r: r["angle"])]
+    title = ("Fig. 4: the searched architecture, mixed rules vs one rule" if name == "mixed-vs-single" else
+             "Table 5 (arXiv) and DARTS's control: searched genotype vs random rules vs random genotype")
+    write_table(rows, cols, stem, f"{title} ({dataset}; mean ± sample std over seeds "
+                f"{', '.join(str(s) for s in sorted(by[ref]))}; per-seed values in {os.path.basename(stem)}_seeds.csv)")
+    seeds = sorted(by[ref])
+    plot_seeded(variants, {s: [by[v].get(s, {}).get("test_acc") for v in variants] for s in seeds},
+                [r["mean_acc"] for r in rows], [r["std_acc"] for r in rows], [r["paper_acc"] for r in rows],
+                stem + ".png", f"{title} ({dataset})", paper_col)
+    first = {lab.rsplit("-s", 1)[0]: results[lab] for lab, o in todo if o["seed"] == seeds[0]}
+    plot_dynamics(first, stem + "_dynamics.png", f"{name} ({dataset}, seed {seeds[0]})")
+    return rows
+
+
+def plot_seeded(variants, per_seed, means, stds, paper, path, title, paper_col):
+    """Mean +- std bars per variant, each seed's value as a dot joined across variants (paired
+    seeds), the paper's number as a cross."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(variants)), 4.2))
+    x = np.arange(len(variants))
+    ax.bar(x, means, 0.6, yerr=stds, capsize=4, color="#9ecae1", label="mean ± std over seeds")
+    for s, accs in per_seed.items():
+        ax.plot(x, [np.nan if a is None else a for a in accs], "o-", ms=3, lw=0.6, alpha=0.7, label=f"seed {s}")
+    if any(p is not None for p in paper):
+        ax.plot(x, [np.nan if p is None else p for p in paper], "kx", ms=8, label=f"paper ({paper_col})")
+    vals = [a for accs in per_seed.values() for a in accs if a is not None] + [p for p in paper if p is not None]
+    lo = min(vals)
+    ax.set_ylim(max(0, lo - 0.15 * (max(vals) - lo + 1) - 2), min(100, max(vals) + 2))
+    ax.set_xticks(x)
+    ax.set_xticklabels(variants, fontsize=8)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(textwrap.fill(title, 80), fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=4)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def plot_dynamics(results, path, title=""):

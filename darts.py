@@ -496,6 +496,32 @@ def random_rules(genotype, seed, rules=("fa", "usf", "brsf", "frsf"),
                     draw(genotype.reduce), list(genotype.reduce_concat))
 
 
+def random_genotype(seed, steps=4, rules=("fa", "usf", "brsf", "frsf"),
+                    skip_rules=("usf", "brsf", "frsf")):
+    """A genotype drawn uniformly from the search space (the random-architecture baseline of
+    DARTS Sec. 3.3 / Li & Talwalkar 2019 with BioNAS's rules): per cell and intermediate node,
+    two distinct inputs among the earlier nodes, on each an op uniform over the 7 non-`none`
+    ops, then its rule uniform over that op's rules (as `random_rules`)."""
+    g = torch.Generator().manual_seed(seed)
+    names = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
+             "dil_conv_3x3", "dil_conv_5x5")
+
+    def pick(seq):
+        return seq[int(torch.randint(len(seq), (1,), generator=g))]
+
+    def cell():
+        edges = []
+        for i in range(steps):
+            for j in sorted(torch.randperm(2 + i, generator=g)[:2].tolist()):
+                op = pick(names)
+                rule = None if op.endswith("pool_3x3") else pick(
+                    skip_rules if op == "skip_connect" else rules)
+                edges.append((ops.candidate_name(op, rule), j))
+        return edges
+    concat = list(range(2, 2 + steps))
+    return Genotype(cell(), concat, cell(), list(concat))
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 def drop_path(x, drop_prob):

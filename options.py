@@ -247,8 +247,10 @@ def _quick_help():
 
 
 EXPERIMENT_HELP = dict(table1="ResNet-20/56 with each single rule (Table 1)",
-                       **{"mixed-vs-single": "the genotype vs the same with every edge forced "
-                          "to one rule (Fig. 4; needs --genotype)",
+                       **{"mixed-vs-single": "per seed, the genotype of the seed's search (or "
+                          "--genotype) vs the same with every edge forced to one rule (Fig. 4)",
+                          "search-vs-random": "per seed, the searched genotype vs its ops with "
+                          "random rules vs a random genotype (arXiv Table 5, DARTS's control)",
                           "random-rules": "the genotype vs random rule assignments (--seeds; "
                           "needs --genotype)",
                           "robustness": "attacks on the genotype and on single-rule ResNets "
@@ -294,8 +296,8 @@ def build_parser():
                    help="a BioNAS analysis: " + "; ".join(f"{k}: {v}" for k, v in
                                                            EXPERIMENT_HELP.items()))
     m.add_argument("--seeds", help="the SEEDs of --experiment and --plasticity, comma-separated "
-                   "(default: 1,2,3 for the BioNAS and thesis experiments, 0,1,2,3,4 for "
-                   "--plasticity)")
+                   "(default: 1,2,3,4,5 for mixed-vs-single and search-vs-random, 1,2,3 for "
+                   "the other BioNAS and the thesis experiments, 0,1,2,3,4 for --plasticity)")
     m.add_argument("--quick", action="store_true", help=_quick_help())
     d = p.add_argument_group("data and machine")
     d.add_argument("--dataset", choices=list(DATASETS),
@@ -486,7 +488,8 @@ def check_args(args, mode):
         raise SystemExit("error: --schedule/--prox/--admm/--crb/--darts_prime change the DARTS "
                          "alpha step; use them with --search darts")
     if args.seeds is None:
-        args.seeds = "0,1,2,3,4" if args.plasticity else "1,2,3"
+        args.seeds = "0,1,2,3,4" if args.plasticity else (
+            "1,2,3,4,5" if args.experiment in bionas_experiments.SEEDED else "1,2,3")
     try:
         [int(s) for s in args.seeds.split(",")]
     except ValueError:
@@ -548,8 +551,11 @@ def check_args(args, mode):
         if args.merge_identity_skips and args.search == "egnas":
             raise SystemExit("error: --merge_identity_skips works with --search darts (EG-NAS's "
                              "individuals set every candidate's weight)")
+    if mode == "experiment" and args.experiment in bionas_experiments.SEEDED and args.genotype:
+        if not os.path.isfile(args.genotype):
+            raise SystemExit(f"error: --genotype {args.genotype}: no such file")
     if mode == "train" and args.model == "darts" or mode == "experiment" and \
-            args.experiment in ("mixed-vs-single", "random-rules", "robustness"):
+            args.experiment in ("random-rules", "robustness"):
         if not args.genotype:
             raise SystemExit(f"error: {'--experiment ' + args.experiment if mode == 'experiment' else '--train'}"
                              f" needs --genotype PATH, the genotype.json of a search (e.g. of "

@@ -196,12 +196,27 @@ def experiment(args, run, device):
         return out
 
     def retrain(sub, resume_dir, overrides):
+        overrides = dict(overrides)
+        g = genotype
+        if "search_seed" in overrides:                  # the genotype of search s (searched once)
+            s = overrides.pop("search_seed")
+            g = darts.Genotype(**search_fn(f"search-s{s}", dict(seed=s))[-1]["genotype"])
+        if "random_genotype" in overrides:                # a cell of the searches' node count
+            g = darts.random_genotype(overrides.pop("random_genotype"), search_args({}).nodes,
+                                      args.rules.split(","), args.skip_rules.split(","))
         targs = argparse.Namespace(**dict(vars(args), **overrides))
         targs.train, targs.stop_after = True, None
         apply_defaults(targs, "train")
         targs.experiment, targs.resume = None, resume_dir   # `--resume RUN/LABEL`: this run
+        if g is not None and g is not genotype:   # its own genotype.json (the rules it trains)
+            if targs.random_rules is not None:
+                g = darts.random_rules(g, targs.random_rules, args.rules.split(","),
+                                       args.skip_rules.split(","))
+                targs.random_rules = None
+            sub.write_json(g._asdict(), "genotype.json")
+            targs.genotype = sub.file("genotype.json")
         sub.write_json(vars(targs), "args.json")
-        acc = train(targs, sub, device, genotype if targs.model == "darts" else None)
+        acc = train(targs, sub, device, g if targs.model == "darts" else None)
         with open(sub.file("layers.json")) as f:
             layers = json.load(f)
         with open(sub.file("history.json")) as f:
@@ -214,15 +229,24 @@ def experiment(args, run, device):
         return dict(test_acc=acc, best_test_acc=best["test_acc"], best_epoch=best["epoch"] + 1,
                     layers=layers, seconds=seconds, rules=cells or layers["rules"],
                     force_scope=targs.force_scope if targs.force_rule else None,
-                    params=sum(p.numel() for p in build_eval_model(targs, genotype).parameters()))
+                    genotype=str(tuple(g)) if g is not None else None,
+                    params=sum(p.numel() for p in build_eval_model(targs, g).parameters()))
 
-    def search_run(sub, resume_dir, overrides):
-        """collapse: a DARTS search (--quick: the quick search for 15 epochs, or --epochs)."""
+    def search_args(overrides):
+        """collapse: a DARTS search (--quick: the quick search for 15 epochs, or --epochs); the
+        searches of the SEEDED experiments: the search preset's epochs and sizes (the size flags
+        given are the retrainings')."""
         targs = argparse.Namespace(**dict(vars(args), **overrides))
         targs.search, targs.train, targs.stop_after, targs.experiment = "darts", False, None, None
-        if args.quick and args.epochs is None:
+        if args.experiment in bionas_experiments.SEEDED:
+            for k in ("subset", "batch_size", "learning_rate", "init_channels", "layers", "epochs"):
+                setattr(targs, k, None)
+        elif args.quick and args.epochs is None:
             targs.epochs = 15
-        apply_defaults(targs, "search")
+        return apply_defaults(targs, "search")
+
+    def search_run(sub, resume_dir, overrides):
+        targs = search_args(overrides)
         targs.resume = resume_dir
         sub.write_json(vars(targs), "args.json")
         search(targs, sub, device)
@@ -257,7 +281,7 @@ def experiment(args, run, device):
     t0 = time.time()
     out = bionas_experiments.run(args.experiment, train_fn, attack_fn, run.path, probe.dataset,
                                  [int(s) for s in args.seeds.split(",")], log=run.log,
-                                 search_fn=search_fn)
+                                 search_fn=search_fn, searched=genotype is None)
     with open(run.file(args.experiment + ".md")) as f:
         run.log(f"{args.experiment} done in {time.time() - t0:.0f}s\n" + f.read())
     return out

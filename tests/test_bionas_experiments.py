@@ -205,25 +205,96 @@ def test_experiment_table1_cli(tmp_path, fake):
     assert (out / "table1.png").exists() and "| resnet56 | usf | 0.85M | 8.2 |" in (out / "table1.md").read_text()
 
 
-def test_experiment_mixed_vs_single_and_resume(tmp_path, fake, monkeypatch):
+def _mean_std(xs):
+    m = sum(xs) / len(xs)
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def test_experiment_mixed_vs_single_over_seeds_and_resume(tmp_path, fake, monkeypatch):
     flags, gpath = fake
-    train.main(["--experiment", "mixed-vs-single", "--genotype", gpath, "--run_name", "m"] + flags)
+    train.main(["--experiment", "mixed-vs-single", "--genotype", gpath, "--seeds", "1,2",
+                "--run_name", "m"] + flags)
     out = tmp_path / "runs" / "m"
-    rows = _rows(out / "mixed-vs-single.csv")
-    assert [r["variant"] for r in rows] == ["mixed"] + [f"forced-{r} (network)" for r in
-                                                        ("bp", "fa", "usf", "brsf", "frsf")]
-    assert rows[0]["rules"] == "brsf fa frsf usf"
-    for r in rows[1:]:
-        assert r["rules"] == r["variant"][7:].split()[0]      # every cell-edge conv has the forced rule
-        hist = json.loads((out / r["variant"].split()[0] / "history.json").read_text())
-        assert float(r["best_acc"]) == pytest.approx(round(max(h["test_acc"] for h in hist), 2))
+    variants = ["mixed"] + [f"forced-{r}" for r in ("bp", "fa", "usf", "brsf", "frsf")]
+    seeds = _rows(out / "mixed-vs-single_seeds.csv")
+    assert [(r["variant"], int(r["seed"])) for r in seeds] == [(v, s) for s in (1, 2) for v in variants]
+    for r in seeds:
+        sub = out / f"{r['variant']}-s{r['seed']}"
+        assert json.loads((sub / "args.json").read_text())["seed"] == int(r["seed"])
+        hist = json.loads((sub / "history.json").read_text())
         assert float(r["test_acc"]) == pytest.approx(round(hist[-1]["test_acc"], 2))
+        assert float(r["best_acc"]) == pytest.approx(round(max(h["test_acc"] for h in hist), 2))
+        assert r["rules"] == ("brsf fa frsf usf" if r["variant"] == "mixed" else r["variant"][7:])
+    rows = _rows(out / "mixed-vs-single.csv")
+    assert [r["variant"] for r in rows] == variants
+    acc = {(r["variant"], int(r["seed"])): float(r["test_acc"]) for r in seeds}
+    for r in rows:
+        m, sd = _mean_std([acc[(r["variant"], s)] for s in (1, 2)])
+        assert float(r["mean_acc"]) == pytest.approx(m, abs=0.006)
+        assert float(r["std_acc"]) == pytest.approx(sd, abs=0.006)        # sample std (n - 1)
+        if r["variant"] != "mixed":
+            d = [acc[("mixed", s)] - acc[(r["variant"], s)] for s in (1, 2)]
+            assert float(r["ref_minus"]) == pytest.approx(sum(d) / 2, abs=0.006)
+            assert r["ref_wins"] == f"{sum(x > 0 for x in d)}/2"
     assert [r["paper_acc"] for r in rows] == ["94.86", "", "", "86.54", "83.17", "90.58"]
-    assert (out / "mixed-vs-single_dynamics.png").exists() and (out / "mixed-vs-single.png").exists()
+    for f in ("mixed-vs-single.png", "mixed-vs-single_dynamics.png", "mixed-vs-single.md"):
+        assert (out / f).exists()
     # --resume reuses every finished retraining instead of training again
     monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("retrained a finished run"))
     rows2 = train.main(["--resume", str(out)])
-    assert [r["test_acc"] for r in rows2] == [float(r["test_acc"]) for r in rows]
+    assert [r["mean_acc"] for r in rows2] == [float(r["mean_acc"]) for r in rows]
+
+
+def test_random_genotype_is_a_uniform_draw_of_the_space():
+    seen_ops, seen_inputs = set(), set()
+    conv_rules, skip_rules = ("fa", "usf", "brsf", "frsf"), ("usf", "brsf", "frsf")
+    for seed in range(60):
+        g = darts.random_genotype(seed, steps=3)
+        darts.check_genotype(g)
+        assert g.normal_concat == g.reduce_concat == [2, 3, 4]
+        for cell in (g.normal, g.reduce):
+            assert len(cell) == 6
+            for i in range(3):                    # two distinct earlier nodes per node
+                (_, a), (_, b) = cell[2 * i], cell[2 * i + 1]
+                assert a != b and 0 <= a < 2 + i and 0 <= b < 2 + i
+                seen_inputs.add((i, a)), seen_inputs.add((i, b))
+            for name, _ in cell:
+                op, r = darts.ops.parse_candidate(name)
+                seen_ops.add(op)
+                assert op != "none"
+                if op.endswith("pool_3x3"):
+                    assert r is None
+                else:
+                    assert r in (skip_rules if op == "skip_connect" else conv_rules)
+    assert seen_ops == {"max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3",
+                        "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"}
+    assert seen_inputs == {(i, j) for i in range(3) for j in range(2 + i)}
+    assert darts.random_genotype(5) == darts.random_genotype(5) != darts.random_genotype(6)
+    assert darts.random_genotype(5).normal != darts.random_genotype(5).reduce
+
+
+def test_experiment_search_vs_random_searches_per_seed(tmp_path, fake):
+    flags, _ = fake
+    rows = train.main(["--experiment", "search-vs-random", "--seeds", "3,4", "--run_name", "sr"]
+                      + flags)
+    out = tmp_path / "runs" / "sr"
+    assert [r["variant"] for r in rows] == ["searched", "searched-ops-random-rules", "random-genotype"]
+    for s in (3, 4):
+        search_args = json.loads((out / f"search-s{s}" / "args.json").read_text())
+        assert search_args["seed"] == s and search_args["nodes"] == 2       # the quick search
+        assert search_args["init_channels"] == 4 and search_args["epochs"] == 3
+        found = darts.load_genotype(str(out / f"search-s{s}" / "genotype.json"))
+        g = {v: darts.load_genotype(str(out / f"{v}-s{s}" / "genotype.json"))
+             for v in ("searched", "searched-ops-random-rules", "random-genotype")}
+        assert g["searched"] == found
+        assert g["searched-ops-random-rules"] == darts.random_rules(found, s)
+        assert [j for _, j in g["searched-ops-random-rules"].normal] == [j for _, j in found.normal]
+        assert g["random-genotype"] == darts.random_genotype(s, steps=2)
+        for v in g:
+            a = json.loads((out / f"{v}-s{s}" / "args.json").read_text())
+            assert a["seed"] == s and a["subset"] == 64 and a["init_channels"] == 4
+    seeds = _rows(out / "search-vs-random_seeds.csv")
+    assert len(seeds) == 6 and (out / "search-vs-random.png").exists()
 
 
 def test_experiment_random_rules_and_robustness_cli(tmp_path, fake):
@@ -251,7 +322,9 @@ def test_experiment_random_rules_and_robustness_cli(tmp_path, fake):
 def test_experiment_needs_genotype(tmp_path, fake):
     flags, _ = fake
     with pytest.raises(SystemExit, match="needs --genotype"):
-        train.main(["--experiment", "mixed-vs-single"] + flags)
+        train.main(["--experiment", "random-rules"] + flags)
+    with pytest.raises(SystemExit, match="no such file"):
+        train.main(["--experiment", "mixed-vs-single", "--genotype", "nope.json"] + flags)
 
 
 def test_multistep_schedule_is_biotorchs_at_250_epochs():
