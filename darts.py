@@ -304,12 +304,17 @@ class Architect:
     grad_a L_val(w', a) - xi * [grad_a L_train(w+, a) - grad_a L_train(w-, a)] / (2 eps)
     with w+- = w +- eps grad_w' L_val(w', a), eps = 0.01 / ||grad_w' L_val|| (Eqs. 7-8).
     Adam on alpha: lr 3e-4, betas (0.5, 0.999), weight decay 1e-3. `regularizer()` (optional)
-    is a term of alpha alone added to the alpha loss (DARTS-PRIME's proximity or ADMM term)."""
+    is a term of alpha alone added to the alpha loss (DARTS-PRIME's proximity or ADMM term).
+    `reduce(grads)` (optional) averages every gradient of a data loss over the processes of a
+    distributed search (run_dir.all_average), so each rank takes the step one process would
+    take on the union of the shards: the virtual step, grad_w' L_val (hence eps), both
+    finite-difference gradients and grad_a are all whole-batch quantities."""
 
     def __init__(self, model, momentum=0.9, weight_decay=3e-4, arch_learning_rate=3e-4,
-                 arch_weight_decay=1e-3, unrolled=False, regularizer=None, nesterov=False):
+                 arch_weight_decay=1e-3, unrolled=False, regularizer=None, nesterov=False,
+                 reduce=None):
         self.model, self.momentum, self.weight_decay = model, momentum, weight_decay
-        self.nesterov = nesterov
+        self.nesterov, self.reduce = nesterov, reduce or (lambda grads: grads)
         self.unrolled, self.regularizer = unrolled, regularizer
         self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=arch_learning_rate,
                                           betas=(0.5, 0.999), weight_decay=arch_weight_decay)
@@ -323,7 +328,7 @@ class Architect:
                                          network_optimizer)
         else:
             alphas = self.model.arch_parameters()
-            grads = _grad(self.model.loss(x_valid, y_valid), alphas)
+            grads = self.reduce(_grad(self.model.loss(x_valid, y_valid), alphas))
             for a, g in zip(alphas, grads):
                 a.grad = g
         if self.regularizer is not None:
@@ -338,7 +343,7 @@ class Architect:
         heavy ball); with nesterov=True w' = w - eta * (d + momentum * (momentum * buf + d)),
         torch's Nesterov step (DARTS's code always takes the heavy-ball form)."""
         weights = self.model.weights()
-        grads = _grad(self.model.loss(x, y), weights)
+        grads = self.reduce(_grad(self.model.loss(x, y), weights))
         unrolled = copy.deepcopy(self.model)
         with torch.no_grad():
             for w, g, w2 in zip(weights, grads, unrolled.weights()):
@@ -355,7 +360,7 @@ class Architect:
             raise ValueError("the second-order architect step needs eta (the weights' lr)")
         unrolled = self._unrolled_model(x_train, y_train, eta, network_optimizer)
         alphas_u, weights_u = unrolled.arch_parameters(), unrolled.weights()
-        grads = _grad(unrolled.loss(x_valid, y_valid), alphas_u + weights_u)
+        grads = self.reduce(_grad(unrolled.loss(x_valid, y_valid), alphas_u + weights_u))
         d_alpha, d_w = grads[:len(alphas_u)], grads[len(alphas_u):]
         implicit = self._hessian_vector_product(d_w, x_train, y_train)
         for a, da, h in zip(self.model.arch_parameters(), d_alpha, implicit):
@@ -370,11 +375,11 @@ class Architect:
             for w, v in zip(weights, vector):
                 w.add_(v, alpha=eps)
         with torch.random.fork_rng(devices=_devices(self.model)):
-            g_pos = _grad(self.model.loss(x, y), alphas)
+            g_pos = self.reduce(_grad(self.model.loss(x, y), alphas))
         with torch.no_grad():
             for w, v in zip(weights, vector):
                 w.sub_(v, alpha=2 * eps)
-        g_neg = _grad(self.model.loss(x, y), alphas)
+        g_neg = self.reduce(_grad(self.model.loss(x, y), alphas))
         with torch.no_grad():
             for w, v in zip(weights, vector):
                 w.add_(v, alpha=eps)

@@ -224,10 +224,7 @@ def compound_fitness(model, x, y, individual, alpha_proj, acc_alpha, zeta=1.0, e
     individual at least as accurate as alpha is rewarded for being different from it.
     `individual` is a flat vector of both cells' (edges x candidates) values; its rows are
     L2-normalized and softmaxed into mixing weights. Returns (f, accuracy, weights)."""
-    k, n = alpha_proj[0].shape
-    z = torch.as_tensor(individual, dtype=torch.float32, device=alpha_proj[0].device)
-    z = z.reshape(2, k, n)
-    z = z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    z = _normalized(individual, alpha_proj)
     sim = torch.stack([(F.cosine_similarity(a, zi, dim=-1) + 1) / 2
                        for a, zi in zip(alpha_proj, z)]).mean().item()
     wn, wr = F.softmax(z[0], dim=-1), F.softmax(z[1], dim=-1)
@@ -236,6 +233,33 @@ def compound_fitness(model, x, y, individual, alpha_proj, acc_alpha, zeta=1.0, e
     loss = F.cross_entropy(logits, y).item()
     f = zeta * loss + eta * sim if acc >= acc_alpha else zeta * loss - eta * sim
     return f, acc, (wn, wr)
+
+
+def _normalized(individual, alpha_proj):
+    """The individual as (2, edges, candidates) rows of unit L2 norm."""
+    k, n = alpha_proj[0].shape
+    z = torch.as_tensor(individual, dtype=torch.float32, device=alpha_proj[0].device)
+    z = z.reshape(2, k, n)
+    return z / z.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _score(model, x, y, pop, alpha_proj, acc_alpha, zeta, eta, shard, all_sum):
+    """[(f, accuracy, weights)] of a population. With shard = (rank, world) this rank scores
+    individuals rank, rank + world, ... and all_sum (a sum over the ranks) fills in the others'
+    (exact: each entry is one rank's float64 plus zeros), so every rank holds every score."""
+    rank, world = shard
+    vals = torch.zeros(len(pop), 2, dtype=torch.float64)
+    for i, z in enumerate(pop):
+        if i % world == rank:
+            f, acc, _ = compound_fitness(model, x, y, z, alpha_proj, acc_alpha, zeta, eta)
+            vals[i, 0], vals[i, 1] = f, acc
+    if world > 1:
+        vals = all_sum(vals)
+    out = []
+    for (f, acc), z in zip(vals.tolist(), pop):
+        zn = _normalized(z, alpha_proj)
+        out.append((f, acc, (F.softmax(zn[0], dim=-1), F.softmax(zn[1], dim=-1))))
+    return out
 
 
 def exploration_sigma(epoch, as_released=False):
@@ -255,7 +279,7 @@ def _check_generations(generations):
 
 @torch.no_grad()
 def explore(model, x, y, epoch, samples=3, population_size=50, zeta=1.0, eta=0.4, seed=0, *,
-            as_released=False, generations=1):
+            as_released=False, generations=1, shard=(0, 1), all_sum=None):
     """One EG-NAS exploration around alpha on the validation batch (x, y) (App. A.4.2).
 
     N = `samples` CMA-ES runs of `population_size` individuals, each individual scored by
@@ -272,6 +296,8 @@ def explore(model, x, y, epoch, samples=3, population_size=50, zeta=1.0, eta=0.4
         a run go to the later individual. Its 0%-accuracy quirk (weights 0 win) is not
         reproduced: see the module docstring.
     generations=G: the paper's iterated CMA-ES (G generations per run); the code runs 1.
+    shard=(rank, world), all_sum: a distributed search's split of every population over the
+    ranks (same x, y and model on each); the CMA-ES state stays identical on every rank.
     """
     generations = _check_generations(generations)
     was = model.training
@@ -293,8 +319,7 @@ def explore(model, x, y, epoch, samples=3, population_size=50, zeta=1.0, eta=0.4
         kept = None                                   # (f, accuracy, weights) of the run
         for _ in range(generations):
             pop = es.ask()
-            scored = [compound_fitness(model, x, y, z, alpha_proj, acc_alpha, zeta, eta)
-                      for z in pop]
+            scored = _score(model, x, y, pop, alpha_proj, acc_alpha, zeta, eta, shard, all_sum)
             es.tell(pop, [f for f, _, _ in scored])
             for f, acc, weights in scored:            # ties: earlier (ours), later (released)
                 if kept is None or f < kept[0] or (as_released and f == kept[0]):
@@ -312,11 +337,14 @@ class EGNASSearcher:
     the previous s by `pop_momentum` (0 in EG-NAS). Defaults are EG-NAS's: N = 3 samples,
     population 50, zeta = 1, eta = 0.4, xi = 0.1, 15 warm-start epochs. `as_released` and
     `generations` choose the version of the exploration (see explore); they are
-    configuration, not state, so state_dict leaves them to the run's arguments."""
+    configuration, not state, so state_dict leaves them to the run's arguments. Distributed
+    (`dist`: run_dir's (rank, world, all_sum, all_gather, broadcast_state)): the ranks' alpha
+    shards are gathered into the whole batch, rank 0's buffers broadcast, the population split."""
 
     def __init__(self, model, samples=3, population_size=50, zeta=1.0, eta=0.4, xi=0.1,
                  warm_start_epochs=15, pop_momentum=0.0, seed=0, log=print, *,
-                 as_released=False, generations=1):
+                 as_released=False, generations=1, dist=None):
+        self.dist = dist
         self.model, self.samples, self.population_size = model, samples, population_size
         self.zeta, self.eta, self.xi, self.warm_start_epochs = zeta, eta, xi, warm_start_epochs
         self.pop_momentum, self.seed, self.log = pop_momentum, seed, log
@@ -339,9 +367,15 @@ class EGNASSearcher:
         if epoch == self.last_epoch or epoch < self.warm_start_epochs:
             return
         self.last_epoch = epoch
+        shard, all_sum = (0, 1), None
+        if self.dist is not None:
+            rank, world, all_sum, all_gather, broadcast_state = self.dist
+            xv, yv, shard = all_gather(xv), all_gather(yv), (rank, world)
+            broadcast_state(self.model)                # eval mode: rank 0's BN statistics
         weights, acc = explore(self.model, xv, yv, epoch, self.samples, self.population_size,
                                self.zeta, self.eta, seed=self.seed * 1000 + epoch,
-                               as_released=self.as_released, generations=self.generations)
+                               as_released=self.as_released, generations=self.generations,
+                               shard=shard, all_sum=all_sum)
         with torch.no_grad():
             for a, s_prev, w in zip(self.model.arch_parameters(), self.s, weights):
                 s_new = self.pop_momentum * s_prev + (1 - self.pop_momentum) * w.to(a.device)

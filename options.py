@@ -62,7 +62,7 @@ EGNAS_DEFAULTS = dict(augment=True, batch_size=256, learning_rate=0.1, learning_
 QUICK = {  # --quick: search then a short retrain on Fashion-MNIST, minutes on a 2-core CPU
     "search": dict(dataset="fashion-mnist", subset=1600, batch_size=32, learning_rate=0.05,
                    learning_rate_min=0.0, nesterov=True, epochs=3, init_channels=4, layers=3,
-                   nodes=2, report_freq=10, warm_start_epochs=1),
+                   nodes=2, report_freq=10, warm_start_epochs=1, arch_learning_rate=3e-2),
     "train": dict(dataset="fashion-mnist", subset=40000, batch_size=64, learning_rate=0.05,
                   epochs=5, init_channels=8, layers=4, auxiliary=False, cutout=0,
                   drop_path_prob=0.0, augment=False, report_freq=50),
@@ -73,7 +73,7 @@ QUICK = {  # --quick: search then a short retrain on Fashion-MNIST, minutes on a
                        holdout=0),
 }
 # the flags --resume accepts: they change how a run continues, not what it computes
-RESUME_FLAGS = ("epochs", "gpu", "report_freq", "stop_after", "data")
+RESUME_FLAGS = ("epochs", "gpu", "gpus", "report_freq", "stop_after", "data")
 MIN_LAYERS = 3               # reductions at 1/3 and 2/3 of the depth leave a normal cell
 
 
@@ -105,6 +105,11 @@ def apply_defaults(args, mode):
         args.supernet = "pc-darts" if (args.partial_channels or 1) > 1 else "darts"
     if mode == "search" and args.partial_channels is None:
         args.partial_channels = 1
+    if mode == "search":
+        if args.arch_learning_rate is None:
+            args.arch_learning_rate = 3e-4                   # DARTS's Adam lr of alpha
+        if args.fused is None:                               # --quick: 1.5x faster, same result
+            args.fused = bool(args.quick and args.search == "darts" and not args.crb)
     return args
 
 
@@ -308,6 +313,9 @@ def build_parser():
     _flag(d, "--augment", action=argparse.BooleanOptionalAction,
           help="random crop and flip of training images (" + _mode_default("augment") + ")")
     d.add_argument("--gpu", type=NONNEG_INT, help="CUDA device index (default: the CPU)")
+    d.add_argument("--gpus", metavar="D1,D2,...",
+                   help="--experiment: run its searches and retrainings concurrently, one per "
+                   "listed device (CUDA indices; 'cpu' for a CPU slot), e.g. 0,1,2,3")
     d.add_argument("--amp", choices=["bf16", "fp16"],
                    help="mixed precision of the weight steps, fp16 with a GradScaler "
                         "(default: off, float32)")
@@ -388,12 +396,14 @@ def build_parser():
                    "eg-nas with --search egnas)")
     _flag(s, "--merge_identity_skips", action="store_true",
           help="at stride 1, one skip_connect candidate instead of one identity per rule")
-    _flag(s, "--fused", action="store_true",
+    _flag(s, "--fused", action=argparse.BooleanOptionalAction,
           help="the fused supernet: the rule variants of each operation as one convolution "
-          "(same function and gradients, faster on the CPU; not with --crb)")
+          "(same function and gradients, faster on the CPU; not with --crb) (default: on with "
+          "--search darts --quick, off otherwise; --no-fused: off)")
     _flag(s, "--checkpoint_cells", action="store_true",
           help="recompute each supernet cell in backward (less memory, ~1.3x time)")
-    _flag(s, "--arch_learning_rate", type=NONNEG, default=3e-4, help="Adam lr of alpha")
+    _flag(s, "--arch_learning_rate", type=NONNEG,
+          help="Adam lr of alpha (default: 3e-4, DARTS's; --quick: 3e-2)")
     _flag(s, "--arch_weight_decay", type=NONNEG, default=1e-3, help="weight decay of alpha")
     th = p.add_argument_group("neurogenesis and DYNO (Maile's thesis Ch. 6, 7)")
     th.add_argument("--widths", default="64,64", help="--neurogenesis: initial hidden widths")
@@ -551,6 +561,14 @@ def check_args(args, mode):
         if args.merge_identity_skips and args.search == "egnas":
             raise SystemExit("error: --merge_identity_skips works with --search darts (EG-NAS's "
                              "individuals set every candidate's weight)")
+    if args.gpus is not None:
+        devs = args.gpus.split(",")
+        if mode != "experiment" or args.experiment in thesis_runs.THESIS_EXPERIMENTS:
+            raise SystemExit("error: --gpus spreads the sub-runs of a BioNAS --experiment over "
+                             "devices; a single run takes --gpu N (or torchrun for several)")
+        if not all(d == "cpu" or d.isdigit() for d in devs):
+            raise SystemExit(f"error: --gpus {args.gpus!r}: give CUDA indices or 'cpu' separated "
+                             f"by commas, e.g. 0,1,2,3")
     if mode == "experiment" and args.experiment in bionas_experiments.SEEDED and args.genotype:
         if not os.path.isfile(args.genotype):
             raise SystemExit(f"error: --genotype {args.genotype}: no such file")

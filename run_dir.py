@@ -70,6 +70,75 @@ def distributed(device):
     return dist.get_rank(), world
 
 
+def all_average(tensors):
+    """Under torchrun: each tensor replaced in place by its mean over the ranks (gloo / NCCL
+    all-reduce; the mean of equal shards' gradients is the whole batch's); returns them."""
+    import torch.distributed as dist
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        for t in tensors:
+            if t is not None:
+                dist.all_reduce(t)
+                t.div_(dist.get_world_size())
+    return tensors
+
+
+def all_sum(tensor):
+    """Under torchrun: the tensor summed over the ranks, in place (a gather of entries that each
+    rank fills in its own places, zeros elsewhere); returns it."""
+    import torch.distributed as dist
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def all_gather(x):
+    """Under torchrun: the ranks' equal-sized tensors concatenated in rank order (dim 0)."""
+    import torch.distributed as dist
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return x
+    parts = [torch.empty(x.shape, dtype=x.dtype, device=x.device)
+             for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def broadcast_state(model, src=0):
+    """Under torchrun: rank `src`'s buffers (BN statistics, feedback matrices) on every rank."""
+    import torch.distributed as dist
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        for b in model.buffers():
+            dist.broadcast(b, src)
+
+
+def run_on_devices(jobs, devices, work, log=print, poll=0.2):
+    """work(*payload, device) for every (name, payload) of `jobs`, each in a spawned process,
+    at most one at a time on each of `devices` (a device may be listed twice to run two jobs
+    on it), in order; returns {name: device} when all have finished, or stops with a one-line
+    error naming the jobs that failed (their sub-runs keep their checkpoints: rerun to resume)."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    pending, running, placed, failed = list(jobs), {}, {}, []
+    while pending or running:
+        for slot, dev in enumerate(devices):
+            if slot not in running and pending:
+                name, payload = pending.pop(0)
+                p = ctx.Process(target=work, args=tuple(payload) + (dev,), daemon=False)
+                p.start()
+                running[slot], placed[name] = (p, name), dev
+                log(f"{name}: started on {'cpu' if dev is None else f'cuda:{dev}'}")
+        for slot, (p, name) in list(running.items()):
+            if not p.is_alive():
+                p.join()
+                del running[slot]
+                if p.exitcode:
+                    failed.append(name)
+        time.sleep(poll)
+    if failed:
+        raise SystemExit(f"error: {len(failed)} sub-run(s) failed: {', '.join(failed)}; see their "
+                         f"log lines above, then rerun with --resume to continue")
+    return placed
+
+
 class Run:
     """A run directory: log.txt, args.json, checkpoint.pt (atomic), metrics.json. With
     main=False (ranks other than 0 under torchrun) nothing is printed or written. lock=True

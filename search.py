@@ -16,7 +16,9 @@ import ops
 from data import DATASETS, load_dataset
 from plots import plot_alphas, plot_cell, plot_history
 from retrain import make_batches, place
-from run_dir import Meter, autocast, eta_after_epoch, fmt_eta, check_model_finite, evaluate, resume, rng_state, sgd_step
+from run_dir import (Meter, all_average, all_gather, all_sum, autocast, broadcast_state,
+                     check_model_finite, distributed, eta_after_epoch, evaluate, fmt_eta, resume,
+                     rng_state, sgd_step)
 
 
 def write_genotype(genotype, run, method):
@@ -68,13 +70,22 @@ def alpha_batches(alpha_b, epoch):
 def search(args, run, device, after=0.0):
     """BioNAS-DARTS search (DARTS train_search.py): per step one alpha step on an alpha-half
     batch, then one SGD step of the weights on a weight-half batch. `after`: the seconds
-    estimated for what follows (the --quick retraining), for the run's ETA."""
+    estimated for what follows (the --quick retraining), for the run's ETA.
+
+    Under torchrun every rank takes 1/world of each weight and alpha batch; the weight
+    gradients are averaged before clipping (so DARTS-PRIME's Fisher trace is the whole batch's
+    too), the architect averages every gradient it uses (darts.Architect `reduce`), EG-NAS
+    splits its populations; the torch seed is the same on every rank, so brsf draws agree.
+    Each rank normalizes its shard with its own BN statistics (DDP's default); rank 0
+    evaluates, logs and writes."""
     torch.manual_seed(args.seed)
+    rank, world = distributed(device)
     candidates = ops.search_space(args.rules.split(","), args.skip_rules.split(","),
                                   zero=args.search == "darts" and not args.crb)
     (xw, yw), (xa, ya) = split_search_data(args)
-    train_b = make_batches(args, xw, yw, device, train=True)
-    alpha_b = make_batches(args, xa, ya, device, train=True, seed_offset=1,
+    train_b = make_batches(args, xw, yw, device, train=True, rank=rank, world=world)
+    alpha_b = make_batches(args, xa, ya, device, train=True, seed_offset=1, rank=rank,
+                           world=world,
                            batch_size=args.batch_size // 2 if args.search == "egnas" else None)
     eval_b = make_batches(args, xa, ya, device, train=False)
     model = place(build_search_model(args, candidates), args, device)
@@ -83,12 +94,21 @@ def search(args, run, device, after=0.0):
                                 weight_decay=args.weight_decay, nesterov=args.nesterov)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs,
                                                            eta_min=args.learning_rate_min)
-    searcher = make_searcher(args, model, run)
+    searcher = make_searcher(args, model, run, world)
     start, history = resume(args, run, device, model, optimizer, scheduler, searcher,
                             kinds=("search",))
     run.log(f"search {args.search}: {len(candidates)} candidates, "
             f"{sum(p.numel() for p in model.weights()) / 1e6:.2f}M weights, "
-            f"{len(xw)} weight / {len(xa)} alpha images, {args.epochs} epochs on {device}")
+            f"{len(xw)} weight / {len(xa)} alpha images, {args.epochs} epochs on {device}"
+            + (f" x {world} processes (batch {args.batch_size // world} each)" if world > 1 else ""))
+    weights = list(model.weights())
+    record = searcher.record if args.schedule == "fimt" else None
+
+    def before_clip():                       # whole-batch gradients, then the Fisher trace
+        if world > 1:
+            all_average([w.grad for w in weights])
+        if record is not None:
+            record()
     sched = getattr(searcher, "schedule", None)                  # None: EG-NAS, every step
     amp, scaler = autocast(args, device)                        # --amp: the weight steps
     for epoch in range(start, args.epochs):
@@ -105,12 +125,16 @@ def search(args, run, device, after=0.0):
             with amp():
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
-            sgd_step(loss, logits, y, model.weights(), optimizer, args, run, meter, epoch, step,
-                     lr, before_clip=searcher.record if args.schedule == "fimt" else None,
+            sgd_step(loss, logits, y, weights, optimizer, args, run, meter, epoch, step,
+                     lr, before_clip=before_clip if world > 1 or record else None,
                      scaler=scaler)
             if sched is not None and sched.after_weight_step(searcher.fisher):
                 searcher.step(x, y, *next(alpha_it), lr, optimizer, epoch)
         scheduler.step()
+        if rank > 0:                     # rank 0 evaluates, logs, checkpoints and plots
+            if args.stop_after and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
+                return None
+            continue
         valid_acc, valid_loss = evaluate(model, eval_b)
         check_model_finite(model, run, f"epoch {epoch + 1}", args, valid_loss)
         genotype = model.genotype()
@@ -143,6 +167,8 @@ def search(args, run, device, after=0.0):
                     f"--resume {run.path}")
             return None
     genotype = model.genotype()
+    if rank > 0:
+        return genotype
     write_genotype(genotype, run, args.search)
     for cell in ("normal", "reduce"):
         plot_cell(genotype, cell, run.file(f"cell_{cell}.png"))
@@ -156,7 +182,7 @@ class DartsSearcher:
     """The alpha update of the DARTS search: darts.Architect, first or second order, with the
     DARTS-PRIME options (darts_prime.py): --schedule, --prox or --admm, --crb."""
 
-    def __init__(self, args, model):
+    def __init__(self, args, model, world=1):
         self.model, self.progress, self.fisher = model, 0.0, None      # progress: set by search()
         self.schedule = darts_prime.Schedule(args.schedule)
         self.admm = darts_prime.ADMM(model) if args.admm else None
@@ -166,7 +192,8 @@ class DartsSearcher:
                                          args.arch_learning_rate,
                                          0.0 if args.crb else args.arch_weight_decay,
                                          args.unrolled, regularizer=reg,
-                                         nesterov=bool(args.nesterov))
+                                         nesterov=bool(args.nesterov),
+                                         reduce=all_average if world > 1 else None)
 
     def record(self):
         """After the weights' backward, before clipping: Eq. 18's Fisher trace."""
@@ -194,12 +221,15 @@ class DartsSearcher:
             self.model.prune()                       # rebuild the edges' active lists
 
 
-def make_searcher(args, model, run):
+def make_searcher(args, model, run, world=1):
     if args.search == "egnas":
         import egnas
         return egnas.EGNASSearcher(model, args.samples, args.population_size, args.zeta,
                                    args.eta, args.xi, args.warm_start_epochs, args.pop_momentum,
                                    seed=args.seed, log=run.log,
                                    as_released=getattr(args, "eg_as_released", False),
-                                   generations=getattr(args, "cma_generations", 1) or 1)
-    return DartsSearcher(args, model)
+                                   generations=getattr(args, "cma_generations", 1) or 1,
+                                   dist=(distributed(next(model.parameters()).device) +
+                                         (all_sum, all_gather, broadcast_state))
+                                   if world > 1 else None)
+    return DartsSearcher(args, model, world)

@@ -28,7 +28,7 @@ from options import (SEARCH_DEFAULTS, apply_defaults, apply_thesis_defaults, bui
 from plots import plot_curves
 from retrain import build_eval_model, estimate_seconds, load_checkpoint_model, train
 from search import search
-from run_dir import WARNINGS, Run, distributed, fmt_eta, load_checkpoint, pick_device
+from run_dir import WARNINGS, Run, distributed, fmt_eta, load_checkpoint, pick_device, run_on_devices
 
 # ============================================================================ attacks
 
@@ -176,13 +176,10 @@ def plasticity(args, run, device):
     return out
 
 
-def experiment(args, run, device):
-    """--experiment NAME: a BioNAS analysis (bionas_experiments.py). Each retraining is a train.py
-    run in RUN/LABEL: a finished one (result.json) is reused, an interrupted one resumes, so
-    `--resume RUN` continues the experiment where it stopped."""
-    import attacks
+def experiment_runs(args, run, device):
+    """(train_fn, search_fn) of an experiment: each retraining or search a train.py run in
+    RUN/LABEL; a finished one (result.json) is reused, an interrupted one resumes."""
     genotype = darts.load_genotype(args.genotype) if args.genotype else None
-    probe = apply_defaults(argparse.Namespace(**vars(args)), "train")
 
     def cached(label, name, compute):
         """RUN/LABEL/NAME left by a finished run, else compute(sub, resume) saved there; resume
@@ -260,8 +257,42 @@ def experiment(args, run, device):
 
     def search_fn(label, overrides):
         return cached(label, "result.json", lambda sub, r: search_run(sub, r, overrides))
+    return train_fn, search_fn
 
-    test_set = []                                   # loaded once, at the first attack
+
+def experiment_job(args_dict, run_path, kind, label, overrides, gpu):
+    """One sub-run of an experiment in a process of its own on device `gpu` (--gpus)."""
+    args = argparse.Namespace(**dict(args_dict, gpu=gpu))
+    run = Run(run_path)                  # the parent holds the lock; log lines are appended
+    train_fn, search_fn = experiment_runs(args, run, pick_device(gpu))
+    (search_fn if kind == "search" else train_fn)(label, overrides)
+    run.close()
+
+
+def experiment(args, run, device):
+    """--experiment NAME: a BioNAS analysis (bionas_experiments.py). Each retraining is a train.py
+    run in RUN/LABEL: a finished one (result.json) is reused, an interrupted one resumes, so
+    `--resume RUN` continues the experiment where it stopped. --gpus D1,D2,...: the searches,
+    then the retrainings, run concurrently, one per device, before the report."""
+    import attacks
+    genotype = darts.load_genotype(args.genotype) if args.genotype else None
+    probe = apply_defaults(argparse.Namespace(**vars(args)), "train")
+    train_fn, search_fn = experiment_runs(args, run, device)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    if args.gpus:
+        todo = bionas_experiments.plan(args.experiment, seeds, genotype is None)
+        kind = "search" if args.experiment == "collapse" else "train"
+        searches = sorted({o["search_seed"] for _, o in todo if "search_seed" in o})
+        devices = [None if d == "cpu" else int(d) for d in args.gpus.split(",")]
+        for phase in ([("search", f"search-s{s}", dict(seed=s)) for s in searches],
+                      [(kind, label, o) for label, o in todo]):
+            jobs = [(job[1], (vars(args), run.path) + job) for job in phase
+                    if not os.path.exists(os.path.join(run.path, job[1], "result.json"))]
+            if jobs:
+                run.log(f"--gpus {args.gpus}: {len(jobs)} {phase[0][0]} runs, one per device "
+                        f"at a time")
+                run_on_devices(jobs, devices, experiment_job, run.log)
+                                   # loaded once, at the first attack
 
     def attack_run(sub):
         model, _ = load_checkpoint_model(sub.file("checkpoint.pt"), device)
@@ -280,8 +311,8 @@ def experiment(args, run, device):
             f"{probe.dataset}, runs in {run.path}")
     t0 = time.time()
     out = bionas_experiments.run(args.experiment, train_fn, attack_fn, run.path, probe.dataset,
-                                 [int(s) for s in args.seeds.split(",")], log=run.log,
-                                 search_fn=search_fn, searched=genotype is None)
+                                 seeds, log=run.log, search_fn=search_fn,
+                                 searched=genotype is None)
     with open(run.file(args.experiment + ".md")) as f:
         run.log(f"{args.experiment} done in {time.time() - t0:.0f}s\n" + f.read())
     return out
@@ -300,9 +331,10 @@ def new_run(args, mode):
     rank, world = distributed(pick_device(args.gpu))
     if world > 1:                                   # every rank writes into rank 0's directory
         import torch.distributed as dist
-        if mode not in ("train", "attack"):
-            raise SystemExit("error: under torchrun only --train (retraining, ResNet baselines) "
-                             "and --attack run; run searches and experiments in one process")
+        if mode not in ("train", "attack", "search"):
+            raise SystemExit("error: under torchrun only --search, --train and --attack run; "
+                             "run experiments in one process (--gpus spreads their "
+                             "retrainings over GPUs)")
     if rank == 0:
         path = os.path.join(args.save, name[0])
         if os.path.exists(path) and os.listdir(path):
@@ -464,14 +496,15 @@ def quick_retrain_estimate(args, device):
 def retrain_after_quick_search(args, run, device, genotype):
     """--quick: retrain the derived network briefly on the whole training set."""
     targs = quick_retrain_args(args)
-    sub = Run(os.path.join(run.path, "retrain"))
+    sub = Run(os.path.join(run.path, "retrain"), main=run.main)     # torchrun: rank 0 writes
     if os.path.exists(sub.file("checkpoint.pt")):
         targs.resume = sub.path
     sub.write_json(vars(targs), "args.json")
     t0 = time.time()
     acc = train(targs, sub, device, genotype)
-    run.log(f"quick retrain: test accuracy {acc:.2f}% in {time.time() - t0:.0f}s "
-            f"(run directory {sub.path})")
+    if acc is not None:
+        run.log(f"quick retrain: test accuracy {acc:.2f}% in {time.time() - t0:.0f}s "
+                f"(run directory {sub.path})")
 
 
 if __name__ == "__main__":

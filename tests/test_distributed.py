@@ -167,3 +167,212 @@ def test_attack_table_split_over_two_ranks_equals_one_process(tmp_path):
         for k in ("clean", "fgsm"):
             assert float(a[k]) == pytest.approx(float(b[k]), abs=1e-6), k
     assert not (tmp_path / "runs" / "two" / "rank1").exists()
+
+
+# ------------------------------------------------------------------ distributed search (torchrun)
+
+def _spawn(fn, tmp_path, *args):
+    ctx = mp.spawn(fn, args=(2, _free_port(), str(tmp_path)) + args, nprocs=2, join=False)
+    assert ctx.join(timeout=600) or ctx.join(timeout=600), "the 2-process run did not finish"
+
+
+def _env(rank, world, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+    dist.init_process_group("gloo")
+    return dist
+
+
+SEARCH_RULES = ("fa", "brsf")                       # brsf: a fresh feedback draw per forward
+
+
+def _supernet():
+    import ops
+    torch.manual_seed(0)
+    return darts.Network(4, 10, 3, ops.search_space(SEARCH_RULES, ("brsf",)), steps=2,
+                         multiplier=2, in_channels=1)
+
+
+def _search_batches(steps=2, n=16):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g),
+             torch.randn(n, 1, 8, 8, generator=g), torch.randint(0, 10, (n,), generator=g))
+            for _ in range(steps)]
+
+
+def _search_steps(model, loss_model, unrolled, batches, reduce_alpha, reduce_w):
+    """search.py's step: the architect's alpha step, then SGD on the weights (grads averaged
+    before clipping). Returns alpha and the weights after the steps."""
+    torch.manual_seed(3)                                     # the same brsf draws on every rank
+    arch = darts.Architect(loss_model, unrolled=unrolled, reduce=reduce_alpha)
+    opt = torch.optim.SGD(model.weights(), 0.05, momentum=0.9, weight_decay=3e-4)
+    for x, y, xv, yv in batches:
+        arch.step(x, y, xv, yv, 0.05, opt)
+        opt.zero_grad()
+        loss_model.loss(x, y).backward()
+        reduce_w([p.grad for p in model.weights()])
+        torch.nn.utils.clip_grad_norm_(model.weights(), 5.0)
+        opt.step()
+    return [a.detach().clone() for a in model.arch_parameters()], \
+        [w.detach().clone() for w in model.weights()]
+
+
+class _TwoShards(torch.nn.Module):
+    """One process on the union of the two ranks' shards: the loss is the mean of the shards'
+    losses, each shard through the network with its own BN batch statistics (as each rank
+    normalizes its own) and the same brsf draw (each rank draws the same); the RNG advances
+    as one forward does."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def weights(self):
+        return self.net.weights()
+
+    def arch_parameters(self):
+        return self.net.arch_parameters()
+
+    def loss(self, x, y):
+        h = len(x) // 2
+        with torch.random.fork_rng():
+            first = self.net.loss(x[:h], y[:h])
+        return (first + self.net.loss(x[h:], y[h:])) / 2
+
+
+def _search_worker(rank, world, port, out, unrolled, reduce_alpha):
+    _env(rank, world, port)
+    import run_dir
+    model = _supernet()
+    h = 8
+    shard = [(x[rank * h:(rank + 1) * h], y[rank * h:(rank + 1) * h],
+              xv[rank * h:(rank + 1) * h], yv[rank * h:(rank + 1) * h])
+             for x, y, xv, yv in _search_batches()]
+    res = _search_steps(model, model, unrolled, shard,
+                        run_dir.all_average if reduce_alpha else None, run_dir.all_average)
+    torch.save(res, os.path.join(out, f"search{rank}.pt"))
+
+
+@pytest.mark.parametrize("unrolled", [False, True])
+def test_two_rank_search_step_is_one_process_on_the_union(tmp_path, unrolled):
+    model = _supernet()
+    ref_a, ref_w = _search_steps(model, _TwoShards(model), unrolled, _search_batches(),
+                                 None, lambda grads: grads)
+    for reduce_alpha in (True, False) if not unrolled else (True,):
+        _spawn(_search_worker, tmp_path, unrolled, reduce_alpha)
+        (a0, w0), (a1, w1) = (torch.load(tmp_path / f"search{r}.pt") for r in (0, 1))
+        gap = max((a - r).abs().max().item() for a, r in zip(a0, ref_a))
+        if reduce_alpha:
+            for a, b in zip(a0 + w0, a1 + w1):
+                assert torch.equal(a, b)                       # the ranks agree exactly
+            assert gap < 1e-5
+            for w, r in zip(w0, ref_w):
+                assert torch.allclose(w, r, atol=1e-5, rtol=1e-4)
+        else:                  # each rank's alpha steps on its own shard: another search
+            assert gap > 1e-4 and max((a - b).abs().max().item() for a, b in zip(a0, a1)) > 1e-4
+
+
+def _egnas_worker(rank, world, port, out):
+    _env(rank, world, port)
+    import egnas
+    import run_dir
+    model, (x, y, _, _) = _supernet(), _search_batches(1)[0]
+    torch.save(egnas.explore(model, x, y, 1, samples=2, population_size=5, seed=4,
+                             shard=(rank, world), all_sum=run_dir.all_sum),
+               os.path.join(out, f"eg{rank}.pt"))
+
+
+def test_two_rank_egnas_exploration_is_the_one_process_result(tmp_path, monkeypatch):
+    import egnas
+    model, (x, y, _, _) = _supernet(), _search_batches(1)[0]
+    calls = []
+    score = egnas.compound_fitness
+    monkeypatch.setattr(egnas, "compound_fitness", lambda *a: calls.append(1) or score(*a))
+    (wn, wr), acc = egnas.explore(model, x, y, 1, samples=2, population_size=5, seed=4)
+    assert len(calls) == 10
+    _spawn(_egnas_worker, tmp_path)
+    for r in (0, 1):
+        (wn2, wr2), acc2 = torch.load(tmp_path / f"eg{r}.pt")
+        assert acc2 == acc and torch.equal(wn2, wn) and torch.equal(wr2, wr)
+
+
+def _cli_worker(rank, world, port, out, argv):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+    train.main(list(argv))
+    dist.destroy_process_group()
+
+
+def test_two_rank_search_resumes_under_torchrun_as_uninterrupted(tmp_path):
+    base = tiny_args(tmp_path, "--search", "darts", "--epochs", "2", "--rules", "fa,brsf",
+                     "--skip_rules", "brsf", "--arch_learning_rate", "3e-2")
+    _spawn(_cli_worker, tmp_path, base + ["--run_name", "full"])
+    _spawn(_cli_worker, tmp_path, base + ["--run_name", "cut", "--stop_after", "1"])
+    runs = tmp_path / "runs"
+    assert len(json.loads((runs / "cut" / "history.json").read_text())) == 1
+    _spawn(_cli_worker, tmp_path, ["--resume", str(runs / "cut")])
+    full, cut = (torch.load(runs / n / "checkpoint.pt", weights_only=False) for n in ("full", "cut"))
+    assert cut["epoch"] == full["epoch"] == 1
+    for k in ("alphas_normal", "alphas_reduce"):
+        assert torch.equal(full["model"][k], cut["model"][k])
+        assert (full["model"][k] - full["model"][k].mean()).abs().max() > 1e-3    # alpha moved
+    log = (runs / "full" / "log.txt").read_text()
+    assert "x 2 processes (batch 8 each)" in log and log.count("epoch 2/2 done") == 1
+
+
+# ------------------------------------------------------------------ --gpus: sub-runs over devices
+
+def _timed_job(out, name, device):
+    import time
+    t0 = time.time()
+    time.sleep(0.4)
+    if name == "bad":
+        raise RuntimeError("planted failure")
+    with open(os.path.join(out, name + ".json"), "w") as f:
+        json.dump(dict(device=device, start=t0, end=time.time()), f)
+
+
+def test_run_on_devices_one_job_per_device_at_a_time(tmp_path):
+    import run_dir
+    names = [f"j{i}" for i in range(3)]
+    placed = run_dir.run_on_devices([(n, (str(tmp_path), n)) for n in names], [0, 1],
+                                    _timed_job, log=lambda *a: None, poll=0.05)
+    rec = {n: json.loads((tmp_path / f"{n}.json").read_text()) for n in names}
+    assert {n: r["device"] for n, r in rec.items()} == placed and set(placed.values()) == {0, 1}
+    for dev in (0, 1):                               # never two jobs at once on one device
+        spans = sorted((r["start"], r["end"]) for r in rec.values() if r["device"] == dev)
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    starts = sorted(r["start"] for r in rec.values())
+    assert starts[1] - starts[0] < 0.35                     # the two devices run concurrently
+    with pytest.raises(SystemExit, match="1 sub-run.*failed: bad"):
+        run_dir.run_on_devices([("bad", (str(tmp_path), "bad")), ("ok", (str(tmp_path), "ok"))],
+                               [0], _timed_job, log=lambda *a: None, poll=0.05)
+    assert (tmp_path / "ok.json").exists()                  # the others still ran
+
+
+def test_experiment_gpus_spreads_sub_runs_and_reuses_finished(tmp_path, monkeypatch):
+    gpath = tmp_path / "g.json"
+    darts.save_genotype(GENOTYPE, str(gpath))
+    argv = tiny_args(tmp_path, "--experiment", "random-rules", "--genotype", str(gpath),
+                     "--seeds", "4", "--epochs", "1", "--init_channels", "4", "--quick",
+                     "--gpus", "cpu,cpu", "--run_name", "ex")
+    rows = train.main(argv)
+    run = tmp_path / "runs" / "ex"
+    log = (run / "log.txt").read_text()
+    labels = ["searched", "random-4"]
+    for label in labels:                               # each once, in its own process
+        assert log.count(f"{label}: started on cpu") == 1
+        assert json.loads((run / label / "result.json").read_text())["test_acc"] >= 0
+    assert [r["variant"] for r in rows] == labels
+    monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("retrained a finished run"))
+    rows2 = train.main(["--resume", str(run)])
+    assert (run / "log.txt").read_text().count("started on") == len(labels)
+    assert [r["test_acc"] for r in rows2] == [r["test_acc"] for r in rows]
+    with pytest.raises(SystemExit, match="--gpus spreads"):
+        train.main(tiny_args(tmp_path, "--search", "darts", "--gpus", "0,1"))
+    with pytest.raises(SystemExit, match="CUDA indices or 'cpu'"):
+        train.main(argv[:-2] + ["--run_name", "ex2", "--gpus", "0,x"])
