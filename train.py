@@ -257,14 +257,14 @@ def experiment_runs(args, run, device):
 
     def search_fn(label, overrides):
         return cached(label, "result.json", lambda sub, r: search_run(sub, r, overrides))
-    return train_fn, search_fn
+    return train_fn, search_fn, cached
 
 
 def experiment_job(args_dict, run_path, kind, label, overrides, gpu):
     """One sub-run of an experiment in a process of its own on device `gpu` (--gpus)."""
     args = argparse.Namespace(**dict(args_dict, gpu=gpu))
     run = Run(run_path)                  # the parent holds the lock; log lines are appended
-    train_fn, search_fn = experiment_runs(args, run, pick_device(gpu))
+    train_fn, search_fn, _ = experiment_runs(args, run, pick_device(gpu))
     (search_fn if kind == "search" else train_fn)(label, overrides)
     run.close()
 
@@ -277,7 +277,7 @@ def experiment(args, run, device):
     import attacks
     genotype = darts.load_genotype(args.genotype) if args.genotype else None
     probe = apply_defaults(argparse.Namespace(**vars(args)), "train")
-    train_fn, search_fn = experiment_runs(args, run, device)
+    train_fn, search_fn, cached = experiment_runs(args, run, device)
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.gpus:
         todo = bionas_experiments.plan(args.experiment, seeds, genotype is None)
@@ -292,7 +292,7 @@ def experiment(args, run, device):
                 run.log(f"--gpus {args.gpus}: {len(jobs)} {phase[0][0]} runs, one per device "
                         f"at a time")
                 run_on_devices(jobs, devices, experiment_job, run.log)
-                                   # loaded once, at the first attack
+    test_set = []                                   # loaded once, at the first attack
 
     def attack_run(sub):
         model, _ = load_checkpoint_model(sub.file("checkpoint.pt"), device)

@@ -3,7 +3,6 @@ commands end to end on small generated data."""
 import csv
 import json
 import math
-import os
 
 import pytest
 import torch
