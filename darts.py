@@ -1,17 +1,17 @@
-"""DARTS over the op x rule space: supernet, bilevel architect, genotypes, standalone network.
+"""DARTS over the op x rule space: supernet, bilevel architect, genotypes, standalone networks.
 
 Liu, Simonyan & Yang, "DARTS: Differentiable Architecture Search", ICLR 2019 (Sec. 2, Eqs. 1-8),
 as extended by BioNAS (Hamzaoui & Baghdadi, Sec. 2.2, 3.2, App. A.4.1): every candidate on an
 edge is an (operation, learning rule) pair from ops.search_space().
 
-    Network        the supernet of normal and reduction cells with alpha (model_search.py)
-    Architect      the alpha step, first or second order (architect.py)
-    derive_genotype, save_genotype, load_genotype
-    NetworkEval    the standalone network of a genotype, each edge with its rule (model.py)
+    Network          the supernet of normal and reduction cells with alpha (model_search.py)
+    Architect        the alpha step, first or second order (architect.py)
+    derive_genotype  the discrete cell of alpha (Sec. 2.4); genotype files: genotypes.py,
+                     re-exported here (darts.load_genotype, darts.Genotype, ...)
+    NetworkEval      the standalone CIFAR network of a genotype, each edge with its rule
+    NetworkImageNet  the same cells in DARTS's ImageNet network (model.py, Sec. 3.4)
 """
 import copy
-import json
-from collections import namedtuple
 
 import torch
 import torch.nn as nn
@@ -19,14 +19,14 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 import ops
-from rules import RuleConv2d, RuleLinear, check_rule
+from genotypes import (Genotype, check_genotype, force_rule, load_genotype,  # noqa: F401
+                       random_genotype, random_rules, save_genotype)
+from rules import RuleConv2d, RuleLinear
 
-Genotype = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
 
-
-def _stem(in_channels, C, base_rule):
-    return nn.Sequential(RuleConv2d(in_channels, C, 3, padding=1, bias=False, rule=base_rule),
-                         nn.BatchNorm2d(C))
+def _stem(in_channels, C, base_rule, stride=1):
+    return nn.Sequential(RuleConv2d(in_channels, C, 3, stride, padding=1, bias=False,
+                                    rule=base_rule), nn.BatchNorm2d(C))
 
 
 def _preprocess(C_pp, C_p, C, reduction_prev, base_rule, affine):
@@ -35,25 +35,29 @@ def _preprocess(C_pp, C_p, C, reduction_prev, base_rule, affine):
     return pre0, ops.ReLUConvBN(C_p, C, 1, 1, 0, base_rule, affine)
 
 
-def _build_body(net, in_channels, C, layers, stem_multiplier, base_rule, mean, std, make_cell):
-    """DARTS's body on `net`: normalization, stem, then `layers` cells with reductions (channels
-    doubled) at 1/3 and 2/3 depth; make_cell(C_pp, C_p, C, reduction, reduction_prev) builds a
-    cell with a `multiplier`. Returns the output width of every cell."""
-    net.normalize = ops.Normalize(mean, std) if mean is not None else nn.Identity()
-    C_curr = stem_multiplier * C
-    net.stem = _stem(in_channels, C_curr, base_rule)
-    C_pp, C_p, C_curr = C_curr, C_curr, C
-    net.cells, widths, reduction_prev = nn.ModuleList(), [], False
+def _build_cells(net, C_pp, C_p, C, layers, make_cell, reduction_prev=False):
+    """`layers` cells on `net` with reductions (channels doubled) at 1/3 and 2/3 depth;
+    make_cell(C_pp, C_p, C, reduction, reduction_prev) builds a cell with a `multiplier`.
+    Returns the output width of every cell."""
+    net.cells, widths = nn.ModuleList(), []
     for i in range(layers):
         reduction = i in (layers // 3, 2 * layers // 3)
         if reduction:
-            C_curr *= 2
-        cell = make_cell(C_pp, C_p, C_curr, reduction, reduction_prev)
+            C *= 2
+        cell = make_cell(C_pp, C_p, C, reduction, reduction_prev)
         net.cells.append(cell)
         reduction_prev = reduction
-        C_pp, C_p = C_p, cell.multiplier * C_curr
+        C_pp, C_p = C_p, cell.multiplier * C
         widths.append(C_p)
     return widths
+
+
+def _build_body(net, in_channels, C, layers, stem_multiplier, base_rule, mean, std, make_cell):
+    """DARTS's CIFAR body on `net`: normalization, stem, then the cells (_build_cells)."""
+    net.normalize = ops.Normalize(mean, std) if mean is not None else nn.Identity()
+    C_curr = stem_multiplier * C
+    net.stem = _stem(in_channels, C_curr, base_rule)
+    return _build_cells(net, C_curr, C_curr, C, layers, make_cell)
 
 
 # ----------------------------------------------------------------------------- search
@@ -427,106 +431,6 @@ def project(weights, candidates, steps=4):
     return z
 
 
-def save_genotype(genotype, path):
-    """Write a Genotype as JSON (op names keep their rule)."""
-    with open(path, "w") as f:
-        json.dump(genotype._asdict(), f, indent=1)
-
-
-def load_genotype(path):
-    """Read a Genotype from JSON, with an error naming what is wrong in a malformed file."""
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"genotype file {path} is not valid JSON: {e}") from None
-    try:
-        g = Genotype(**{k: data[k] for k in Genotype._fields})
-        check_genotype(g)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"malformed genotype file {path}: {e}. Expected JSON with keys "
-                         f"{', '.join(Genotype._fields)}; 'normal' and 'reduce' are lists of "
-                         f"[op_name, input_node] pairs") from None
-    return Genotype([tuple(e) for e in g.normal], list(g.normal_concat),
-                    [tuple(e) for e in g.reduce], list(g.reduce_concat))
-
-
-def check_genotype(g):
-    """Raise ValueError unless g is a well-formed genotype with known op names."""
-    for cell in ("normal", "reduce"):
-        edges = getattr(g, cell)
-        if not isinstance(edges, (list, tuple)) or len(edges) == 0 or len(edges) % 2:
-            raise ValueError(f"'{cell}' must be a non-empty list with two edges per node")
-        for k, e in enumerate(edges):
-            if not isinstance(e, (list, tuple)) or len(e) != 2 or not isinstance(e[0], str) \
-                    or not isinstance(e[1], int):
-                raise ValueError(f"{cell} edge {k} is {e!r}, not [op_name, input_node]")
-            ops.parse_candidate(e[0])
-            if not 0 <= e[1] < 2 + k // 2:
-                raise ValueError(f"{cell} edge {k} reads node {e[1]}, which does not exist yet")
-        concat = getattr(g, cell + "_concat")
-        if not concat or any(not isinstance(c, int) or not 0 <= c < 2 + len(edges) // 2
-                             for c in concat):
-            raise ValueError(f"'{cell}_concat' {concat!r} names nodes that do not exist")
-
-
-def force_rule(genotype, rule):
-    """The genotype with every ruled op (convolutions and skip_connect) trained by `rule`:
-    BioNAS Fig. 4's architecture "converted" to one learning rule."""
-    check_rule(rule)
-
-    def conv(edges):
-        return [(ops.candidate_name(op, rule if r is not None else None), j)
-                for (op, r), j in ((ops.parse_candidate(n), j) for n, j in edges)]
-    return Genotype(conv(genotype.normal), list(genotype.normal_concat),
-                    conv(genotype.reduce), list(genotype.reduce_concat))
-
-
-def random_rules(genotype, seed, rules=("fa", "usf", "brsf", "frsf"),
-                 skip_rules=("usf", "brsf", "frsf")):
-    """The genotype's ops with each edge's rule drawn uniformly at random (convolutions from
-    `rules`, skip_connect from `skip_rules`): the random assignments of BioNAS (arXiv) Table 5."""
-    g = torch.Generator().manual_seed(seed)
-
-    def draw(edges):
-        out = []
-        for name, j in edges:
-            op, r = ops.parse_candidate(name)
-            if r is not None:
-                pool = skip_rules if op == "skip_connect" else rules
-                r = pool[int(torch.randint(len(pool), (1,), generator=g))]
-            out.append((ops.candidate_name(op, r), j))
-        return out
-    return Genotype(draw(genotype.normal), list(genotype.normal_concat),
-                    draw(genotype.reduce), list(genotype.reduce_concat))
-
-
-def random_genotype(seed, steps=4, rules=("fa", "usf", "brsf", "frsf"),
-                    skip_rules=("usf", "brsf", "frsf")):
-    """A genotype drawn uniformly from the search space (the random-architecture baseline of
-    DARTS Sec. 3.3 / Li & Talwalkar 2019 with BioNAS's rules): per cell and intermediate node,
-    two distinct inputs among the earlier nodes, on each an op uniform over the 7 non-`none`
-    ops, then its rule uniform over that op's rules (as `random_rules`)."""
-    g = torch.Generator().manual_seed(seed)
-    names = ("max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
-             "dil_conv_3x3", "dil_conv_5x5")
-
-    def pick(seq):
-        return seq[int(torch.randint(len(seq), (1,), generator=g))]
-
-    def cell():
-        edges = []
-        for i in range(steps):
-            for j in sorted(torch.randperm(2 + i, generator=g)[:2].tolist()):
-                op = pick(names)
-                rule = None if op.endswith("pool_3x3") else pick(
-                    skip_rules if op == "skip_connect" else rules)
-                edges.append((ops.candidate_name(op, rule), j))
-        return edges
-    concat = list(range(2, 2 + steps))
-    return Genotype(cell(), concat, cell(), list(concat))
-
-
 # ----------------------------------------------------------------------------- evaluation
 
 def drop_path(x, drop_prob):
@@ -568,21 +472,27 @@ class EvalCell(nn.Module):
 
 
 class AuxiliaryHead(nn.Module):
-    """DARTS's auxiliary classifier, placed after the 2/3-depth reduction."""
+    """DARTS's auxiliary classifier, placed after the 2/3-depth reduction: AuxiliaryHeadCIFAR
+    (pooling stride 3), or with imagenet=True AuxiliaryHeadImageNet (stride 2 and, as in
+    DARTS's code and the paper's experiments, no BN after the 2x2 convolution)."""
 
-    def __init__(self, C, num_classes, base_rule="bp"):
+    def __init__(self, C, num_classes, base_rule="bp", imagenet=False):
         super().__init__()
+        self.stride = 2 if imagenet else 3
         self.features = nn.Sequential(
             RuleConv2d(C, 128, 1, bias=False, rule=base_rule), nn.BatchNorm2d(128), nn.ReLU(True),
-            RuleConv2d(128, 768, 2, bias=False, rule=base_rule), nn.BatchNorm2d(768), nn.ReLU(True))
+            RuleConv2d(128, 768, 2, bias=False, rule=base_rule),
+            *([] if imagenet else [nn.BatchNorm2d(768)]), nn.ReLU(True))
         self.classifier = RuleLinear(768, num_classes, rule=base_rule)
 
     def forward(self, x):
-        # DARTS: ReLU, then AvgPool(5, stride 3), which takes 8x8 maps (CIFAR) to 2x2; other
-        # sizes pool adaptively to 2x2 so that the 2x2 conv always gives 1x1
+        # DARTS: ReLU, then AvgPool(5, stride), which takes 8x8 maps (CIFAR, stride 3) and 7x7
+        # maps (ImageNet at 224, stride 2) to 2x2; sizes it would not take to 2x2 pool
+        # adaptively to 2x2 so that the 2x2 conv always gives 1x1
         x = F.relu(x)
-        x = F.avg_pool2d(x, 5, 3, count_include_pad=False) if x.shape[-1] in (8, 9, 10) and \
-            x.shape[-2] in (8, 9, 10) else F.adaptive_avg_pool2d(x, 2)
+        x = F.avg_pool2d(x, 5, self.stride, count_include_pad=False) if all(
+            s >= 5 and (s - 5) // self.stride == 1 for s in x.shape[-2:]) else \
+            F.adaptive_avg_pool2d(x, 2)
         return self.classifier(self.features(x).flatten(1))
 
 
@@ -602,20 +512,65 @@ class NetworkEval(nn.Module):
         self.logits_aux = None
         self.aux_pos = 2 * layers // 3
         widths = _build_body(self, in_channels, C, layers, stem_multiplier, base_rule, mean, std,
-                             lambda C_pp, C_p, C_c, red, red_prev: EvalCell(
-                                 genotype, C_pp, C_p, C_c, red, red_prev, base_rule))
+                             _eval_cell(genotype, base_rule))
         if auxiliary:
             self.auxiliary_head = AuxiliaryHead(widths[self.aux_pos], num_classes, base_rule)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = RuleLinear(widths[-1], num_classes, rule=base_rule)
 
+    def stems(self, x):
+        """(s0, s1): the two inputs of the first cell."""
+        s = self.stem(x)
+        return s, s
+
     def forward(self, x):
         """Logits. In training mode with the auxiliary head, its logits are left in
         `self.logits_aux` (None otherwise), so the model is a plain classifier for attacks."""
         self.logits_aux = None
-        s0 = s1 = self.stem(self.normalize(x))
+        s0, s1 = self.stems(self.normalize(x))
         for i, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
             if i == self.aux_pos and self.auxiliary and self.training:
                 self.logits_aux = self.auxiliary_head(s1)
         return self.classifier(self.global_pooling(s1).flatten(1))
+
+
+def _eval_cell(genotype, base_rule):
+    return lambda C_pp, C_p, C, red, red_prev: EvalCell(genotype, C_pp, C_p, C, red, red_prev,
+                                                        base_rule)
+
+
+class NetworkImageNet(NetworkEval):
+    """DARTS's NetworkImageNet (model.py; the "mobile setting" of Sec. 3.4): for 224x224
+    images, stem0 = conv 3x3 stride 2 to C/2, BN, ReLU, conv 3x3 stride 2 to C, BN; stem1 =
+    ReLU, conv 3x3 stride 2, BN (224 -> 28); then NetworkEval's cells, the first reading a
+    reduced input (FactorizedReduce), reductions at 1/3 and 2/3 depth (28 -> 14 -> 7), the
+    ImageNet auxiliary head after cell 2*layers//3 and global average pooling (DARTS's
+    AvgPool2d(7) on the 7x7 maps; adaptive, so that smaller crops work too). Each edge trains
+    with its genotype's rule; stems, preprocessing and heads with `base_rule`."""
+
+    def __init__(self, C, num_classes, layers, genotype, auxiliary, base_rule="bp", mean=None,
+                 std=None):
+        nn.Module.__init__(self)
+        check_genotype(genotype)
+        self.config = dict(C=C, num_classes=num_classes, layers=layers,
+                           genotype=genotype._asdict(), auxiliary=auxiliary, base_rule=base_rule,
+                           mean=mean, std=std)
+        self.layers, self.auxiliary, self.drop_path_prob = layers, auxiliary, 0.0
+        self.logits_aux = None
+        self.aux_pos = 2 * layers // 3
+        self.normalize = ops.Normalize(mean, std) if mean is not None else nn.Identity()
+        self.stem0 = nn.Sequential(*_stem(3, C // 2, base_rule, stride=2), nn.ReLU(),
+                                   *_stem(C // 2, C, base_rule, stride=2))
+        self.stem1 = nn.Sequential(nn.ReLU(), *_stem(C, C, base_rule, stride=2))
+        widths = _build_cells(self, C, C, C, layers, _eval_cell(genotype, base_rule),
+                              reduction_prev=True)
+        if auxiliary:
+            self.auxiliary_head = AuxiliaryHead(widths[self.aux_pos], num_classes, base_rule,
+                                                imagenet=True)
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = RuleLinear(widths[-1], num_classes, rule=base_rule)
+
+    def stems(self, x):
+        s0 = self.stem0(x)
+        return s0, self.stem1(s0)

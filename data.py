@@ -4,12 +4,15 @@ CIFAR-10/100 (torchvision, downloaded when online), ImageNet16-120 (NAS-Bench-20
 local directory), MNIST and Fashion-MNIST (IDX files in torchvision's layout; Fashion-MNIST is
 also found in Debian's /usr/share/datasets/fashion-mnist). Images stay uint8 in memory and are
 returned as float [0, 1] batches: normalization is the network's first module.
+ImageNet (an ImageFolder directory) is streamed from disk instead: image_folders, Stream.
 """
 import gzip
 import math
 import os
 import pickle
 import zlib
+
+import copy
 
 import numpy as np
 import torch
@@ -22,6 +25,8 @@ DATASETS = {  # name: (in_channels, classes, mean, std, crop padding, flip)
     "imagenet16-120": (3, 120, (0.4811, 0.4575, 0.4079), (0.2479, 0.2402, 0.2552), 2, True),
     "mnist": (1, 10, (0.1307,), (0.3081,), 2, False),
     "fashion-mnist": (1, 10, (0.2860,), (0.3530,), 2, True),
+    # streamed (Stream); classes: the folders found; DARTS train_imagenet.py's statistics
+    "imagenet": (3, 1000, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0, True),
 }
 SYSTEM_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
@@ -218,3 +223,100 @@ class Batches:
             hole = (yy >= cy - half) & (yy < cy + half) & (xx >= cx - half) & (xx < cx + half)
             x = torch.where(hole[:, None], self.fill.to(x.dtype), x)   # `fill`: the data mean
         return x
+
+
+# ----------------------------------------------------------------------------- ImageNet
+
+def image_folders(root):
+    """(train, val): torchvision ImageFolders of root/train and root/val, one folder of images
+    per class (labels: the sorted folder names, the same in both), without transforms; kept as
+    the last dataset loaded. A missing directory or another layout stops with one line."""
+    key = ("imagenet", os.path.abspath(root))
+    if key in _LAST:
+        return _LAST[key]
+    import torchvision
+    layout = (f"expected {os.path.join(root, 'train')}/<class>/*.JPEG and "
+              f"{os.path.join(root, 'val')}/<class>/*.JPEG (torchvision's ImageFolder layout)")
+    if not os.path.isdir(root):
+        raise SystemExit(f"error: ImageNet directory {root} does not exist; {layout}")
+    for split in ("train", "val"):
+        if not os.path.isdir(os.path.join(root, split)):
+            raise SystemExit(f"error: ImageNet directory {root} has no {split}/; {layout}")
+    try:
+        folders = tuple(torchvision.datasets.ImageFolder(os.path.join(root, s))
+                        for s in ("train", "val"))
+    except (FileNotFoundError, OSError) as e:       # no class folders, or no images in one
+        raise SystemExit(f"error: ImageNet in {root}: {str(e).splitlines()[0][:200]}; {layout} "
+                         f"(a flat val/ of ILSVRC must be sorted into class folders)") from None
+    train, val = folders
+    if train.classes != val.classes:
+        odd = sorted(set(train.classes) ^ set(val.classes))
+        raise SystemExit(f"error: ImageNet in {root}: train/ has {len(train.classes)} class "
+                         f"folders, val/ {len(val.classes)}, not the same names (e.g. "
+                         f"{', '.join(odd[:3])}); {layout}")
+    _LAST.clear()
+    _LAST[key] = folders
+    return folders
+
+
+def imagenet_transform(train, crop_size=224, augment=True):
+    """DARTS train_imagenet.py's transforms without Normalize (the network normalizes):
+    training RandomResizedCrop, horizontal flip, ColorJitter(0.4, 0.4, 0.4, 0.2); validation
+    (and training with augment=False) Resize to 256/224 of the crop, CenterCrop. [0, 1] tensors."""
+    import torchvision.transforms as T
+    if train and augment:
+        return T.Compose([T.RandomResizedCrop(crop_size), T.RandomHorizontalFlip(),
+                          T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.2),
+                          T.ToTensor()])
+    return T.Compose([T.Resize(round(crop_size * 256 / 224)), T.CenterCrop(crop_size),
+                      T.ToTensor()])
+
+
+class Stream:
+    """Mini-batches decoded from image files by a DataLoader with `workers` processes (DARTS's
+    train_imagenet.py), with the interface of Batches: iterating yields float [0, 1] images on
+    `device` (in `memory_format`, from pinned memory on CUDA) and their labels; len() is the
+    batches of an epoch; `epoch`, set by the loop, fixes that epoch's order and the workers'
+    random seeds (augmentation), so the data of epoch e depend only on (seed, e) and a resumed
+    run sees the same. Under torchrun each of the `world` ranks takes a disjoint 1/world of the
+    images (DistributedSampler with set_epoch, drop_last as Batches). In training, a last batch
+    of a single image is dropped (as Batches). `dataset` yields (image tensor, label)."""
+
+    def __init__(self, dataset, batch_size, device, train=True, workers=4, seed=0,
+                 memory_format=torch.contiguous_format, rank=0, world=1):
+        from torch.utils.data import DataLoader, DistributedSampler
+        self.dataset, self.bs, self.device, self.train = dataset, batch_size, device, train
+        self.seed, self.memory_format, self.epoch, self.rank = seed, memory_format, 0, rank
+        self.sampler = DistributedSampler(dataset, world, rank, shuffle=train, seed=seed * 100003,
+                                          drop_last=True) if train or world > 1 else None
+        self.generator = torch.Generator()             # the workers' base seed
+        self.loader = DataLoader(dataset, batch_size, sampler=self.sampler, num_workers=workers,
+                                 pin_memory=device.type == "cuda", generator=self.generator)
+
+    def __len__(self):
+        n = len(self.sampler) if self.sampler is not None else len(self.dataset)
+        return n // self.bs if self.train and n % self.bs == 1 and n > 1 else math.ceil(n / self.bs)
+
+    def __iter__(self):
+        if self.sampler is not None:
+            self.sampler.set_epoch(self.epoch)
+        self.generator.manual_seed((self.seed * 100003 + self.epoch) * 1009 + self.rank)
+        for i, (x, y) in enumerate(self.loader):
+            if self.train and len(y) == 1 and i > 0:
+                break
+            yield (x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format),
+                   y.to(self.device, non_blocking=True))
+
+
+def imagenet_stream(root, train, batch_size, device, workers=4, crop_size=224, augment=True,
+                    seed=0, memory_format=torch.contiguous_format, rank=0, world=1, subset=None):
+    """A Stream of root/train (train=True: augmented, shuffled) or root/val; `subset`: only the
+    first `subset` images of a permutation drawn from `seed`."""
+    from torch.utils.data import Subset
+    folder = image_folders(root)[0 if train else 1]
+    dataset = copy.copy(folder)                      # the cached scan, with this transform
+    dataset.transform = imagenet_transform(train, crop_size, augment)
+    if subset:
+        perm = torch.randperm(len(folder), generator=torch.Generator().manual_seed(seed))
+        dataset = Subset(dataset, perm[:subset].tolist())
+    return Stream(dataset, batch_size, device, train, workers, seed, memory_format, rank, world)

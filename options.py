@@ -46,6 +46,11 @@ DATASET_DEFAULTS = {  # (mode, dataset): overrides (BioNAS Sec. 3.4.2 and App. A
                                       drop_path_prob=0.0, label_smoothing=0.1,
                                       lr_schedule="linear"),
     ("search", "imagenet16-120"): dict(batch_size=512, learning_rate=0.5),
+    # DARTS train_imagenet.py / DARTS Sec. A.2 (the searched cell transferred to ImageNet)
+    ("train", "imagenet"): dict(batch_size=128, learning_rate=0.1, weight_decay=3e-5, epochs=250,
+                                init_channels=48, layers=14, auxiliary=True, cutout=0,
+                                drop_path_prob=0.0, label_smoothing=0.1,
+                                lr_schedule="exponential"),
 }
 # ResNet baselines: Sanfiz & Akrout's Biotorch benchmark (BioNAS Sec. 3.4: "the same setup")
 RESNET_DEFAULTS = dict(augment=True, batch_size=128, learning_rate=0.1, learning_rate_min=0.0,
@@ -307,11 +312,18 @@ def build_parser():
     d = p.add_argument_group("data and machine")
     d.add_argument("--dataset", choices=list(DATASETS),
                    help="default: cifar10; fashion-mnist with --quick and --plasticity")
-    d.add_argument("--data", default="./data", help="dataset root")
+    d.add_argument("--data", default="./data", help="dataset root (imagenet: the directory "
+                   "holding train/<class>/*.JPEG and val/<class>/*.JPEG)")
     d.add_argument("--subset", type=POS_INT, help="use N training images (default: all; "
                    "--plasticity 10000; " + _mode_default("subset").split("; ")[1] + ")")
     _flag(d, "--augment", action=argparse.BooleanOptionalAction,
           help="random crop and flip of training images (" + _mode_default("augment") + ")")
+    _flag(d, "--workers", type=NONNEG_INT, default=4,
+          help="--dataset imagenet: processes decoding and augmenting images (0: in the "
+          "training process)")
+    _flag(d, "--crop_size", type=POS_INT, default=224,
+          help="--dataset imagenet: the training crop and the validation centre crop (after "
+          "resizing to 256/224 of it)")
     d.add_argument("--gpu", type=NONNEG_INT, help="CUDA device index (default: the CPU)")
     d.add_argument("--gpus", metavar="D1,D2,...",
                    help="--experiment: run its searches and retrainings concurrently, one per "
@@ -346,9 +358,11 @@ def build_parser():
     _flag(o, "--weight_decay", type=NONNEG, help=_mode_default("weight_decay"))
     o.add_argument("--epochs", type=POS_INT, help=_mode_default("epochs"))
     _flag(o, "--grad_clip", type=NONNEG, default=5.0, help="clip the weights' gradient norm")
-    _flag(o, "--lr_schedule", choices=["cosine", "linear", "multistep"],
-          help="of a retraining; multistep = x0.1 at 40/60/80%% of the epochs (" +
-          _mode_default("lr_schedule") + ")")
+    _flag(o, "--lr_schedule", choices=["cosine", "linear", "multistep", "exponential"],
+          help="of a retraining; multistep = x0.1 at 40/60/80%% of the epochs, exponential = "
+          "x --lr_gamma every epoch (" + _mode_default("lr_schedule") + ")")
+    _flag(o, "--lr_gamma", type=NONNEG, default=0.97,
+          help="the exponential schedule's factor per epoch (DARTS's ImageNet)")
     _flag(o, "--label_smoothing", type=PROB, help=_mode_default("label_smoothing"))
     a = p.add_argument_group("architecture")
     a.add_argument("--model", default="darts", choices=["darts", "resnet20", "resnet56"],
@@ -538,6 +552,15 @@ def check_args(args, mode):
     if mode == "plasticity" and args.dataset not in ("mnist", "fashion-mnist"):
         raise SystemExit(f"error: --plasticity runs on mnist or fashion-mnist, not "
                          f"{args.dataset}")
+    if args.dataset == "imagenet" and mode not in ("train", "attack"):
+        raise SystemExit("error: --dataset imagenet retrains a searched genotype (--train "
+                         "--genotype PATH), as DARTS transfers its CIFAR cell; search on a small "
+                         "dataset first")
+    if mode == "train" and args.dataset == "imagenet" and (args.model != "darts" or args.cutout
+                                                           or args.holdout):
+        raise SystemExit("error: --dataset imagenet retrains a --genotype in DARTS's "
+                         "NetworkImageNet: no --model (CIFAR ResNets), --cutout or --holdout "
+                         "(those are for the in-memory datasets; validation is val/)")
     if mode == "attack":
         if not args.checkpoint:
             raise SystemExit("error: --attack needs --checkpoint RUN_DIR/checkpoint.pt of a "

@@ -13,7 +13,7 @@ import bionas_experiments
 import darts
 import resnet
 import rules
-from data import DATASETS, Batches, load_dataset
+from data import DATASETS, Batches, image_folders, imagenet_stream, load_dataset
 from plots import plot_history
 from run_dir import (Meter, autocast, check_model_finite, distributed, eta_after_epoch, evaluate,
                      fmt_eta, load_checkpoint, resume, rng_state, sgd_step)
@@ -45,12 +45,29 @@ def make_batches(args, x, y, device, train, cutout=0, seed_offset=0, rank=0, wor
                    memory_format=mf, rank=rank, world=world, fill=mean)
 
 
+def imagenet_streams(args, device, rank=0, world=1):
+    """(training stream, validation stream) of the ImageFolder in --data (DARTS's
+    train_imagenet.py): --workers processes decode and augment; under torchrun each rank
+    streams its 1/world of every epoch's training images, batch / world images per step."""
+    mf = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
+    if args.batch_size % world:
+        raise SystemExit(f"error: --batch_size {args.batch_size} does not split over {world} "
+                         f"processes; use a multiple of {world}")
+    kw = dict(device=device, workers=args.workers, crop_size=args.crop_size, seed=args.seed,
+              memory_format=mf)
+    return (imagenet_stream(args.data, True, args.batch_size // world, augment=args.augment,
+                            rank=rank, world=world, subset=args.subset, **kw),
+            imagenet_stream(args.data, False, args.batch_size, **kw))
+
+
 def build_eval_model(args, genotype):
     """The network to retrain: a CIFAR ResNet with --rule everywhere, or the genotype's network,
     its rules forced to one (--force_rule; --force_scope network, the authors' Fig. 4 runs,
     also converts the stem, preprocessing, classifier and auxiliary head; edges: only the
     searched edges) or drawn at random (--random_rules SEED)."""
     c_in, classes, mean, std, _, _ = DATASETS[args.dataset]
+    if args.dataset == "imagenet":                    # as many classes as folders in train/
+        classes = len(image_folders(args.data)[0].classes)
     if args.model != "darts":
         return resnet.ResNet(int(args.model[6:]), classes, args.rule, c_in, mean, std)
     base_rule = args.base_rule
@@ -61,13 +78,19 @@ def build_eval_model(args, genotype):
     if args.random_rules is not None:
         genotype = darts.random_rules(genotype, args.random_rules, args.rules.split(","),
                                       args.skip_rules.split(","))
+    if args.dataset == "imagenet":
+        return darts.NetworkImageNet(args.init_channels, classes, args.layers, genotype,
+                                     args.auxiliary, base_rule=base_rule, mean=mean, std=std)
     return darts.NetworkEval(args.init_channels, classes, args.layers, genotype, args.auxiliary,
                              in_channels=c_in, base_rule=base_rule, mean=mean, std=std)
 
 
 def make_scheduler(args, optimizer):
-    """cosine to --learning_rate_min, linear to 0, or multistep (x0.1 at 40/60/80% of the
-    epochs: Biotorch's 100/150/200 of 250)."""
+    """cosine to --learning_rate_min, linear to 0, multistep (x0.1 at 40/60/80% of the
+    epochs: Biotorch's 100/150/200 of 250), or exponential (x --lr_gamma every epoch: DARTS
+    train_imagenet.py's StepLR(1, gamma 0.97))."""
+    if args.lr_schedule == "exponential":
+        return torch.optim.lr_scheduler.StepLR(optimizer, 1, gamma=args.lr_gamma)
     if args.lr_schedule == "linear":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: 1 - e / args.epochs)
     if args.lr_schedule == "multistep":
@@ -79,28 +102,34 @@ def make_scheduler(args, optimizer):
 
 def train(args, run, device, genotype=None, after=0.0):
     """Retrain a genotype from scratch (DARTS train.py): SGD, cosine (or linear) decay,
-    auxiliary head, cutout, drop-path rising linearly to --drop_path_prob, gradient clipping.
+    auxiliary head, cutout, drop-path rising linearly to --drop_path_prob, gradient clipping;
+    --dataset imagenet: NetworkImageNet on streamed images (train_imagenet.py), top-5 too.
     `after`: seconds estimated for what follows, for the run's ETA."""
     torch.manual_seed(args.seed)
     if genotype is None and args.model == "darts":
         if not args.genotype:
             raise SystemExit("error: --train needs --genotype PATH (a genotype.json of a search)")
         genotype = darts.load_genotype(args.genotype)
-    xtr, ytr, xte, yte = load_dataset(args.dataset, args.data)
-    if args.subset:
-        perm = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(args.seed))
-        xtr, ytr = xtr[perm[:args.subset]], ytr[perm[:args.subset]]
+    rank, world = distributed(device)
     holdout = getattr(args, "holdout", 0) or 0
     valid_b = None
-    if holdout:                      # Biotorch: 5,000 training images held out for validation
-        perm = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(args.seed + 7))
-        xva, yva = xtr[perm[-holdout:]], ytr[perm[-holdout:]]
-        xtr, ytr = xtr[perm[:-holdout]], ytr[perm[:-holdout]]
-        valid_b = make_batches(args, xva, yva, device, train=False)
-    rank, world = distributed(device)
-    train_b = make_batches(args, xtr, ytr, device, train=True, cutout=args.cutout, rank=rank,
-                           world=world)
-    test_b = make_batches(args, xte, yte, device, train=False)
+    if args.dataset == "imagenet":                # streamed from disk, not held in memory
+        train_b, test_b = imagenet_streams(args, device, rank, world)
+        n_train = len(train_b.dataset)
+    else:
+        xtr, ytr, xte, yte = load_dataset(args.dataset, args.data)
+        if args.subset:
+            perm = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(args.seed))
+            xtr, ytr = xtr[perm[:args.subset]], ytr[perm[:args.subset]]
+        if holdout:                  # Biotorch: 5,000 training images held out for validation
+            perm = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(args.seed + 7))
+            xva, yva = xtr[perm[-holdout:]], ytr[perm[-holdout:]]
+            xtr, ytr = xtr[perm[:-holdout]], ytr[perm[:-holdout]]
+            valid_b = make_batches(args, xva, yva, device, train=False)
+        train_b = make_batches(args, xtr, ytr, device, train=True, cutout=args.cutout, rank=rank,
+                               world=world)
+        test_b = make_batches(args, xte, yte, device, train=False)
+        n_train = len(xtr)
     model = place(build_eval_model(args, genotype), args, device)
     optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay, nesterov=args.nesterov)
@@ -110,7 +139,7 @@ def train(args, run, device, genotype=None, after=0.0):
                             kinds=("eval",) if args.model == "darts" else ("resnet",))
     what = args.model if args.model != "darts" else f"genotype {model.config['genotype']}"
     run.log(f"train: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-            f"rules {sorted(set(rules.layer_rules(model).values()))}, {len(xtr)} images, "
+            f"rules {sorted(set(rules.layer_rules(model).values()))}, {n_train} images, "
             f"{args.epochs} epochs on {device}" + (f" x {world} processes (batch "
                                                    f"{args.batch_size // world} each)" if world > 1 else "")
             + f"; {what}")
@@ -143,14 +172,17 @@ def train(args, run, device, genotype=None, after=0.0):
             if args.stop_after and epoch + 1 >= args.stop_after:
                 return None
             continue
-        test_acc, test_loss = evaluate(model, test_b)
+        top5 = args.dataset == "imagenet"              # DARTS's ImageNet: top-1 and top-5
+        test_acc, test_loss, *top5_acc = evaluate(model, test_b, top5=top5)
         check_model_finite(model, run, f"epoch {epoch + 1}", args, test_loss)
         valid = dict(zip(("valid_acc", "valid_loss"), evaluate(model, valid_b))) if valid_b else {}
         history.append(dict(epoch=epoch, train_loss=meter.loss / meter.n,
                             train_acc=100 * meter.correct / meter.n, test_acc=test_acc,
-                            test_loss=test_loss, seconds=time.time() - meter.t0, **valid,
+                            test_loss=test_loss, **(dict(test_top5=top5_acc[0]) if top5 else {}),
+                            seconds=time.time() - meter.t0, **valid,
                             **(dict(replica_max_diff=spread) if world > 1 else {})))
-        run.log(f"epoch {epoch + 1}/{args.epochs} done: test acc {test_acc:.2f}% loss "
+        run.log(f"epoch {epoch + 1}/{args.epochs} done: test acc {test_acc:.2f}% "
+                + (f"(top-5 {top5_acc[0]:.2f}%) " if top5 else "") + f"loss "
                 f"{test_loss:.4f} ({time.time() - meter.t0:.0f}s, run ETA "
                 f"{fmt_eta(eta_after_epoch(epoch, args.epochs, history, after))})")
         run.save(dict(kind="resnet" if args.model != "darts" else "eval", config=model.config,
@@ -229,7 +261,8 @@ def load_checkpoint_model(path, device, kinds=None, hint=""):
         model = resnet.ResNet(**cfg)
     else:
         cfg["genotype"] = darts.Genotype(**cfg["genotype"])
-        model = darts.NetworkEval(**cfg)
+        model = (darts.NetworkImageNet if ckpt["args"].get("dataset") == "imagenet" else
+                 darts.NetworkEval)(**cfg)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:

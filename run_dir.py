@@ -397,19 +397,24 @@ def resume(args, run, device, model, optimizer, scheduler, searcher=None, monito
 
 
 @torch.no_grad()
-def evaluate(model, batches):
-    """Top-1 accuracy (%) and mean loss on `batches` in eval mode."""
+def evaluate(model, batches, top5=False):
+    """Top-1 accuracy (%) and mean loss on `batches` in eval mode; top5=True adds the top-5
+    accuracy (%) (DARTS utils.accuracy with topk=(1, 5); top-k of all classes if fewer)."""
     was = model.training
     model.eval()
-    correct = n = 0
+    correct = correct5 = n = 0
     loss = 0.0
     for x, y in batches:
         logits = model(x)
         loss += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
+        if top5:
+            best = logits.topk(min(5, logits.shape[1]), dim=1).indices
+            correct5 += (best == y[:, None]).any(1).sum().item()
         n += len(y)
     model.train(was)
-    return 100.0 * correct / max(n, 1), loss / max(n, 1)
+    out = 100.0 * correct / max(n, 1), loss / max(n, 1)
+    return out + (100.0 * correct5 / max(n, 1),) if top5 else out
 
 
 def _atomic(path, write):

@@ -21,7 +21,7 @@ import torch
 import bionas_experiments
 import darts
 import ops
-from data import Batches, load_dataset
+from data import Batches, image_folders, imagenet_stream, load_dataset
 import thesis_runs
 from options import (SEARCH_DEFAULTS, apply_defaults, apply_thesis_defaults, build_parser,
                      check_args, check_data, mode_of, resume_args)
@@ -39,10 +39,15 @@ def attack(args, run, device):
     model, ckpt = load_checkpoint_model(args.checkpoint, device, kinds=("eval", "resnet"),
                                         hint="attack the checkpoint.pt of a --train run")
     saved = ckpt["args"]
-    _, _, xte, yte = load_dataset(saved["dataset"], args.data or saved["data"])
     rank, world = distributed(device)            # under torchrun each rank attacks its share
-    batches = Batches(xte, yte, args.batch_size or 100, device, train=False, rank=rank,
-                      world=world)
+    if saved["dataset"] == "imagenet":           # val/, streamed as in the retraining
+        batches = imagenet_stream(args.data or saved["data"], False, args.batch_size or 100,
+                                  device, args.workers, saved.get("crop_size", 224), rank=rank,
+                                  world=world)
+    else:
+        _, _, xte, yte = load_dataset(saved["dataset"], args.data or saved["data"])
+        batches = Batches(xte, yte, args.batch_size or 100, device, train=False, rank=rank,
+                          world=world)
     names = [n.strip() for n in args.attack.split(",")]
     grads = ("exact", "feedback") if args.attack_grad == "both" else (args.attack_grad,)
     overrides = {}
@@ -376,7 +381,9 @@ def prepare(args, argv):
         if mode in ("neurogenesis", "dyno", "equinas"):
             apply_thesis_defaults(args, mode)
     check_args(args, mode)
-    if mode in ("search", "train") or (mode in ("plasticity", "neurogenesis") and args.subset):
+    if mode == "train" and args.dataset == "imagenet":      # the layout, and --subset in it
+        check_data(args, mode, image_folders(args.data)[0])
+    elif mode in ("search", "train") or (mode in ("plasticity", "neurogenesis") and args.subset):
         check_data(args, mode, load_dataset(args.dataset, args.data)[0])
     if mode == "attack":
         load_checkpoint(args.checkpoint, "cpu", kinds=("eval", "resnet"),
