@@ -303,6 +303,14 @@ def _cli_worker(rank, world, port, out, argv):
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     import torch.distributed as dist
+    genotype = darts.Network.genotype
+    tag = argv[argv.index("--run_name") + 1] if "--run_name" in argv else "resumed"
+
+    def record(model):               # every rank's supernet whenever it derives its genotype
+        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()},
+                   os.path.join(out, f"{tag}-rank{rank}.pt"))
+        return genotype(model)
+    darts.Network.genotype = record
     train.main(list(argv))
     dist.destroy_process_group()
 
@@ -322,6 +330,10 @@ def test_two_rank_search_resumes_under_torchrun_as_uninterrupted(tmp_path):
         assert (full["model"][k] - full["model"][k].mean()).abs().max() > 1e-3    # alpha moved
     log = (runs / "full" / "log.txt").read_text()
     assert "x 2 processes (batch 8 each)" in log and log.count("epoch 2/2 done") == 1
+    s0, s1 = (torch.load(tmp_path / f"full-rank{r}.pt") for r in (0, 1))
+    for k in s0:             # averaged weight and alpha gradients: the ranks stay identical
+        if "running_" not in k and "num_batches" not in k:     # (BN statistics: per shard)
+            assert torch.equal(s0[k], s1[k]), k
 
 
 # ------------------------------------------------------------------ --gpus: sub-runs over devices
