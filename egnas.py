@@ -248,17 +248,20 @@ def _score(model, x, y, pop, alpha_proj, acc_alpha, zeta, eta, shard, all_sum):
     individuals rank, rank + world, ... and all_sum (a sum over the ranks) fills in the others'
     (exact: each entry is one rank's float64 plus zeros), so every rank holds every score."""
     rank, world = shard
-    vals = torch.zeros(len(pop), 2, dtype=torch.float64)
+    if world == 1:
+        return [compound_fitness(model, x, y, z, alpha_proj, acc_alpha, zeta, eta) for z in pop]
+    vals, weights = torch.zeros(len(pop), 2, dtype=torch.float64), {}
     for i, z in enumerate(pop):
         if i % world == rank:
-            f, acc, _ = compound_fitness(model, x, y, z, alpha_proj, acc_alpha, zeta, eta)
+            f, acc, weights[i] = compound_fitness(model, x, y, z, alpha_proj, acc_alpha, zeta, eta)
             vals[i, 0], vals[i, 1] = f, acc
-    if world > 1:
-        vals = all_sum(vals)
+    vals = all_sum(vals)
     out = []
-    for (f, acc), z in zip(vals.tolist(), pop):
-        zn = _normalized(z, alpha_proj)
-        out.append((f, acc, (F.softmax(zn[0], dim=-1), F.softmax(zn[1], dim=-1))))
+    for i, ((f, acc), z) in enumerate(zip(vals.tolist(), pop)):
+        if i not in weights:                          # another rank's: compound_fitness's weights
+            zn = _normalized(z, alpha_proj)
+            weights[i] = (F.softmax(zn[0], dim=-1), F.softmax(zn[1], dim=-1))
+        out.append((f, acc, weights[i]))
     return out
 
 

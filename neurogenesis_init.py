@@ -65,7 +65,8 @@ def select_scores(h, cand, eps=0.01):
     w = torch.cat([c.double() ** 2, r2[None]])                         # (M + 1) x C
     count = int((d > eps ** 2).sum()) + ((1 + (w / (d - eps ** 2)[:, None]).sum(0)) < 0).double()
     scale = max(float(d.max()), float(w.sum(0).max()), 1e-24) ** 0.5
-    t = torch.exp(torch.arange(math.log(scale) - 18.5, math.log(scale) + 14, 0.25, dtype=torch.float64))
+    t = torch.exp(torch.arange(math.log(scale) - 18.5, math.log(scale) + 14, 0.25, dtype=torch.float64,
+                               device=d.device))
     rinv = 1 / (d[:, None] + t[None] ** 2)                             # (M + 1) x Q
     gain = t ** 3 * (w.t() @ rinv ** 2) / (1 + w.t() @ rinv)           # C x Q
     return count + float(s.double().sum()) + 2 / math.pi * 0.25 * gain.sum(1)

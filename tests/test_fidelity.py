@@ -409,6 +409,21 @@ def test_search_presets_are_the_sources_values():
     assert _mismatches(_defaults(["--search", "egnas"], "search", "cifar10"), egnas) == {}
 
 
+def test_quick_search_preset_fuses_and_moves_alpha_but_the_paper_presets_do_not():
+    """Issue 19's quick preset: the fused supernet and Adam 3e-2 for alpha (measured: alpha
+    within 3% of uniform at DARTS's 3e-4); the paper presets keep DARTS's 3e-4, unfused."""
+    quick = _defaults(["--search", "darts", "--quick"], "search")
+    assert quick.fused is True and quick.arch_learning_rate == 3e-2
+    assert _defaults(["--search", "darts", "--quick", "--no-fused"], "search").fused is False
+    assert _defaults(["--search", "darts", "--quick", "--arch_learning_rate", "1e-3"],
+                     "search").arch_learning_rate == 1e-3
+    assert _defaults(["--search", "darts", "--quick", "--crb"], "search").fused is False
+    assert _defaults(["--search", "egnas", "--quick"], "search").fused is False
+    for argv in (["--search", "darts"], ["--search", "darts", "--preset", "table4"]):
+        full = _defaults(argv, "search", "cifar10")
+        assert full.fused is False and full.arch_learning_rate == 3e-4
+
+
 def test_retrain_and_resnet_defaults_are_the_sources_values(tmp_path):
     """Guards: 10 (and 5: the auxiliary weight's default). Retraining: DARTS's train.py /
     BioNAS Sec. 3.4 (cosine to 0: DARTS's CosineAnnealingLR without eta_min); drop-path 0.2,
