@@ -268,6 +268,9 @@ def experiment_runs(args, run, device):
 def experiment_job(args_dict, run_path, kind, label, overrides, gpu):
     """One sub-run of an experiment in a process of its own on device `gpu` (--gpus)."""
     args = argparse.Namespace(**dict(args_dict, gpu=gpu))
+    cpu_slots = args.gpus.split(",").count("cpu")
+    if gpu is None and cpu_slots > 1:    # CPU slots share the cores instead of oversubscribing
+        torch.set_num_threads(max(1, torch.get_num_threads() // cpu_slots))
     run = Run(run_path)                  # the parent holds the lock; log lines are appended
     train_fn, search_fn, _ = experiment_runs(args, run, pick_device(gpu))
     (search_fn if kind == "search" else train_fn)(label, overrides)
