@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 import ops
-from genotypes import (Genotype, check_genotype, force_rule, load_genotype,  # noqa: F401
-                       random_genotype, random_rules, save_genotype)
+from genotypes import (DARTS_V2, Genotype, check_genotype, force_rule,  # noqa: F401
+                       load_genotype, random_genotype, random_rules, save_genotype)
 from rules import RuleConv2d, RuleLinear
 
 

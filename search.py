@@ -94,7 +94,7 @@ def search(args, run, device, after=0.0):
                                 weight_decay=args.weight_decay, nesterov=args.nesterov)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs,
                                                            eta_min=args.learning_rate_min)
-    searcher = make_searcher(args, model, run, world)
+    searcher = make_searcher(args, model, run, rank, world)
     start, history = resume(args, run, device, model, optimizer, scheduler, searcher,
                             kinds=("search",))
     run.log(f"search {args.search}: {len(candidates)} candidates, "
@@ -221,7 +221,7 @@ class DartsSearcher:
             self.model.prune()                       # rebuild the edges' active lists
 
 
-def make_searcher(args, model, run, world=1):
+def make_searcher(args, model, run, rank=0, world=1):
     if args.search == "egnas":
         import egnas
         return egnas.EGNASSearcher(model, args.samples, args.population_size, args.zeta,
@@ -229,7 +229,6 @@ def make_searcher(args, model, run, world=1):
                                    seed=args.seed, log=run.log,
                                    as_released=getattr(args, "eg_as_released", False),
                                    generations=getattr(args, "cma_generations", 1) or 1,
-                                   dist=(distributed(next(model.parameters()).device) +
-                                         (all_sum, all_gather, broadcast_state))
+                                   dist=(rank, world, all_sum, all_gather, broadcast_state)
                                    if world > 1 else None)
     return DartsSearcher(args, model, world)

@@ -52,13 +52,7 @@ import search  # noqa: E402
 from darts_bench import SPACES  # noqa: E402
 from rules_bench import step_time  # noqa: E402
 
-DARTS_V2 = darts.Genotype(      # DARTS genotypes.py (all bp)
-    normal=[("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
-            ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)],
-    normal_concat=[2, 3, 4, 5],
-    reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1),
-            ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)],
-    reduce_concat=[2, 3, 4, 5])
+DARTS_V2 = darts.DARTS_V2
 
 SIZES = {   # the paper's sizes, and --tiny's
     False: dict(conv=(64, 64, 32), search=dict(C=16, layers=8, nodes=4, size=32, batches=(64, 256),

@@ -614,13 +614,7 @@ BIONAS_TINY = darts.Genotype(   # every rule, Hebbian, a FactorizedReduce with f
     reduce=[("max_pool_3x3", 0), ("skip_connect_frsf", 1),
             ("sep_conv_5x5_usf", 2), ("avg_pool_3x3", 0)],
     reduce_concat=[2, 3])
-DARTS_V2 = darts.Genotype(      # DARTS genotypes.py (all bp)
-    normal=[("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
-            ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)],
-    normal_concat=[2, 3, 4, 5],
-    reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1),
-            ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)],
-    reduce_concat=[2, 3, 4, 5])
+DARTS_V2 = darts.DARTS_V2
 
 
 def _retrain_steps(model, device, batches, aux_weight=0.4, lr=0.025):

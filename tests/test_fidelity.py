@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import darts
+import genotypes
 import options
 import retrain
 import search
@@ -47,13 +48,7 @@ G_TINY = Genotype(normal=[("sep_conv_3x3", 0), ("skip_connect", 1),
 G_TINY_DROPPED_EDGES_3_LAYERS = 3 + 4 + 4
 
 # DARTS genotypes.py, DARTS_V2 (all ops backprop, plain DARTS names)
-DARTS_V2 = Genotype(
-    normal=[("sep_conv_3x3", 0), ("sep_conv_3x3", 1), ("sep_conv_3x3", 0), ("sep_conv_3x3", 1),
-            ("sep_conv_3x3", 1), ("skip_connect", 0), ("skip_connect", 0), ("dil_conv_3x3", 2)],
-    normal_concat=[2, 3, 4, 5],
-    reduce=[("max_pool_3x3", 0), ("max_pool_3x3", 1), ("skip_connect", 2), ("max_pool_3x3", 1),
-            ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)],
-    reduce_concat=[2, 3, 4, 5])
+DARTS_V2 = genotypes.DARTS_V2     # the published cell, written out in genotypes.py
 DARTS_PRIMITIVES = ['none', 'max_pool_3x3', 'avg_pool_3x3', 'skip_connect', 'sep_conv_3x3',
                     'sep_conv_5x5', 'dil_conv_3x3', 'dil_conv_5x5']   # DARTS genotypes.py
 

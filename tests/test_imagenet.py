@@ -6,7 +6,6 @@ test."""
 import ast
 import json
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -22,7 +21,7 @@ import options
 import retrain
 import run_dir
 import train
-from test_fidelity import DARTS_V2
+from test_distributed import _free_port, rank_env
 
 CLASSES = ("n01440764", "n01443537", "n01484850")       # sorted: labels 0, 1, 2
 SIZES = ((40, 30), (33, 47), (50, 50), (29, 41))         # (width, height), odd on purpose
@@ -58,13 +57,13 @@ def folder(tmp_path_factory):
 # ============================================================================ the network
 
 def darts_v2_imagenet_params_by_hand(C=48, layers=14, classes=1000):
-    """DARTS's NetworkImageNet(48, 1000, 14, DARTS_V2) counted from its parts, the way DARTS's
+    """DARTS's NetworkImageNet(48, 1000, 14, darts.DARTS_V2) counted from its parts, the way DARTS's
     count_parameters_in_MB counts (the auxiliary head left out). Every conv is bias-free and
     every BN affine (2 parameters per channel):
         stem0: conv 3x3 3 -> C/2, BN, conv 3x3 C/2 -> C, BN; stem1: conv 3x3 C -> C, BN
         ReLUConvBN(Cin, C) and FactorizedReduce(Cin, C) (two Cin -> C/2 1x1 convs): Cin*C + 2C
         sep_conv_3x3(C): twice (depthwise 9C + pointwise C*C + BN 2C); dil_conv_3x3: once
-        DARTS_V2 normal cell: 5 sep_conv_3x3, 1 dil_conv_3x3, 2 identities (skip_connect at
+        darts.DARTS_V2 normal cell: 5 sep_conv_3x3, 1 dil_conv_3x3, 2 identities (skip_connect at
         stride 1); reduction cell: 5 max pools and 3 skip_connects from node 2 (stride 1,
         identities): no parameters but its two preprocessing blocks
         cells: the first reads the stem's reduced output (FactorizedReduce), reductions at
@@ -94,7 +93,7 @@ def test_network_imagenet_has_darts_parameter_count_and_shapes():
     stems 224 -> 28, cells 0-3 at 28, 4-8 at 14, 9-13 at 7; logits (B, 1000)."""
     assert darts_v2_imagenet_params_by_hand() == 4_718_752
     torch.manual_seed(0)
-    net = darts.NetworkImageNet(48, 1000, 14, DARTS_V2, auxiliary=True,
+    net = darts.NetworkImageNet(48, 1000, 14, darts.DARTS_V2, auxiliary=True,
                                 mean=data.DATASETS["imagenet"][2], std=data.DATASETS["imagenet"][3])
     assert sum(p.numel() for n, p in net.named_parameters() if "auxiliary" not in n) == 4_718_752
     head = 768 * 128 + 2 * 128 + 128 * 768 * 4 + 768 * 1000 + 1000
@@ -185,16 +184,8 @@ def test_transforms_shapes_labels_and_epochs(folder):
     assert not torch.equal(torch.cat([b[1] for b in first]), torch.cat([b[1] for b in train_w]))
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _rank_images(rank, world, port, root, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
+    rank_env(rank, world, port)
     import torch.distributed as dist
     r, w = run_dir.distributed(torch.device("cpu"))                 # gloo
     seen = {}
