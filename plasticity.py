@@ -21,7 +21,7 @@ Additive:  w <- w + eta * r,   multiplicative:  w <- w * (1 + eta * r)   (weight
 Updates use only the firing patterns (not the magnitudes of h); no gradient anywhere (A.1).
 
 torch and numpy only. The data sets (A.2) and the experiments (Table 2, Figs. 2-6, A.4, the
-theorems) are in plasticity_experiments.py: `python train.py --plasticity NAME --seeds ...`.
+theorems) are in experiments/plasticity_paper.py: `python train.py --plasticity NAME --seeds ...`.
 """
 import contextlib
 

@@ -18,17 +18,17 @@ import time
 
 import torch
 
-import bionas_experiments
+from experiments import bionas_paper
 import darts
 import ops
-from data import Batches, image_folders, imagenet_stream, load_dataset
-import thesis_runs
-from options import (SEARCH_DEFAULTS, apply_defaults, apply_thesis_defaults, build_parser,
+from harness.data import Batches, image_folders, imagenet_stream, load_dataset
+from harness import thesis_runs
+from harness.options import (SEARCH_DEFAULTS, apply_defaults, apply_thesis_defaults, build_parser,
                      check_args, check_data, mode_of, resume_args)
-from plots import plot_curves
-from retrain import build_eval_model, estimate_seconds, load_checkpoint_model, train
-from search import search
-from run_dir import WARNINGS, Run, distributed, fmt_eta, load_checkpoint, pick_device, run_on_devices
+from harness.plots import plot_curves
+from harness.retrain import build_eval_model, estimate_seconds, load_checkpoint_model, train
+from harness.search import search
+from harness.run_dir import WARNINGS, Run, distributed, fmt_eta, load_checkpoint, pick_device, run_on_devices
 
 # ============================================================================ attacks
 
@@ -144,9 +144,9 @@ def plasticity_attack(steps=20, alpha=None):
 
 
 def plasticity(args, run, device):
-    """--plasticity NAME: an experiment of the plasticity-rules paper (plasticity_experiments.py)
+    """--plasticity NAME: an experiment of the plasticity-rules paper (plasticity_paper.py)
     on flattened MNIST / Fashion-MNIST (A.2: 10k random training images) with the Sec. 4 attack."""
-    import plasticity_experiments as PE
+    from experiments import plasticity_paper as PE
     names = [args.dataset] + [d for d in ("fashion-mnist", "mnist")
                               if args.plasticity == "generalization" and d != args.dataset]
     data = {}
@@ -240,7 +240,7 @@ def experiment_runs(args, run, device):
         given are the retrainings')."""
         targs = argparse.Namespace(**dict(vars(args), **overrides))
         targs.search, targs.train, targs.stop_after, targs.experiment = "darts", False, None, None
-        if args.experiment in bionas_experiments.SEEDED:
+        if args.experiment in bionas_paper.SEEDED:
             for k in ("subset", "batch_size", "learning_rate", "init_channels", "layers", "epochs"):
                 setattr(targs, k, None)
         elif args.quick and args.epochs is None:
@@ -278,7 +278,7 @@ def experiment_job(args_dict, run_path, kind, label, overrides, gpu):
 
 
 def experiment(args, run, device):
-    """--experiment NAME: a BioNAS analysis (bionas_experiments.py). Each retraining is a train.py
+    """--experiment NAME: a BioNAS analysis (bionas_paper.py). Each retraining is a train.py
     run in RUN/LABEL: a finished one (result.json) is reused, an interrupted one resumes, so
     `--resume RUN` continues the experiment where it stopped. --gpus D1,D2,...: the searches,
     then the retrainings, run concurrently, one per device, before the report."""
@@ -288,7 +288,7 @@ def experiment(args, run, device):
     train_fn, search_fn, cached = experiment_runs(args, run, device)
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.gpus:
-        todo = bionas_experiments.plan(args.experiment, seeds, genotype is None)
+        todo = bionas_paper.plan(args.experiment, seeds, genotype is None)
         kind = "search" if args.experiment == "collapse" else "train"
         searches = sorted({o["search_seed"] for _, o in todo if "search_seed" in o})
         devices = [None if d == "cpu" else int(d) for d in args.gpus.split(",")]
@@ -318,7 +318,7 @@ def experiment(args, run, device):
     run.log(f"experiment {args.experiment} ({'quick' if args.quick else 'full'}) on "
             f"{probe.dataset}, runs in {run.path}")
     t0 = time.time()
-    out = bionas_experiments.run(args.experiment, train_fn, attack_fn, run.path, probe.dataset,
+    out = bionas_paper.run(args.experiment, train_fn, attack_fn, run.path, probe.dataset,
                                  seeds, log=run.log, search_fn=search_fn,
                                  searched=genotype is None)
     with open(run.file(args.experiment + ".md")) as f:

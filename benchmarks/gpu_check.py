@@ -46,9 +46,9 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 import attacks  # noqa: E402
 import darts  # noqa: E402
-import retrain  # noqa: E402
+from harness import retrain  # noqa: E402
 import rules  # noqa: E402
-import search  # noqa: E402
+from harness import search  # noqa: E402
 from darts_bench import SPACES  # noqa: E402
 from rules_bench import step_time  # noqa: E402
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import data  # noqa: E402
+from harness import data  # noqa: E402
 
 
 def write_folder(root, n, size=(500, 375), classes=10, seed=0):

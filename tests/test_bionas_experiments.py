@@ -9,11 +9,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import bionas_experiments as BE
+from experiments import bionas_paper as BE
 import darts
-import data
+from harness import data
 import resnet
-import retrain
+from harness import retrain
 import rules
 import train
 from test_train import make_fake_mnist

@@ -35,7 +35,7 @@ def rank_env(rank, world, port):
 
 def _worker(rank, world, port, argv, out):
     rank_env(rank, world, port)
-    import retrain
+    from harness import retrain
     import torch.distributed as dist
 
     def record(model):                       # every rank's weights and buffers at epoch ends
@@ -247,7 +247,7 @@ class _TwoShards(torch.nn.Module):
 
 def _search_worker(rank, world, port, out, unrolled, reduce_alpha):
     _env(rank, world, port)
-    import run_dir
+    from harness import run_dir
     model = _supernet()
     h = 8
     shard = [(x[rank * h:(rank + 1) * h], y[rank * h:(rank + 1) * h],
@@ -280,7 +280,7 @@ def test_two_rank_search_step_is_one_process_on_the_union(tmp_path, unrolled):
 def _egnas_worker(rank, world, port, out):
     _env(rank, world, port)
     import egnas
-    import run_dir
+    from harness import run_dir
     model, (x, y, _, _) = _supernet(), _search_batches(1)[0]
     torch.save(egnas.explore(model, x, y, 1, samples=2, population_size=5, seed=4,
                              shard=(rank, world), all_sum=run_dir.all_sum),
@@ -356,7 +356,7 @@ def _timed_job(out, name, device):
 
 
 def test_run_on_devices_one_job_per_device_at_a_time(tmp_path):
-    import run_dir
+    from harness import run_dir
     names = [f"j{i}" for i in range(3)]
     placed = run_dir.run_on_devices([(n, (str(tmp_path), n)) for n in names], [0, 1],
                                     _timed_job, log=lambda *a: None, poll=0.05)

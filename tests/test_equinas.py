@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import equinas as E
-import equinas_experiments as X
+from experiments import thesis_equinas as X
 
 PAIRS = [(G, H) for G in E.GROUPS for H in E.GROUPS if G != H and E.is_subgroup(H, G)]
 SIZE = {G: len(E.ELEMENTS[G]) for G in E.GROUPS}

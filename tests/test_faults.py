@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-import data
-import options
-import run_dir
-import search
+from harness import data
+from harness import options
+from harness import run_dir
+from harness import search
 import train
 from test_train import make_fake_mnist, tiny_args, write_idx
 

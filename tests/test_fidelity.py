@@ -29,12 +29,12 @@ import torch.nn.functional as F
 
 import darts
 import genotypes
-import options
-import retrain
-import search
+from harness import options
+from harness import retrain
+from harness import search
 import train
 from darts import Genotype
-from data import DATASETS
+from harness.data import DATASETS
 from test_train import make_fake_mnist
 
 # a 2-node genotype (nodes=2 networks): identities and parameterized ops in both cells

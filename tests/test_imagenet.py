@@ -15,11 +15,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import darts
-import data
+from harness import data
 import genotypes
-import options
-import retrain
-import run_dir
+from harness import options
+from harness import retrain
+from harness import run_dir
 import train
 from test_distributed import _free_port, rank_env
 

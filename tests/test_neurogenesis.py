@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import neurogenesis as N
 import neurogenesis_init as I
-import neurogenesis_experiments as NE
+from experiments import thesis_neurogenesis as NE
 
 
 def _same(a, b, rel=1e-13):

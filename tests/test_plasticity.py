@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import plasticity as P
-import plasticity_experiments as PE
+from experiments import plasticity_paper as PE
 
 
 def _tiny_net(rounds=2):

@@ -10,9 +10,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import data
+from harness import data
 import plasticity as P
-import plasticity_experiments as PE
+from experiments import plasticity_paper as PE
 import train
 from test_train import make_fake_mnist
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import plasticity as P
-import plasticity_experiments as PE
+from experiments import plasticity_paper as PE
 
 
 def test_theorem2_cross_entropy_is_the_design_loss_and_convex():

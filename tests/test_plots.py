@@ -13,10 +13,10 @@ from matplotlib.collections import PathCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-import bionas_experiments as BE  # noqa: E402
+from experiments import bionas_paper as BE  # noqa: E402
 import darts  # noqa: E402
 import ops  # noqa: E402
-import plots  # noqa: E402
+from harness import plots  # noqa: E402
 
 CELL_GENOTYPES = [
     darts.Genotype(   # 4 nodes, edges from both inputs into later nodes (labels pass by nodes)

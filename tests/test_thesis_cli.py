@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-import data
+from harness import data
 import train
 from test_train import make_fake_mnist
 

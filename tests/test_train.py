@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import darts
-import data
+from harness import data
 import train
 
 FMNIST = data.SYSTEM_FASHION_MNIST

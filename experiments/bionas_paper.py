@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 import rules
-from plots import _plt, _save, plot_bars
-from run_dir import write_csv, write_table
+from harness.plots import _plt, _save, plot_bars
+from harness.run_dir import write_csv, write_table
 
 EXPERIMENTS = ("table1", "mixed-vs-single", "random-rules", "search-vs-random", "robustness",
                "collapse")
@@ -137,7 +137,7 @@ def plot_layers(summary, path, title=""):
     rule), layers named on the axis (plots.short_layer_name, a subset when there are many, in
     the rule's colour), cells shaded alternately; and the weight histogram. Returns the Figure."""
     from matplotlib.ticker import FixedLocator
-    from plots import DPI, RULE_COLORS, _save, layer_name_key, short_layer_name
+    from harness.plots import DPI, RULE_COLORS, _save, layer_name_key, short_layer_name
     plt = _plt()
     names, layer_rules, hist = list(summary["names"]), list(summary["rules"]), summary["history"]
     n = len(names)

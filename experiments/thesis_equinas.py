@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from equinas import (ELEMENTS, GROUPS, RPP, GroupConv2d, MixedGroupConv2d, accuracy, act, as_float, fit,
                      population, recalibrate_bn, search_differentiable, search_evolutionary)
-from run_dir import _atomic, md_table, write_csv
+from harness.run_dir import _atomic, md_table, write_csv
 
 EXPERIMENTS = ("equinas-table3", "equinas-table4", "equinas-fig12", "equinas-cost")
 PAPER_TABLE3 = {"EquiNAS_E": (1.78, 0.04), "RPP": (2.18, 0.04), "D4": (1.78, 0.11), "C4": (1.64, 0.22),
@@ -313,7 +313,7 @@ def _plot_z(axes, hist, title=""):
 
 
 def _plot_table3(rows, extras, path, title):
-    from plots import _plt
+    from harness.plots import _plt
     plt = _plt()
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
     _plot_error_params(ax[0], rows)
@@ -349,7 +349,7 @@ def _plot_table3(rows, extras, path, title):
 
 def _plot_z_grid(histories, path, title, first=None):
     """Rows: histories {label: [(epoch, z per layer)]}; columns: layers. `first`: a wide panel on top."""
-    from plots import _plt
+    from harness.plots import _plt
     plt = _plt()
     layers = len(next(iter(histories.values()))[0][1])
     top = first is not None
@@ -392,7 +392,7 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
                 + md_table(["channels", "size", "batch", "single group", "single ms", "mixed ms", "mixed / single"],
                       [[r["channels"], r["size"], r["batch"], r["group"], round(1000 * r["single_s"], 1),
                         round(1000 * r["mixed_s"], 1), round(r["ratio"], 2)] for r in rows]))
-        from plots import plot_bars
+        from harness.plots import plot_bars
         plot_bars([f"{r['channels']}ch {r['size']}px vs {r['group']}" for r in rows],
                   {"mixed / single": [r["ratio"] for r in rows]}, stem + ".png", "time ratio",
                   f"[G]-mixed vs single group layer ({scale}); target ≤ 1.2")

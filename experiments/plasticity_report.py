@@ -1,14 +1,14 @@
 """Reports of the plasticity experiments over seeds: summaries (mean ± sample std), the
 NAME.md/.csv and NAME_seeds.md/.csv tables, NAME.png with error bars (± std over seeds) and the
-Fig. 4 picture of adversarial images. Used by plasticity_experiments.run."""
+Fig. 4 picture of adversarial images. Used by plasticity_paper.run."""
 import math
 import textwrap
 
 import numpy as np
 import torch
 
-from plots import _plt, plot_bars
-from run_dir import write_table
+from harness.plots import _plt, plot_bars
+from harness.run_dir import write_table
 
 
 def _r(x):

@@ -10,8 +10,8 @@
                               ch. 4: EquiNAS_E / EquiNAS_D on rotated Fashion-MNIST, checkpoint
                               every generation / epoch, --resume
     --experiment north-* | dyno-transfer | equinas-*
-                              the thesis's experiments (neurogenesis_experiments.py,
-                              equinas_experiments.py), resumable: finished single runs are kept
+                              the thesis's experiments (thesis_neurogenesis.py,
+                              thesis_equinas.py), resumable: finished single runs are kept
 
 The systems themselves are neurogenesis.py, dyno.py and equinas.py; this file only loads the
 data, writes the run directory and calls them.
@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from data import load_dataset
-from run_dir import fmt_eta
+from harness.data import load_dataset
+from harness.run_dir import fmt_eta
 
 # --experiment names on the command line -> (module, its experiment name)
 THESIS_EXPERIMENTS = {"north-generated": ("neurogenesis", "generated"),
@@ -44,7 +44,7 @@ QUICK_THESIS = {"neurogenesis": dict(epochs=2, subset=12000), "dyno": dict(itera
 
 def _flat(data):
     """(train_x, train_y, test_x, test_y) as flattened float [0, 1] images and labels."""
-    import neurogenesis_experiments as NX
+    from experiments import thesis_neurogenesis as NX
     return NX.as_flat(data)
 
 
@@ -53,7 +53,7 @@ def neurogenesis_run(args, run, device):
     --growth_schedule preset, or 'static') up to --max_width per layer; a checkpoint after
     every epoch (run_dir's atomic save), resumable."""
     import neurogenesis as NG
-    import neurogenesis_experiments as NX
+    from experiments import thesis_neurogenesis as NX
     xtr, ytr, xte, yte = _flat(load_dataset(args.dataset, args.data))
     if args.subset:
         idx = torch.randperm(len(xtr), generator=torch.Generator().manual_seed(args.seed))
@@ -103,7 +103,7 @@ def neurogenesis_run(args, run, device):
 def dyno_run(args, run, device):
     """--dyno near|far: pretrain the MLP on classes 0-4, then DYNO and static fine-tuning on the
     target for --iterations mini-batches each, from the same pretrained weights (Sec. 7.3)."""
-    import neurogenesis_experiments as NX
+    from experiments import thesis_neurogenesis as NX
     xtr, ytr, xte, yte = (t.to(device) for t in _flat(load_dataset(args.dataset, args.data)))
     src = [m for m in (ytr < 5, yte < 5)]
     source = (xtr[src[0]], ytr[src[0]], xte[src[1]], yte[src[1]])
@@ -140,12 +140,12 @@ def dyno_run(args, run, device):
 
 
 def equinas_run(args, run, device):
-    """--equinas evolutionary|differentiable on rotated Fashion-MNIST at equinas_experiments'
+    """--equinas evolutionary|differentiable on rotated Fashion-MNIST at thesis_equinas'
     SIZES (quick or full): EquiNAS_E checkpoints every generation, EquiNAS_D every epoch."""
     import equinas as E
-    import equinas_experiments as X
+    from experiments import thesis_equinas as X
     if device.type != "cpu":
-        run.log(f"note: --equinas runs on the CPU (equinas_experiments builds its networks "
+        run.log(f"note: --equinas runs on the CPU (thesis_equinas builds its networks "
                 f"there); {device} is not used")
     sz = X.SIZES[bool(args.quick)]
     d = X.prepare(load_dataset(args.dataset, args.data), sz["n_train"], sz["n_test"],
@@ -194,7 +194,7 @@ def equinas_run(args, run, device):
 def thesis_experiment(args, run):
     """--experiment NAME of the thesis's systems, in the run directory; a second call with
     the same run directory (--resume RUN) skips the single runs that finished."""
-    from options import parse_sizes
+    from harness.options import parse_sizes
     if getattr(args, "gpu", None) is not None:
         run.log("note: the thesis experiments run on the CPU (their drivers build every network "
                 "there); --gpu is not used")
@@ -203,13 +203,13 @@ def thesis_experiment(args, run):
     sizes = parse_sizes(args.sizes) if getattr(args, "sizes", None) else None
     t0 = time.time()
     if module == "neurogenesis":
-        import neurogenesis_experiments as NX
+        from experiments import thesis_neurogenesis as NX
         data = None if name == "generated" else load_dataset(args.dataset or "fashion-mnist",
                                                              args.data)
         rows = NX.run(name, data, run.path, seeds=seeds, quick=args.quick, log=run.log,
                       sizes=sizes)
     else:
-        import equinas_experiments as X
+        from experiments import thesis_equinas as X
         rows = X.run(name, load_dataset(args.dataset or "fashion-mnist", args.data), run.path,
                      seeds=seeds, quick=args.quick, log=run.log, sizes=sizes)
     with open(run.file(name + ".md")) as f:

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import plasticity as P
-from plasticity_report import SPECS, _fig4_picture, adversarial_image, report, summarize  # noqa: F401
+from experiments.plasticity_report import SPECS, _fig4_picture, adversarial_image, report, summarize  # noqa: F401
 
 EXPERIMENTS = ("table2", "convergence", "generalization", "robustness", "fig4", "fig6", "a4", "theory")
 SEEDS = (0, 1, 2, 3, 4)

@@ -38,8 +38,8 @@ import torch.nn.functional as F
 
 from dyno import DYNO, flops
 from neurogenesis import DENSE_ONLY, SCHEDULES, STRATEGIES, GrowableCNN, GrowableMLP, Neurogenesis
-from plots import _plt, _save
-from run_dir import Runs, _atomic, md_table, write_table
+from harness.plots import _plt, _save
+from harness.run_dir import Runs, _atomic, md_table, write_table
 
 EXPERIMENTS = ("generated", "pareto", "transfer", "trigger-cost")
 SIZES = {  # quick (True) and full (False); run(..., sizes={...}) overrides any of them

@@ -9,17 +9,18 @@ passes before its run directory is made.
     resume_args()       --resume RUN: the run's saved flags, plus the few that may change
 """
 import argparse
+import importlib
 import json
 import os
 
-import bionas_experiments
+from experiments import bionas_paper
 import darts
 import neurogenesis
-import plasticity_experiments
+from experiments import plasticity_paper
 import rules
-import thesis_runs
+from harness import thesis_runs
 from attacks import ATTACKS, PRESETS
-from data import DATASETS
+from harness.data import DATASETS
 
 # ============================================================================ defaults
 
@@ -290,7 +291,7 @@ def build_parser():
     m.add_argument("--attack", metavar="LIST", help="attacks to run on --checkpoint, from "
                    f"{','.join(ATTACKS)}; with --experiment robustness, the attacks it runs "
                    "(default: all but targeted_l2)")
-    m.add_argument("--plasticity", choices=list(plasticity_experiments.EXPERIMENTS),
+    m.add_argument("--plasticity", choices=list(plasticity_paper.EXPERIMENTS),
                    help="an experiment of the plasticity-rules paper: table2 (Table 2), "
                    "generalization (Fig. 3), convergence (Fig. 2), robustness (Fig. 5)")
     m.add_argument("--neurogenesis", choices=list(neurogenesis.STRATEGIES) + ["static"],
@@ -301,7 +302,7 @@ def build_parser():
                    "(far) by DYNO and by static fine-tuning")
     m.add_argument("--equinas", choices=["evolutionary", "differentiable"],
                    help="thesis ch. 4: EquiNAS_E or EquiNAS_D on rotated Fashion-MNIST")
-    m.add_argument("--experiment", choices=list(bionas_experiments.EXPERIMENTS) +
+    m.add_argument("--experiment", choices=list(bionas_paper.EXPERIMENTS) +
                    list(thesis_runs.THESIS_EXPERIMENTS),
                    help="a BioNAS analysis: " + "; ".join(f"{k}: {v}" for k, v in
                                                            EXPERIMENT_HELP.items()))
@@ -513,7 +514,7 @@ def check_args(args, mode):
                          "alpha step; use them with --search darts")
     if args.seeds is None:
         args.seeds = "0,1,2,3,4" if args.plasticity else (
-            "1,2,3,4,5" if args.experiment in bionas_experiments.SEEDED else "1,2,3")
+            "1,2,3,4,5" if args.experiment in bionas_paper.SEEDED else "1,2,3")
     try:
         [int(s) for s in args.seeds.split(",")]
     except ValueError:
@@ -531,8 +532,8 @@ def check_args(args, mode):
             raise SystemExit("error: --sizes sets the size knobs of the thesis experiments "
                              f"({', '.join(thesis_runs.THESIS_EXPERIMENTS)}); drop it here")
         module = thesis_runs.THESIS_EXPERIMENTS[args.experiment][0]
-        knobs = __import__("neurogenesis_experiments" if module == "neurogenesis" else
-                           "equinas_experiments").SIZES[False]
+        knobs = importlib.import_module("experiments.thesis_neurogenesis" if module ==
+                                        "neurogenesis" else "experiments.thesis_equinas").SIZES[False]
         unknown = sorted(set(sizes) - set(knobs))
         if unknown:
             raise SystemExit(f"error: --sizes: unknown knob(s) {', '.join(unknown)} for "
@@ -592,7 +593,7 @@ def check_args(args, mode):
         if not all(d == "cpu" or d.isdigit() for d in devs):
             raise SystemExit(f"error: --gpus {args.gpus!r}: give CUDA indices or 'cpu' separated "
                              f"by commas, e.g. 0,1,2,3")
-    if mode == "experiment" and args.experiment in bionas_experiments.SEEDED and args.genotype:
+    if mode == "experiment" and args.experiment in bionas_paper.SEEDED and args.genotype:
         if not os.path.isfile(args.genotype):
             raise SystemExit(f"error: --genotype {args.genotype}: no such file")
     if mode == "train" and args.model == "darts" or mode == "experiment" and \

@@ -1,7 +1,7 @@
 """Retraining from scratch (DARTS's train.py): a searched genotype's network, or a CIFAR ResNet
 with one learning rule (the BioNAS baselines), trained by SGD with the paper's schedule, with
 per-epoch checkpoints, resume and the learning-dynamics monitor (gradient variance, alignment,
-weights) of bionas_experiments.LayerMonitor. train.py's --train, --experiment and --quick call it.
+weights) of bionas_paper.LayerMonitor. train.py's --train, --experiment and --quick call it.
 """
 import os
 import time
@@ -9,13 +9,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-import bionas_experiments
+from experiments import bionas_paper
 import darts
 import resnet
 import rules
-from data import DATASETS, Batches, image_folders, imagenet_stream, load_dataset
-from plots import plot_history
-from run_dir import (Meter, autocast, check_model_finite, distributed, eta_after_epoch, evaluate,
+from harness.data import DATASETS, Batches, image_folders, imagenet_stream, load_dataset
+from harness.plots import plot_history
+from harness.run_dir import (Meter, autocast, check_model_finite, distributed, eta_after_epoch, evaluate,
                      fmt_eta, load_checkpoint, resume, rng_state, sgd_step)
 
 
@@ -134,7 +134,7 @@ def train(args, run, device, genotype=None, after=0.0):
     optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay, nesterov=args.nesterov)
     scheduler = make_scheduler(args, optimizer)
-    monitor = bionas_experiments.LayerMonitor(model)
+    monitor = bionas_paper.LayerMonitor(model)
     start, history = resume(args, run, device, model, optimizer, scheduler, monitor=monitor,
                             kinds=("eval",) if args.model == "darts" else ("resnet",))
     what = args.model if args.model != "darts" else f"genotype {model.config['genotype']}"
@@ -195,7 +195,7 @@ def train(args, run, device, genotype=None, after=0.0):
         run.write_json(layers, "layers.json")
         plot_history(history, run.file("curves.png"),
                      ["train_acc", "valid_acc", "test_acc", "train_loss", "valid_loss", "test_loss"])
-        bionas_experiments.plot_layers(layers, run.file("layers.png"),
+        bionas_paper.plot_layers(layers, run.file("layers.png"),
                                        f"{os.path.basename(run.path)}: epoch {epoch + 1}")
         if args.stop_after and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
             run.log(f"stopping after epoch {epoch + 1} (--stop_after); continue with "
