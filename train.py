@@ -22,7 +22,7 @@ from experiments import bionas_paper
 import darts
 import ops
 from harness.data import Batches, image_folders, imagenet_stream, load_dataset
-from harness import thesis_runs
+from experiments import thesis_runs
 from harness.options import (SEARCH_DEFAULTS, apply_defaults, apply_thesis_defaults, build_parser,
                      check_args, check_data, mode_of, resume_args)
 from harness.plots import plot_curves

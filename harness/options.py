@@ -18,7 +18,7 @@ import darts
 import neurogenesis
 from experiments import plasticity_paper
 import rules
-from harness import thesis_runs
+from experiments import thesis_runs
 from attacks import ATTACKS, PRESETS
 from harness.data import DATASETS
 

@@ -1,7 +1,7 @@
 """Retraining from scratch (DARTS's train.py): a searched genotype's network, or a CIFAR ResNet
 with one learning rule (the BioNAS baselines), trained by SGD with the paper's schedule, with
 per-epoch checkpoints, resume and the learning-dynamics monitor (gradient variance, alignment,
-weights) of bionas_paper.LayerMonitor. train.py's --train, --experiment and --quick call it.
+weights) of LayerMonitor. train.py's --train, --experiment and --quick call it.
 """
 import os
 import time
@@ -9,40 +9,15 @@ import time
 import torch
 import torch.nn.functional as F
 
-from experiments import bionas_paper
 import darts
 import resnet
 import rules
-from harness.data import DATASETS, Batches, image_folders, imagenet_stream, load_dataset
+from harness.data import (DATASETS, Batches, image_folders, imagenet_stream, load_dataset,
+                          make_batches, place)
+from harness.monitor import LayerMonitor, plot_layers
 from harness.plots import plot_history
 from harness.run_dir import (Meter, autocast, check_model_finite, distributed, eta_after_epoch, evaluate,
                      fmt_eta, load_checkpoint, resume, rng_state, sgd_step)
-
-
-def place(model, args, device):
-    """The model on `device` in the --memory_format (channels_last: 2-20x faster on CPU)."""
-    model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if args.memory_format == \
-        "channels_last" else model
-
-
-def make_batches(args, x, y, device, train, cutout=0, seed_offset=0, rank=0, world=1,
-                 batch_size=None):
-    """Batches of --batch_size (or `batch_size`) images; under torchrun each of the `world`
-    ranks takes its share of every epoch's shuffled order and batch / world images per step.
-    Cutout fills its hole with the dataset mean (zero after the network's normalization, as
-    DARTS's cutout after its Normalize transform)."""
-    _, _, mean, _, pad, flip = DATASETS[args.dataset]
-    bs = batch_size or args.batch_size
-    if getattr(args, "augment", True) is False:
-        pad, flip = 0, False
-    mf = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
-    if bs % world:
-        raise SystemExit(f"error: --batch_size {bs} does not split over {world} "
-                         f"processes; use a multiple of {world}")
-    return Batches(x, y, max(1, bs // world), device, train=train, pad=pad if train else 0,
-                   flip=flip and train, cutout=cutout, seed=args.seed + seed_offset,
-                   memory_format=mf, rank=rank, world=world, fill=mean)
 
 
 def imagenet_streams(args, device, rank=0, world=1):
@@ -134,7 +109,7 @@ def train(args, run, device, genotype=None, after=0.0):
     optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay, nesterov=args.nesterov)
     scheduler = make_scheduler(args, optimizer)
-    monitor = bionas_paper.LayerMonitor(model)
+    monitor = LayerMonitor(model)
     start, history = resume(args, run, device, model, optimizer, scheduler, monitor=monitor,
                             kinds=("eval",) if args.model == "darts" else ("resnet",))
     what = args.model if args.model != "darts" else f"genotype {model.config['genotype']}"
@@ -195,7 +170,7 @@ def train(args, run, device, genotype=None, after=0.0):
         run.write_json(layers, "layers.json")
         plot_history(history, run.file("curves.png"),
                      ["train_acc", "valid_acc", "test_acc", "train_loss", "valid_loss", "test_loss"])
-        bionas_paper.plot_layers(layers, run.file("layers.png"),
+        plot_layers(layers, run.file("layers.png"),
                                        f"{os.path.basename(run.path)}: epoch {epoch + 1}")
         if args.stop_after and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
             run.log(f"stopping after epoch {epoch + 1} (--stop_after); continue with "

@@ -13,9 +13,8 @@ import torch.nn.functional as F
 import darts
 import darts_prime
 import ops
-from harness.data import DATASETS, load_dataset
 from harness.plots import plot_alphas, plot_cell, plot_history
-from harness.retrain import make_batches, place
+from harness.data import DATASETS, load_dataset, make_batches, place
 from harness.run_dir import (Meter, all_average, all_gather, all_sum, autocast, broadcast_state,
                      check_model_finite, distributed, eta_after_epoch, evaluate, fmt_eta, resume,
                      rng_state, sgd_step)

@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from experiments import bionas_paper as BE
+from harness import monitor
 import darts
 from harness import data
 import resnet
@@ -128,7 +129,7 @@ def test_random_rules_draw_per_edge_from_the_given_sets():
 def test_layer_monitor_is_eq8_per_layer_and_the_alignment_angle():
     torch.manual_seed(0)
     model = nn.Sequential(rules.RuleLinear(6, 5, rule="fa"), nn.ReLU(), rules.RuleLinear(5, 3, rule="usf"))
-    mon = BE.LayerMonitor(model)
+    mon = monitor.LayerMonitor(model)
     grads = [[], []]
     for _ in range(7):
         model.zero_grad()

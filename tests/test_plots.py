@@ -13,7 +13,8 @@ from matplotlib.collections import PathCollection  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from experiments import bionas_paper as BE  # noqa: E402
+from experiments import bionas_paper as BE
+from harness import monitor  # noqa: E402
 import darts  # noqa: E402
 import ops  # noqa: E402
 from harness import plots  # noqa: E402
@@ -171,7 +172,7 @@ def test_history_curves_have_integer_epochs_distinct_colours_and_the_losses(tmp_
 def _small_summary():
     torch.manual_seed(0)
     net = darts.NetworkEval(4, 10, 3, CELL_GENOTYPES[1], auxiliary=False, in_channels=1)
-    mon = BE.LayerMonitor(net)
+    mon = monitor.LayerMonitor(net)
     for epoch in range(2):
         for _ in range(2):
             net.zero_grad()
@@ -186,7 +187,7 @@ def test_layer_figure_names_layers_and_colours_them_by_rule(tmp_path):
     names, rules_ = summary["names"], summary["rules"]
     assert plots.short_layer_name("cells.0.edges.3.ops.5.op.0.op.1") == "c0.e3.o5.0.1"
     assert plots.short_layer_name("cells.2.preprocess0.op.1") == "c2.pre0.1"
-    fig = _figure(BE.plot_layers(summary, str(tmp_path / "layers.png"), "run: epoch 2"))
+    fig = _figure(monitor.plot_layers(summary, str(tmp_path / "layers.png"), "run: epoch 2"))
     ax = next(a for a in fig.axes if any(t.get_text() for t in a.get_xticklabels()) and a.get_yscale() == "linear"
               and a.get_lines())
     labels = [t for t in ax.get_xticklabels() if t.get_text()]
@@ -211,7 +212,7 @@ def test_layer_figure_of_a_supernet_names_a_readable_subset(tmp_path):
     rules_ = ["bp"] + [("fa", "usf", "brsf", "frsf")[i % 4] for i in range(n - 2)] + ["bp"]
     hist = [dict(epoch=0, grad_variance=list(np.logspace(-6, -2, n)), alignment=[40.0] * n)]
     weights = dict(counts=[1, 5, 1], edges=[-1, -0.3, 0.3, 1], std=0.3, kurtosis=3.0)
-    fig = _figure(BE.plot_layers(dict(names=names, rules=rules_, history=hist, weights=weights),
+    fig = _figure(monitor.plot_layers(dict(names=names, rules=rules_, history=hist, weights=weights),
                                  str(tmp_path / "layers.png")))
     h, w = mpimg.imread(str(tmp_path / "layers.png")).shape[:2]
     assert w <= 1800 and h <= 1000
