@@ -566,3 +566,34 @@ def to_csv(rows):
     cols = _columns(rows)
     lines = [",".join(cols)] + [",".join(_fmt(r.get(c, "")) for c in cols) for r in rows]
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    # Demo: a linear classifier (a feedback-alignment layer behind Normalize) on two separable
+    # classes in [0, 1]^20. For a linear model FGSM is the optimal L-inf attack: an input falls iff
+    # its margin z_y - z_other is at most eps * ||grad_x (z_y - z_other)||_1 (the closed form), and
+    # PGD can do no better. The "feedback" attacker steps along B instead of W and barely hurts.
+    torch.manual_seed(0)
+    n, d = 1000, 20
+    y = torch.randint(0, 2, (n,))
+    x = (0.5 + 0.04 * (2 * y[:, None] - 1) + 0.08 * torch.randn(n, d)).clamp(0.2, 0.8)
+    model = nn.Sequential(Normalize(0.5, 0.1), rules.RuleLinear(d, 2, rule="fa"))
+    for _ in range(100):                                   # full-batch gradient descent, lr 0.5
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.5 * p.grad
+    with torch.no_grad():
+        w = model[1].weight
+        slope = (w[1] - w[0]) / 0.1                        # grad_x (z_1 - z_0), through Normalize
+        z = model(x)
+        margin = (2 * y - 1) * (z[:, 1] - z[:, 0])
+    acc = lambda a: 100 * (predict(model, a) == y).float().mean().item()   # noqa: E731
+    print(f"clean accuracy {acc(x):.1f}%; robust accuracy (%):")
+    print("  eps   closed form   FGSM exact   PGD exact   FGSM feedback   PGD feedback")
+    for eps in (0.01, 0.02, 0.05, 0.1):
+        closed = 100 * (margin > eps * slope.abs().sum()).float().mean().item()
+        row = [acc(fgsm(model, x, y, eps)), acc(pgd(model, x, y, eps, eps / 4, 10))]
+        row += [acc(fgsm(model, x, y, eps, grad="feedback")), acc(pgd(model, x, y, eps, eps / 4, 10, grad="feedback"))]
+        print(f"  {eps:<5} {closed:11.1f} " + " ".join(f"{v:12.1f}" for v in row))

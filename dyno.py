@@ -166,3 +166,33 @@ class DYNO:
         self.buffer.load_state_dict(s["buffer"])
         self.phi_star, self.steps, self.history, self.seconds = s["phi_star"], s["steps"], s["history"], s["seconds"]
         self.generator.set_state(s["generator"])
+
+
+if __name__ == "__main__":
+    # Demo: Eqs. 38-39 for a layer of M = 100 neurons, then both on tiny nets. 12 of 32 neurons
+    # made dormant lower phi to 20/32 < (1 - delta) phi* = 0.97: Eq. 38 prunes 11, dormant first.
+    # Source inputs along one direction give phi* = 2/16 (ReLUs of one variable span two functions);
+    # on the 16-dimensional target phi is 1 and Eq. 39 grows 13 neurons by NORTH-Select.
+    print("M = 100, phi* = 1:   " + ", ".join(f"phi {p}: prune {trig_prune(100, p, 1.0)}" for p in (0.5, 0.9, 0.97)))
+    print("M = 100, phi* = 0.5: " + ", ".join(f"phi {p}: grow {trig_grow(100, p, 0.5)}" for p in (0.5, 0.6, 0.9)))
+    from neurogenesis import GrowableMLP
+    torch.manual_seed(0)
+    x = torch.randn(512, 16)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    net = GrowableMLP(16, [32], 2)
+    with torch.no_grad():
+        net.layers[0].weight[20:], net.layers[0].bias[20:] = 0.0, -1.0          # 12 dormant neurons
+    d = DYNO(net, torch.optim.Adam(net.parameters(), 1e-2))
+    d.start(x)
+    print(f"12 of 32 neurons dormant: (layer, pruned, grown) {d.grow_and_prune()}, widths {net.widths}")
+    net = GrowableMLP(16, [16], 2)
+    d = DYNO(net, torch.optim.Adam(net.parameters(), 1e-2), every=10)
+    d.start(x, x * torch.eye(16)[0])                                              # the source: x_1 only
+    print(f"source inputs along x_1: phi* = {d.phi_star[0]:.3f}; 20 steps on the 16-dimensional target:")
+    for step in range(20):
+        idx = torch.randint(0, 512, (64,))
+        loss = d.step(x[idx], y[idx])
+    for e in d.history["evaluations"]:
+        print(f"  step {e['step']:2d}: grown {e['grown']}, pruned {e['pruned']}, widths {e['widths']}, "
+              f"phi* {e['phi_star']}")
+    print(f"  loss {loss:.3f}")

@@ -341,8 +341,9 @@ class EGNASSearcher:
     population 50, zeta = 1, eta = 0.4, xi = 0.1, 15 warm-start epochs. `as_released` and
     `generations` choose the version of the exploration (see explore); they are
     configuration, not state, so state_dict leaves them to the run's arguments. Distributed
-    (`dist`: run_dir's (rank, world, all_sum, all_gather, broadcast_state)): the ranks' alpha
-    shards are gathered into the whole batch, rank 0's buffers broadcast, the population split."""
+    (`dist`: (rank, world, all_sum, all_gather, broadcast_state), as harness/run_dir.py has
+    them): the ranks' alpha shards are gathered into the whole batch, rank 0's buffers
+    broadcast, the population split."""
 
     def __init__(self, model, samples=3, population_size=50, zeta=1.0, eta=0.4, xi=0.1,
                  warm_start_epochs=15, pop_momentum=0.0, seed=0, log=print, *,
@@ -397,3 +398,21 @@ class EGNASSearcher:
         self.last_epoch = state["last_epoch"]
         for t, v in zip(self.s, state["s"]):
             t.copy_(v)
+
+
+if __name__ == "__main__":
+    # Demo: CMA-ES minimizing the 10-d Rosenbrock function from x = 0 (minimum f(1, ..., 1) = 0),
+    # the ask/tell loop of the class docstring; then the exploration's step-size schedule.
+    def rosenbrock(x):
+        return float(np.sum(100 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2))
+
+    es = CMAES(np.zeros(10), 0.5, seed=1)
+    while not es.stop():
+        X = es.ask()
+        es.tell(X, [rosenbrock(x) for x in X])
+        if es.generation % 100 == 0:
+            print(f"generation {es.generation:4d}  evaluations {es.evaluations:5d}  best f {es.best_f:.3e}"
+                  f"  sigma {es.sigma:.2e}")
+    print(f"stopped at generation {es.generation} by {sorted(es.stop())}: best f {es.best_f:.2e} at "
+          f"x = {np.round(es.best_x, 4).tolist()}")
+    print("EG-NAS exploration sigma by epoch:", [round(exploration_sigma(e), 3) for e in (0, 1, 4, 9, 49, 99)])

@@ -367,13 +367,10 @@ def relax_network(net, layer, subgroup):
     """A copy of `net` with layer `layer` (and its BatchNorm) relaxed to `subgroup`; relaxing the
     last layer also splits its group pooling, whose first Linear then takes W / [G:G'] for each
     new field (same logits). Eval-mode outputs are identical to net's."""
-    new = copy.deepcopy(net)
-    old_bn = net.bns[layer]
-    new.convs[layer] = relax(net.convs[layer], subgroup)
-    new.bns[layer] = relax(old_bn, subgroup)
+    new, old_bn = copy.deepcopy(net), net.bns[layer]
+    new.convs[layer], new.bns[layer] = relax(net.convs[layer], subgroup), relax(old_bn, subgroup)
     if layer == len(net.convs) - 1:
-        m = new.bns[layer].fields // old_bn.fields
-        lin = new.head[0]
+        m, lin = new.bns[layer].fields // old_bn.fields, new.head[0]
         wide = nn.Linear(new.bns[layer].fields, lin.out_features).to(lin.weight)
         with torch.no_grad():
             wide.weight.copy_(lin.weight.repeat_interleave(m, 1) / m)
@@ -404,8 +401,7 @@ def _perm(n, seed, epoch):
 def batch_indices(n, batch_size, seed, step):
     """The step-th mini-batch of a stream of epochs, epoch e a permutation drawn from (seed, e),
     the last partial batch dropped: a run resumed at any step sees the same batches."""
-    per = max(n // batch_size, 1)
-    e, i = divmod(step, per)
+    e, i = divmod(step, max(n // batch_size, 1))
     return _perm(n, seed, e)[i * batch_size:(i + 1) * batch_size]
 
 
@@ -533,8 +529,7 @@ def select(acc, params, size=5):
 def children(net):
     """Algorithm 1's mutation: every network that relaxes exactly one layer to a proper subgroup
     while each layer's group stays a subgroup of all preceding layers' groups."""
-    gs = net.groups()
-    out = []
+    gs, out = net.groups(), []
     for i, g in enumerate(gs):
         nxt = gs[i + 1] if i + 1 < len(gs) else "C1"
         out += [relax_network(net, i, h) for h in GROUPS
@@ -603,3 +598,26 @@ def search_evolutionary(train_x, train_y, valid_x, valid_y, generations=50, pare
 def population(state, device="cpu"):
     """The networks of a search_evolutionary state, with their records."""
     return [(_net(ind["spec"], ind["model"], device), ind) for ind in state["population"]]
+
+
+if __name__ == "__main__":
+    # Demo: a C4 group convolution commutes with the 90° rotation r (Eq. 2), a plain one does not; a
+    # [G]-mixed layer (Eq. 12) has the symmetry its z weighs; a D4 network's logits are D4-invariant.
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 9, 9)
+
+    def err(f, g, group=None):                    # max |f(g x) - g f(x)|; None: g on each channel
+        gf = act(f(x), g) if group is None else act_fields(f(x), g, group)
+        return f"{(f(act(x, g)) - gf).abs().max().item():.1e}"
+
+    lift, conv = GroupConv2d("C4", 1, 3, 3, lifting=True), GroupConv2d("C4", 3, 2, 3)
+    print(f"max |f(r x) - r f(x)|: C4 group convolution {err(lambda v: conv(lift(v)), 1, 'C4')}, "
+          f"plain convolution {err(nn.Conv2d(1, 4, 3, 1, 1), 1)}")
+    mixed = MixedGroupConv2d(1, 2, 3, lifting=True)
+    print(f"[G]-mixed layer over {', '.join(GROUPS)}: max |f(g x) - g f(x)| for the rotation and the flip g")
+    for alpha in ([0] * 6, [0, 0, 0, 0, 30, 0], [0] * 5 + [30]):               # uniform, on C4, on D4
+        mixed.alpha.data = torch.tensor(alpha, dtype=torch.float32)
+        print(f"  z = {[round(v, 2) for v in mixed.z().tolist()]}: {err(mixed, 1, 'D4')}, {err(mixed, 4, 'D4')}")
+    net, images = EquiCNN(("D4",) * 4, fields=2, kernel_size=3, hidden=16).eval(), torch.rand(2, 1, 28, 28)
+    print(f"D4 EquiCNN: max change of the logits under the 8 elements of D4 "
+          f"{max((net(act(images, g)) - net(images)).abs().max().item() for g in range(8)):.1e}")

@@ -1,10 +1,11 @@
 """How to add neurons (Maile's thesis, Sec. 6.2.2): the initializations of new neurons.
 
 Source: K. Maile, "Dynamic Architectural Optimization of Artificial Neural Networks", Sec. 6.2.2
-(Eqs. 33-34), Sec. 6.3.1, Table 7; GradMax [142], Firefly [110], NeST [68]. neurogenesis.py decides
-when and where (metrics, triggers, buffer, growable networks, Algorithm 4) and asks new_neurons()
-how: k new neurons for hidden layer l as (fan_in (k, *weight.shape[1:]), fan_out (next.out, k, ...)
-or None = zeros, bias (k) or None = zeros), chosen from c candidates with the generator g.
+(Eqs. 33-34), Sec. 6.3.1, Table 7; GradMax (Evci et al. 2022, the thesis's [142]), Firefly
+(Wu et al. 2020, [110]), NeST (Dai et al. 2019, [68]). neurogenesis.py decides when and where
+(metrics, triggers, buffer, growable networks, Algorithm 4) and asks new_neurons() how: k new
+neurons for hidden layer l as (fan_in (k, *weight.shape[1:]), fan_out (next.out, k, ...) or
+None = zeros, bias (k) or None = zeros), chosen from c candidates with the generator g.
 
   NORTH-Random  Xavier-uniform fan-ins
   NORTH-Select  the k of c random fan-ins whose activations add the most to the layer's effective
@@ -217,3 +218,48 @@ def new_neurons(model, l, k, strategy, acts=None, aux=None, c=None, g=None, x=No
         return _firefly(model, l, k, x, y, loss_fn, c, g)
     with torch.no_grad():
         return INITS[strategy](model, l, k, acts, aux, c, g)
+
+
+if __name__ == "__main__":
+    # Demo: 3 new neurons for the hidden layer of a 10 -> 6 -> 3 MLP by each initialization: their
+    # shapes, how much they change the outputs, the effective dimension of the 9 activations (Eq. 27),
+    # the largest |cos| of a new pre-activation with the layer's (Eq. 33) and the largest |W w_new|
+    # (Eq. 34). MLP has the interface new_neurons reads (neurogenesis.GrowableNet is the full one).
+    import copy
+
+    class MLP(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers, self.head = torch.nn.ModuleList([torch.nn.Linear(10, 6)]), torch.nn.Linear(6, 3)
+            self.kinds, self.norms = ["dense"], None
+
+        def next_of(self, l):
+            return self.head
+
+        def mean_norms(self, l):
+            return (float(self.layers[0].weight.detach().norm(dim=1).mean()),
+                    float(self.head.weight.detach().norm(dim=0).mean()))
+
+        def forward(self, x):
+            return self.head(relu0(self.layers[0](x)))
+
+    torch.manual_seed(0)
+    net, x, y = MLP(), torch.randn(64, 10), torch.randint(0, 3, (64,))
+    with torch.no_grad():
+        W, b, before = net.layers[0].weight.clone(), net.layers[0].bias.clone(), net(x)
+        acts = (None, [x], [x @ W.t() + b], [relu0(x @ W.t() + b)])     # forward_all: (_, in, pre, post)
+    logits = net(x)
+    grad, = torch.autograd.grad(F.cross_entropy(logits, y), logits)
+    aux = grad.t() @ torch.cat([x, x.new_ones(64, 1)], 1)               # the auxiliary gradient, 3 x 11
+    shape = lambda t: "0" if t is None else "x".join(map(str, t.shape))   # noqa: E731
+    print("strategy      fan-in fan-out bias  output change  ED    max |cos|  max |W w_new|")
+    for strategy in ("NORTH-Random", "NORTH-Select", "NORTH-Pre", "NORTH-Weight", "GradMax", "Firefly", "NeST"):
+        m = copy.deepcopy(net)                                          # Firefly's splits edit the layer
+        w_in, w_out, bias = new_neurons(m, 0, 3, strategy, acts, aux, 100, torch.Generator().manual_seed(0), x, y)
+        with torch.no_grad():
+            z = x @ w_in.t() + (0 if bias is None else bias)            # the new pre-activations
+            change = (m(x) + (0 if w_out is None else relu0(z) @ w_out.t()) - before).abs().max()
+            ed = int((torch.linalg.svdvals(torch.cat([acts[3][0], relu0(z)], 1) / math.sqrt(64)) > 0.01).sum())
+            cos = (F.normalize(z, dim=0).t() @ F.normalize(acts[2][0], dim=0)).abs().max()
+        print(f"{strategy:13s} {shape(w_in):>6s} {shape(w_out):>7s} {shape(bias):>4s} {change:14.1e} {ed:3d}/9"
+              f" {cos:10.1e} {(W @ w_in.t()).abs().max():14.1e}")

@@ -1,7 +1,7 @@
 """Learning with plasticity rules: cap-k RNNs trained by learned plasticity rules.
 
-Paper: "Learning with plasticity rules: generalization and robustness" (../shared/papers/
-plasticity-rules-paper.txt), Sections 2-4 and Appendices A-C.
+Paper: "Learning with plasticity rules: generalization and robustness" (anonymous, under review;
+the authors' code: github.com/BrainNetwork/BrainNet), Sections 2-4 and Appendices A-C.
 
 The simple RNN (Sec. 2): input weights A (|V| x d, each edge present with probability p), a
 random directed graph G on V (edge probability p, no self-loops) with weights W (W[j, i] is the
@@ -99,8 +99,7 @@ class CapRNN(nn.Module):
 
     def forward(self, x, W=None, U=None):
         """Logits U h after T rounds (a softmax over them is the paper's output)."""
-        U = self.U if U is None else U
-        return self.hidden(x, W)[0] @ U.t()
+        return self.hidden(x, W)[0] @ (self.U if U is None else U).t()
 
     def firing_patterns(self, x):
         """(batch, num_v) integer firing patterns (round 1 = most significant bit)."""
@@ -128,33 +127,25 @@ def check_table(table, shape, name="rule table"):
 
 
 class RuleTable(nn.Module):
-    """RNN rule r: {0,1}^T x {0,1}^T -> R as a learnable 2^T x 2^T table [pre, post] (Sec. 2)."""
+    """RNN rule r: {0,1}^T x {0,1}^T -> R as a learnable 2^T x 2^T table [pre, post] (Sec. 2);
+    N(0, 1) entries drawn from `seed` unless `table` is given."""
+    columns = None                                        # 2^T
 
     def __init__(self, rounds, table=None, seed=None):
         super().__init__()
         self.rounds = rounds
-        shape = (2 ** rounds, 2 ** rounds)
+        shape = (2 ** rounds, self.columns or 2 ** rounds)
         g = torch.Generator().manual_seed(seed) if seed is not None else None
-        t = torch.randn(shape, generator=g) if table is None else check_table(table, shape, "RuleTable")
+        t = torch.randn(shape, generator=g) if table is None else check_table(table, shape, type(self).__name__)
         self.weight = nn.Parameter(t.detach().clone().float())
 
     def table(self):
         return self.weight
 
 
-class OutputRuleTable(nn.Module):
+class OutputRuleTable(RuleTable):
     """Output rule r_o: {0,1}^T x {0,1} -> R as a learnable 2^T x 2 table (Sec. 2)."""
-
-    def __init__(self, rounds, table=None, seed=None):
-        super().__init__()
-        self.rounds = rounds
-        shape = (2 ** rounds, 2)
-        g = torch.Generator().manual_seed(seed) if seed is not None else None
-        t = torch.randn(shape, generator=g) if table is None else check_table(table, shape, "OutputRuleTable")
-        self.weight = nn.Parameter(t.detach().clone().float())
-
-    def table(self):
-        return self.weight
+    columns = 2
 
 
 def pattern_bits(rounds):
@@ -176,10 +167,8 @@ class MLPRule(nn.Module):
             if seed is not None:
                 torch.manual_seed(seed)
             self.net = nn.Sequential(nn.Linear(2 * rounds, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-        bits = pattern_bits(rounds)
-        n = 2 ** rounds
-        pairs = torch.cat([bits.repeat_interleave(n, 0), bits.repeat(n, 1)], 1)   # [pre, post]
-        self.register_buffer("pairs", pairs)
+        bits, n = pattern_bits(rounds), 2 ** rounds
+        self.register_buffer("pairs", torch.cat([bits.repeat_interleave(n, 0), bits.repeat(n, 1)], 1))  # [pre, post]
 
     def table(self):
         n = 2 ** self.rounds
@@ -214,10 +203,7 @@ def multiplicative_weights_output_rule(rounds):
 
 
 def _as_table(rule, shape, name):
-    if rule is None:
-        return None
-    t = rule.table() if isinstance(rule, nn.Module) else rule
-    return check_table(t, shape, name)
+    return None if rule is None else check_table(rule.table() if isinstance(rule, nn.Module) else rule, shape, name)
 
 
 # ----------------------------------------------------------------------------------------
@@ -239,8 +225,8 @@ def _w_delta(R, code):
 @contextlib.contextmanager
 def _loop_threads(device, threads):
     """Per-example ops (1000x1000 mat-vec, rank-8 update) are too small for intra-op threads:
-    on CPU the loop runs with `threads` threads (default 1; much faster on a busy 2-core box,
-    see benchmarks/plasticity_bench.py)."""
+    on CPU the loop runs with `threads` threads (default 1; much faster when other processes share
+    the cores, as benchmarks/plasticity_bench.py measures)."""
     old = torch.get_num_threads()
     if device.type == "cpu" and threads:
         torch.set_num_threads(threads)
@@ -254,8 +240,7 @@ def _rule_trajectory(net, X, y, R, Ro, lr, update, rows, mode, order, record, th
     """Sequential rule-based training of `net` in place (A.1 steps 2-3). Returns the record
     (codes, labels, predictions of the updated examples) when `record` is True."""
     T, n_out = net.rounds, net.n_out
-    W, U = net.W.data, net.U.data
-    Gf = net.G
+    W, U, Gf = net.W.data, net.U.data, net.G
     mult = mode == "multiplicative"
     rec_codes, rec_y, rec_pred = [], [], []
     with torch.no_grad(), _loop_threads(X.device, threads):
@@ -396,8 +381,7 @@ def meta_learn(net_factory, X, y, rnn_rule=None, output_rule=None, epochs=1, bat
         raise ValueError(f"meta_learn needs at least {2 if online else 1} batch(es) of {batch_size} examples, got {len(X)}")
     opt = torch.optim.Adam(params, lr=meta_lr, weight_decay=weight_decay)
     g = torch.Generator().manual_seed(seed)
-    losses = []
-    net = None
+    losses, net = [], None
     for _ in range(epochs):
         perm = torch.randperm(len(X), generator=g).to(X.device)
         batches = [perm[s:s + batch_size] for s in range(0, len(X) - batch_size + 1, batch_size)]
@@ -594,8 +578,7 @@ def simulate_evolution(loss_fn, n_genes=100, eps=0.02, theta=0.05, generations=2
                        form="haploid"):
     """Run evolution and its GD counterpart side by side from the same allele frequencies.
     Returns dict(generation, y_evolution, y_gd, x_evolution, x_gd) with Ybar per generation."""
-    x_e = torch.full((n_genes,), float(x0), dtype=torch.float64)
-    x_g = x_e.clone()
+    x_e = x_g = torch.full((n_genes,), float(x0), dtype=torch.float64)   # each step returns a new tensor
     ys_e, ys_g = [], []
     for _ in range(generations + 1):
         ys_e.append(float(eps * (2 * x_e - 1).sum()))
@@ -604,3 +587,20 @@ def simulate_evolution(loss_fn, n_genes=100, eps=0.02, theta=0.05, generations=2
         x_g = evolution_gd_step(x_g, loss_fn, eps, theta, form)
     return dict(generation=list(range(generations + 1)), y_evolution=ys_e, y_gd=ys_g,
                 x_evolution=x_e, x_gd=x_g)
+
+
+if __name__ == "__main__":
+    # Demo (Theorem 1): GD on a T=1 output rule from a random table reaches the perceptron's sign
+    # pattern; then fresh cap-k RNNs learn a halfspace (A.2) by a rule alone, with no gradient.
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(6000, 10, generator=g)
+    y = (X @ torch.randn(10, generator=g) > 0).long()  # Halfspace: 1[w* . x > 0]
+    rule, losses = theorem1_gd(lambda: CapRNN(10, 2, num_v=60, cap=30, rounds=1, seed=1), X[:3000], y[:3000],
+                               steps=60, batch_size=50, meta_lr=0.1, seed=1)
+    print(f"meta-learned output rule (rows: not fired / fired; columns: true / other label), loss {losses[0]:.2f}"
+          f" -> {losses[-1]:.2f}:\n{rule.table().detach().numpy().round(2)}\nsign pattern "
+          f"{sign_pattern(rule.table().detach())}, Theorem 1: [[-1, 1], [1, -1]]")
+    for name, r in (("the perceptron (Table 1)", perceptron_output_rule(1)), ("the learned rule", rule)):
+        net = train_with_rules(CapRNN(10, 2, num_v=300, cap=150, seed=0), X[3000:5000], y[3000:5000], output_rule=r)
+        print(f"|V| = 300, k = 150, one pass over 2000 examples with {name}: test accuracy "
+              f"{accuracy(net, X[5000:], y[5000:]):.1%}")

@@ -1,6 +1,6 @@
 """Reports of the plasticity experiments over seeds: summaries (mean ± sample std), the
 NAME.md/.csv and NAME_seeds.md/.csv tables, NAME.png with error bars (± std over seeds) and the
-Fig. 4 picture of adversarial images. Used by plasticity_paper.run."""
+Fig. 4 picture of adversarial images. Used by experiments/plasticity_paper.py's run()."""
 import math
 import textwrap
 
@@ -78,8 +78,9 @@ def _errorbar_curves(summary, series_key, x, m, path, xlabel, title):
 
 
 def adversarial_image(net, x, y, eps, steps=20):
-    """The targeted L2 attack's image (attacks.targeted_l2) with train.plasticity_attack's step:
-    alpha = (eps / 4) / |grad_x (z_y - z_runner-up)|, for the Fig. 4 picture."""
+    """The targeted L2 attack's image (attacks.targeted_l2) with the step of the plasticity
+    attack runs (plasticity_attack): alpha = (eps / 4) / |grad_x (z_y - z_runner-up)|, for the
+    Fig. 4 picture."""
     import attacks
     if eps <= 0:
         return x

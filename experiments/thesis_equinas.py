@@ -1,7 +1,7 @@
 """The thesis's Ch. 4 experiments at CPU scale (Tables 3 and 4, Figs. 10-12, the cost of Eq. 12),
 on top of equinas.py.
 
-rotMNIST, Galaxy10 and ISIC are not on this machine: the data are Fashion-MNIST rotated by the
+The thesis's data sets (rotMNIST, Galaxy10, ISIC) are replaced by Fashion-MNIST rotated by the
 rotMNIST recipe (`rotate_images`), or, for Fig. 12, transformed by exactly one group's action
 (`augment_by_group`). `run(name, data, out_dir, ...)` writes NAME.md (means ± std beside the
 thesis's numbers), NAME.csv (one row per method and seed) and NAME.png into out_dir; every
@@ -371,7 +371,7 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
     """Run experiment `name` (EXPERIMENTS) and write NAME.md, NAME.csv, NAME.png into out_dir.
 
     data: (train_x, train_y, test_x, test_y), images (N, 1, 28, 28) uint8 or float [0, 1] (e.g.
-    data.load_dataset("fashion-mnist", root)); rotate=False when they are rotated already
+    harness.data.load_dataset("fashion-mnist", root)); rotate=False when they are rotated already
     (rotMNIST). sizes: overrides of SIZES[quick]. Returns the per-seed rows."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown EquiNAS experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")

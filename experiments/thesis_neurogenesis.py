@@ -4,7 +4,7 @@
                 MLPs with 1 and 2 hidden layers from width 4 (max 512), every strategy's final
                 widths and test accuracy.
 * pareto        Sec. 6.3.3, Fig. 29: MLPs (784 -> 2 hidden from 64, max 784 -> 10) on
-                Fashion-MNIST (MNIST is not on this machine), accuracy against final size for
+                Fashion-MNIST (the thesis: MNIST), accuracy against final size for
                 every strategy, optionally the Linear / Batched presets, and the static widths
                 64 / 256 / 784.
 * transfer      Sec. 7.3, Fig. 35 at CPU scale: an MLP and a small CNN pretrained on
@@ -227,10 +227,6 @@ def trigger_cost(data, model="mlp", strategies=STRATEGIES, steps=None, chunk=10,
 
 
 # ----------------------------------------------------------------------------------------
-# Single runs kept in out_dir/NAME.runs (see the module docstring: Resume)
-# ----------------------------------------------------------------------------------------
-
-# ----------------------------------------------------------------------------------------
 # The experiments: each a list of single runs through Runs
 # ----------------------------------------------------------------------------------------
 
@@ -355,7 +351,7 @@ def experiment_transfer(data, sz, seeds, runs, source_phi=False, log=_quiet):
 
 
 # ----------------------------------------------------------------------------------------
-# Reports: NAME.md, NAME.csv (run_dir.write_table), NAME.png
+# Reports: NAME.md, NAME.csv (harness/run_dir.py's write_table), NAME.png
 # ----------------------------------------------------------------------------------------
 
 def _mean_std(vals):
