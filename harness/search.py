@@ -52,7 +52,9 @@ def split_search_data(args):
 
 @functools.lru_cache(maxsize=None)
 def _join(variants):
-    """One class with the hooks of every variant (each a subclass of darts.Network)."""
+    """One class with the hooks of every variant (each a subclass of darts.Network overriding
+    its own hooks; a hook two of them override, such as initialize_alphas, runs both through
+    super())."""
     if len(variants) == 1:
         return variants[0]
     return type("+".join(v.__name__ for v in variants), variants, {})
@@ -80,6 +82,7 @@ def make_supernet(C, num_classes, layers, candidates, activation="softmax", part
                 + ([darts.MergedSkipsNetwork] if merge_identity_skips else [])
                 + ([darts_prime.CRBNetwork] if activation == "crb" else [])
                 + ([FusedNetwork] if fused else []) + [SUPERNETS[supernet]])
+    variants = [v for v in variants if v is not darts.Network] or [darts.Network]  # each is one
     if supernet != "darts":
         kwargs["partial_channels"] = partial_channels
     model = _join(tuple(variants))(C, num_classes, layers, candidates, **kwargs)
@@ -167,9 +170,9 @@ def search(args, run, device, after=0.0):
                 loss = F.cross_entropy(logits, y)
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
-            if world > 1:                    # whole-batch gradients, then the Fisher trace
+            if world > 1:                    # whole-batch gradients, before the Fisher trace
                 all_average([w.grad for w in weights])
-            if args.schedule == "fimt":
+            if args.schedule == "fimt":      # Eq. 18's Fisher trace, before clipping
                 searcher.record()
             nn.utils.clip_grad_norm_(weights, args.grad_clip)
             scaler.step(optimizer)
