@@ -4,7 +4,9 @@ Liu, Simonyan & Yang, "DARTS: Differentiable Architecture Search", ICLR 2019 (Se
 as extended by BioNAS (Hamzaoui & Baghdadi, Sec. 2.2, 3.2, App. A.4.1): every candidate on an
 edge is an (operation, learning rule) pair from ops.search_space().
 
-    Network          the supernet of normal and reduction cells with alpha (model_search.py)
+    Network          the supernet of normal and reduction cells with alpha (model_search.py);
+                     its variants: MergedSkipsNetwork, CheckpointedNetwork below, PC-DARTS and
+                     EG-NAS in pc_darts.py, the fused supernet in fused.py, CRB in darts_prime.py
     Architect        the alpha step, first or second order (architect.py)
     derive_genotype  the discrete cell of alpha (Sec. 2.4); genotype files: genotypes.py,
                      re-exported here (darts.load_genotype, darts.Genotype, ...)
@@ -63,175 +65,103 @@ def _build_body(net, in_channels, C, layers, stem_multiplier, base_rule, mean, s
 # ----------------------------------------------------------------------------- search
 
 class SearchCell(nn.Module):
-    """A DAG of `steps` intermediate nodes; node j sums a MixedOp of every earlier node."""
+    """DARTS's search cell (model_search.Cell): `steps` intermediate nodes, each the sum of a
+    mixed edge from every earlier node; make_edge(C, stride) builds an edge (Network.make_edge)."""
 
-    def __init__(self, steps, multiplier, C_pp, C_p, C, reduction, reduction_prev, candidates,
-                 base_rule="bp", node_bn=False, edge=ops.MixedOp):
+    def __init__(self, steps, multiplier, C_pp, C_p, C, reduction, reduction_prev, make_edge,
+                 base_rule="bp"):
         super().__init__()
         self.reduction, self.steps, self.multiplier = reduction, steps, multiplier
         self.preprocess0, self.preprocess1 = _preprocess(C_pp, C_p, C, reduction_prev,
                                                          base_rule, affine=False)
-        self.edges = nn.ModuleList()
-        for i in range(steps):
-            for j in range(2 + i):
-                self.edges.append(edge(C, 2 if reduction and j < 2 else 1, candidates))
-        # CRB (Maile's thesis Sec. 5.2.5): a non-affine BN after each node's sum
-        self.node_bns = nn.ModuleList(nn.BatchNorm2d(C, affine=False) for _ in range(steps)) \
-            if node_bn else None
+        self.edges = nn.ModuleList(make_edge(C, 2 if reduction and j < 2 else 1)
+                                   for i in range(steps) for j in range(2 + i))
 
     def forward(self, s0, s1, weights, edge_weights=None):
-        """edge_weights (PC-DARTS's edge normalization): one weight per edge, scaling it."""
+        """weights: a row of mixing weights per edge; edge_weights: one factor per edge
+        (PC-DARTS's normalized beta, pc_darts.py), None in DARTS."""
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for i in range(self.steps):
             s = sum(self.edges[offset + j](h, weights[offset + j]) *
                     (1.0 if edge_weights is None else edge_weights[offset + j])
                     for j, h in enumerate(states))
-            if self.node_bns is not None:
-                s = self.node_bns[i](s)
             offset += len(states)
-            states.append(s)
+            states.append(self.node(i, s))
         return torch.cat(states[-self.multiplier:], dim=1)
 
-
-SUPERNETS = ("darts", "pc-darts", "eg-nas")
+    def node(self, i, s):
+        """Intermediate node i given the sum of its edges: the sum itself in DARTS."""
+        return s
 
 
 class Network(nn.Module):
-    """The DARTS supernet (reductions at 1/3 and 2/3 depth) with alpha for normal and reduce
-    cells: (14 edges x len(candidates)) each for 4 nodes, initialized 1e-3 * N(0, 1).
+    """DARTS's supernet (model_search.Network): stem, `layers` search cells (reductions at 1/3
+    and 2/3 depth), global pooling, classifier, and alpha for the normal and the reduction cells,
+    (14 edges x len(candidates)) each for 4 nodes, initialized 1e-3 * N(0, 1).
 
-    supernet: "darts" (DARTS's model_search.py: every channel through ops.MixedOp, BN after
-    the pools); "pc-darts" (Xu et al. 2020: ops.PartialMixedOp with 1/partial_channels of the
-    channels, BN after the pools, and edge normalization beta per edge); "eg-nas" (Cai et al.
-    2024, their model_search.py: PartialMixedOp with a channel shuffle, but no beta and no BN
-    after the pools). Default: "pc-darts" when partial_channels > 1, else "darts".
+    Its variants are subclasses that override the hooks below: pc_darts.PCNetwork and
+    pc_darts.EGNASNetwork (make_edge, and PC-DARTS's beta), fused.FusedNetwork (the edge class),
+    darts_prime.CRBNetwork (make_cell, initial_alpha, act, prune), MergedSkipsNetwork
+    (mixing_weights, genotype) and CheckpointedNetwork (forward_cell) below; harness/search.py
+    joins the ones a search asks for."""
 
-    merge_identity_skips: at stride 1 every skip_connect_{rule} is the same identity, so the
-    space gives one operation several alpha entries; True keeps only the first of them on
-    stride-1 edges (the others' mixing weight is 0 there), as one `skip_connect` candidate.
-
-    activation="crb" (Maile's thesis Sec. 5.2.5, Clipped ReLU Batchnorm): mixing weights
-    clamp(alpha, 0, 1) instead of softmax, alpha initialized 1/|O| + 1e-4 N(0, 1), a non-affine
-    BN after each node's sum, no `none` candidate; `prune()` removes for good every candidate
-    whose alpha reached <= 0 (it is no longer computed)."""
+    mixed_op = ops.MixedOp                                # the mixed edge of Eq. 2
 
     def __init__(self, C, num_classes, layers, candidates, steps=4, multiplier=4,
-                 stem_multiplier=3, in_channels=3, base_rule="bp", mean=None, std=None,
-                 activation="softmax", partial_channels=1, supernet=None,
-                 merge_identity_skips=False, fused=False):
+                 stem_multiplier=3, in_channels=3, base_rule="bp", mean=None, std=None):
         super().__init__()
-        if activation not in ("softmax", "crb"):
-            raise ValueError(f"activation must be 'softmax' or 'crb', not {activation!r}")
-        if activation == "crb" and "none" in candidates:
-            raise ValueError("CRB activation has no 'none' candidate: build the search space "
-                             "with ops.search_space(..., zero=False)")
-        supernet = supernet or ("pc-darts" if partial_channels > 1 else "darts")
-        if supernet not in SUPERNETS or (supernet == "darts") != (partial_channels == 1):
-            raise ValueError(f"supernet {supernet!r} with partial_channels {partial_channels}: "
-                             f"choose darts (partial_channels 1) or pc-darts / eg-nas (> 1)")
-        self.activation, self.supernet = activation, supernet
-        self.checkpoint_cells = False         # True: recompute each cell in backward (memory)
         self.C, self.num_classes, self.layers = C, num_classes, layers
         self.candidates, self.steps, self.multiplier = list(candidates), steps, multiplier
+        self.base_rule = base_rule
         self.config = dict(C=C, num_classes=num_classes, layers=layers, candidates=self.candidates,
                            steps=steps, multiplier=multiplier, stem_multiplier=stem_multiplier,
-                           in_channels=in_channels, base_rule=base_rule, mean=mean, std=std,
-                           activation=activation, partial_channels=partial_channels,
-                           supernet=supernet, merge_identity_skips=merge_identity_skips,
-                           fused=fused)
-        if fused and activation == "crb":
-            raise ValueError("fused=True computes every rule variant of an operation together; "
-                             "CRB prunes single candidates: use fused=False with CRB")
-        self.partial_channels = partial_channels
+                           in_channels=in_channels, base_rule=base_rule, mean=mean, std=std)
         for name in self.candidates:
             ops.parse_candidate(name)                     # fail early on unknown names
-        mixed, partial = (ops.FusedMixedOp, ops.FusedPartialMixedOp) if fused else \
-            (ops.MixedOp, ops.PartialMixedOp)
-        if supernet == "darts":
-            edge = lambda C_, s_, c_: mixed(C_, s_, c_)                         # noqa: E731
-        else:
-            edge = lambda C_, s_, c_: partial(                                  # noqa: E731
-                C_, s_, c_, partial_channels, pool_bn=supernet == "pc-darts")
         widths = _build_body(self, in_channels, C, layers, stem_multiplier, base_rule, mean, std,
-                             lambda C_pp, C_p, C_c, red, red_prev: SearchCell(
-                                 steps, multiplier, C_pp, C_p, C_c, red, red_prev,
-                                 self.candidates, base_rule, node_bn=activation == "crb",
-                                 edge=edge))
+                             self.make_cell)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = RuleLinear(widths[-1], num_classes, rule=base_rule)
-        k, n = sum(2 + i for i in range(steps)), len(self.candidates)
-        if activation == "crb":
-            self.alphas_normal = nn.Parameter(1 / n + 1e-4 * torch.randn(k, n))
-            self.alphas_reduce = nn.Parameter(1 / n + 1e-4 * torch.randn(k, n))
-        else:
-            self.alphas_normal = nn.Parameter(1e-3 * torch.randn(k, n))
-            self.alphas_reduce = nn.Parameter(1e-3 * torch.randn(k, n))
-        if supernet == "pc-darts":           # PC-DARTS edge normalization: beta per edge
-            self.betas_normal = nn.Parameter(1e-3 * torch.randn(k))
-            self.betas_reduce = nn.Parameter(1e-3 * torch.randn(k))
-        if activation == "crb":
-            self.register_buffer("alive_normal", torch.ones(k, n, dtype=torch.bool))
-            self.register_buffer("alive_reduce", torch.ones(k, n, dtype=torch.bool))
-        self.merge_identity_skips = merge_identity_skips
-        if merge_identity_skips:             # masks of the dropped copies, moved with the model
-            self.register_buffer("merged_normal", identity_copies(self.candidates, steps, False),
-                                 persistent=False)
-            self.register_buffer("merged_reduce", identity_copies(self.candidates, steps, True),
-                                 persistent=False)
+        self.initialize_alphas()
+
+    def make_cell(self, C_pp, C_p, C, reduction, reduction_prev):
+        return SearchCell(self.steps, self.multiplier, C_pp, C_p, C, reduction, reduction_prev,
+                          self.make_edge, self.base_rule)
+
+    def make_edge(self, C, stride):
+        return self.mixed_op(C, stride, self.candidates)
+
+    def initialize_alphas(self):
+        k, n = sum(2 + i for i in range(self.steps)), len(self.candidates)
+        self.alphas_normal = nn.Parameter(self.initial_alpha(k, n))
+        self.alphas_reduce = nn.Parameter(self.initial_alpha(k, n))
+
+    def initial_alpha(self, k, n):
+        return 1e-3 * torch.randn(k, n)
 
     def arch_parameters(self):
-        extra = [self.betas_normal, self.betas_reduce] if self.supernet == "pc-darts" else []
-        return [self.alphas_normal, self.alphas_reduce] + extra
+        return [self.alphas_normal, self.alphas_reduce]
 
     def weights(self):
-        """All parameters except alpha (and beta)."""
-        return [p for n, p in self.named_parameters() if not n.startswith(("alphas_", "betas_"))]
+        """All parameters except the architecture's."""
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
 
-    def edge_weights(self):
-        """PC-DARTS: per node, softmax of beta over its incoming edges (None without
-        --partial_channels)."""
-        if self.supernet != "pc-darts":
-            return None, None
-
-        def norm(beta):
-            out, start = [], 0
-            for i in range(self.steps):
-                out.append(F.softmax(beta[start:start + 2 + i], dim=-1))
-                start += 2 + i
-            return torch.cat(out)
-        return norm(self.betas_normal), norm(self.betas_reduce)
+    def act(self, alpha):
+        """Mixing weights of alpha, per edge: softmax over its candidates (Eq. 2)."""
+        return F.softmax(alpha, dim=-1)
 
     def mixing_weights(self):
-        an, ar = self.alphas_normal, self.alphas_reduce
-        if self.activation == "crb":
-            wn, wr = an.clamp(0, 1), ar.clamp(0, 1)
-            if self.merge_identity_skips:
-                wn, wr = wn.masked_fill(self.merged_normal, 0.0), wr.masked_fill(self.merged_reduce, 0.0)
-            return wn, wr
-        if self.merge_identity_skips:                     # the dropped copies get weight 0
-            an = an.masked_fill(self.merged_normal, float("-inf"))
-            ar = ar.masked_fill(self.merged_reduce, float("-inf"))
-        return F.softmax(an, dim=-1), F.softmax(ar, dim=-1)
+        return self.act(self.alphas_normal), self.act(self.alphas_reduce)
 
-    @torch.no_grad()
-    def prune(self):
-        """CRB: candidates whose alpha is <= 0 die for good (alpha held at 0, op not computed).
-        Returns the number of candidates alive in (normal, reduce) cells."""
-        for alpha, alive, reduction in ((self.alphas_normal, self.alive_normal, False),
-                                        (self.alphas_reduce, self.alive_reduce, True)):
-            alive &= alpha > 0
-            alpha.masked_fill_(~alive, 0.0)
-            masks = alive.tolist()
-            for cell in self.cells:
-                if cell.reduction == reduction:
-                    for edge, mask in zip(cell.edges, masks):
-                        edge.active = [i for i in edge.active if mask[i]]
-        return int(self.alive_normal.sum()), int(self.alive_reduce.sum())
+    def edge_weights(self):
+        """(normal, reduce) factors per edge: None, every edge counts alike in DARTS."""
+        return None, None
 
     def forward(self, x, weights_normal=None, weights_reduce=None):
-        """Logits; mixing weights default to softmax(alpha) (Eq. 7) and may be supplied
-        externally (EG-NAS evaluates sampled architectures this way)."""
+        """Logits; mixing weights default to act(alpha) and may be supplied externally (EG-NAS
+        evaluates sampled architectures this way)."""
         if weights_normal is None or weights_reduce is None:
             wn, wr = self.mixing_weights()
             weights_normal = wn if weights_normal is None else weights_normal
@@ -240,29 +170,42 @@ class Network(nn.Module):
         s0 = s1 = self.stem(self.normalize(x))
         for cell in self.cells:
             w, e = (weights_reduce, er) if cell.reduction else (weights_normal, en)
-            if self.checkpoint_cells and torch.is_grad_enabled():
-                # activation checkpointing: the cell's activations are recomputed in backward;
-                # the RNG state is restored for the recomputation, so brsf redraws the same R
-                s0, s1 = s1, checkpoint(cell, s0, s1, w, e, use_reentrant=False,
-                                        preserve_rng_state=True)
-            else:
-                s0, s1 = s1, cell(s0, s1, w, e)
+            s0, s1 = s1, self.forward_cell(cell, s0, s1, w, e)
         return self.classifier(self.global_pooling(s1).flatten(1))
+
+    def forward_cell(self, cell, *inputs):
+        return cell(*inputs)
 
     def loss(self, x, y):
         return F.cross_entropy(self(x), y)
 
     def genotype(self):
-        """The derived genotype; with partial channels an edge's candidates are weighed by its
-        normalized beta too (PC-DARTS)."""
         wn, wr = self.mixing_weights()
-        en, er = self.edge_weights()
-        if en is not None:
-            wn, wr = wn * en[:, None], wr * er[:, None]
-        g = derive_genotype(wn.detach(), wr.detach(), self.candidates, self.steps,
-                            self.multiplier)
-        if not self.merge_identity_skips:
-            return g
+        return derive_genotype(wn.detach(), wr.detach(), self.candidates, self.steps,
+                               self.multiplier)
+
+
+class MergedSkipsNetwork(Network):
+    """At stride 1 every skip_connect_{rule} is the same identity, so the op x rule space gives
+    one operation several alpha entries. This supernet keeps only the first of them on stride-1
+    edges (the others' mixing weight is 0 there), as one `skip_connect` candidate."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.config["merge_identity_skips"] = True
+        # masks of the dropped copies, moved with the model
+        self.register_buffer("merged_normal", identity_copies(self.candidates, self.steps, False),
+                             persistent=False)
+        self.register_buffer("merged_reduce", identity_copies(self.candidates, self.steps, True),
+                             persistent=False)
+
+    def mixing_weights(self):
+        """act(alpha) with the dropped copies' alpha at -inf: weight 0 (softmax and clamp)."""
+        return (self.act(self.alphas_normal.masked_fill(self.merged_normal, float("-inf"))),
+                self.act(self.alphas_reduce.masked_fill(self.merged_reduce, float("-inf"))))
+
+    def genotype(self):
+        g = super().genotype()
 
         def plain(edges, reduction):                      # the merged identity is one op
             return [("skip_connect" if ops.parse_candidate(n)[0] == "skip_connect" and
@@ -282,6 +225,17 @@ def identity_copies(candidates, steps, reduction):
                 mask[row, skips[1:]] = True
             row += 1
     return mask
+
+
+class CheckpointedNetwork(Network):
+    """Activation checkpointing: each cell's activations are recomputed in backward instead of
+    kept (less memory, ~1.3x time). The RNG state is restored for the recomputation, so brsf
+    redraws the same feedback."""
+
+    def forward_cell(self, cell, *inputs):
+        if not torch.is_grad_enabled():
+            return cell(*inputs)
+        return checkpoint(cell, *inputs, use_reentrant=False, preserve_rng_state=True)
 
 
 # ----------------------------------------------------------------------------- architect
@@ -574,3 +528,30 @@ class NetworkImageNet(NetworkEval):
     def stems(self, x):
         s0 = self.stem0(x)
         return s0, self.stem1(s0)
+
+
+if __name__ == "__main__":
+    # a tiny BioNAS-DARTS search on random 8x8 images: weight and first-order alpha steps
+    torch.manual_seed(0)
+    cands = ops.search_space(rules=("fa", "usf"), skip_rules=("usf",))
+    net = Network(4, 3, 3, cands, steps=2, multiplier=2, in_channels=1)
+    print(f"supernet: {len(net.cells)} cells, {len(net.cells[0].edges)} edges per cell, "
+          f"{len(cands)} candidates per edge, {sum(p.numel() for p in net.weights())} weights, "
+          f"alpha {tuple(net.alphas_normal.shape)} x 2")
+    x, y = torch.rand(16, 1, 8, 8), torch.randint(0, 3, (16,))
+    xv, yv = torch.rand(16, 1, 8, 8), torch.randint(0, 3, (16,))
+    optimizer = torch.optim.SGD(net.weights(), 0.05, momentum=0.9, weight_decay=3e-4)
+    architect = Architect(net, arch_learning_rate=3e-2)
+    for step in range(5):
+        architect.step(x, y, xv, yv)                  # alpha on the validation half
+        optimizer.zero_grad()
+        loss = net.loss(x, y)                          # then the weights on the training half
+        loss.backward()
+        nn.utils.clip_grad_norm_(net.weights(), 5.0)
+        optimizer.step()
+        print(f"step {step + 1}: train loss {loss.item():.4f}, "
+              f"val loss {net.loss(xv, yv).item():.4f}")
+    wn, _ = net.mixing_weights()
+    print("softmax(alpha) of the normal cell's first edge:",
+          ", ".join(f"{c} {w:.3f}" for c, w in zip(cands, wn[0].tolist())))
+    print("derived genotype:", net.genotype())

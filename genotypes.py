@@ -27,6 +27,7 @@ DARTS_V2 = Genotype(
             ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)],
     reduce_concat=[2, 3, 4, 5])
 
+
 def save_genotype(genotype, path):
     """Write a Genotype as JSON (op names keep their rule)."""
     with open(path, "w") as f:
@@ -125,3 +126,25 @@ def random_genotype(seed, steps=4, rules=("fa", "usf", "brsf", "frsf"),
         return edges
     concat = list(range(2, 2 + steps))
     return Genotype(cell(), concat, cell(), list(concat))
+
+
+if __name__ == "__main__":
+    import os
+    import tempfile
+
+    def show(title, g):
+        print(title)
+        for cell in ("normal", "reduce"):
+            e = getattr(g, cell)
+            print(f"  {cell:6s} " + "; ".join(
+                f"node {2 + k // 2} = {e[k][0]}({e[k][1]}) + {e[k + 1][0]}({e[k + 1][1]})"
+                for k in range(0, len(e), 2)))
+    show("DARTS_V2 (Liu et al. 2019), every op trained by backprop:", DARTS_V2)
+    show("DARTS_V2 converted to uniform sign feedback (force_rule usf):",
+         force_rule(DARTS_V2, "usf"))
+    show("DARTS_V2 with random rules (random_rules, seed 0):", random_rules(DARTS_V2, 0))
+    show("a random genotype of the BioNAS space (random_genotype, seed 0):", random_genotype(0))
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "genotype.json")
+        save_genotype(DARTS_V2, path)
+        print(f"saved and loaded back unchanged: {load_genotype(path) == DARTS_V2}")

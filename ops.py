@@ -8,12 +8,16 @@ rule bp), so original DARTS genotypes load unchanged.
 
 Every convolution inside a ruled op -- FactorizedReduce's two 1x1 convolutions included -- is
 a rules.RuleConv2d with the op's rule.
+
+    ReLUConvBN, DilConv, SepConv, FactorizedReduce, Identity, Zero   DARTS's operations
+    parse_candidate, make_op, search_space                          the op x rule candidates
+    MixedOp, PartialMixedOp       the mixed edge (DARTS) and its partial-channel sibling (PC-DARTS)
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rules import RULES, MultiRuleConv2d, RuleConv2d, check_rule
+from rules import RULES, RuleConv2d, check_rule
 
 PLAIN_OPS = ("none", "max_pool_3x3", "avg_pool_3x3")
 RULED_OPS = ("skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")
@@ -113,7 +117,8 @@ class FactorizedReduce(nn.Module):
 
 def parse_candidate(name):
     """'sep_conv_3x3_usf' -> ('sep_conv_3x3', 'usf'); 'sep_conv_3x3' -> ('sep_conv_3x3', 'bp');
-    'max_pool_3x3' -> ('max_pool_3x3', None). Unknown names raise ValueError naming the valid ones."""
+    'max_pool_3x3' -> ('max_pool_3x3', None). Unknown names raise ValueError naming the valid
+    ones."""
     if name in PLAIN_OPS:
         return name, None
     if name in RULED_OPS:
@@ -188,7 +193,7 @@ class MixedOp(nn.Module):
                 op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
             self.ops.append(op)
         # `none` contributes exactly 0 to the sum and to every gradient: skip computing it
-        # (Network.prune also removes candidates here)
+        # (CRB's prune, darts_prime.CRBNetwork, also removes candidates here)
         self.active = [i for i, n in enumerate(self.candidates) if n != "none"]
 
     def forward(self, x, weights):
@@ -216,167 +221,19 @@ class PartialMixedOp(MixedOp):
         return channel_shuffle(torch.cat([out, rest], dim=1), self.k)
 
 
-# ----------------------------------------------------------------------------------------
-# Fused rule variants (darts.Network(fused=True)): the R rule variants of one operation read
-# the same input, so they run as one operation over R * C channels (rule-major blocks), with
-# rules.MultiRuleConv2d's per-block feedback -- the same mathematics as R separate candidates
-# ----------------------------------------------------------------------------------------
-
-FUSABLE = ("bp", "fa", "usf", "brsf", "frsf")
-
-
-class FusedDilConv(nn.Module):
-    """R DilConvs (ReLU -> depthwise -> pointwise -> BN) of one input x as one: the input
-    repeated R times (repeat=True) or already R blocks, a depthwise conv over R * C_in
-    channels, a pointwise conv in R groups, BN over R * C_out channels."""
-
-    def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, rules, repeat=True):
-        super().__init__()
-        R = len(rules)
-        self.R, self.repeat = R, repeat
-        self.depthwise = MultiRuleConv2d(R * C_in, R * C_in, kernel_size, rules, stride, padding,
-                                         dilation, groups=R * C_in)
-        self.pointwise = MultiRuleConv2d(R * C_in, R * C_out, 1, rules, groups=R)
-        self.bn = nn.BatchNorm2d(R * C_out, affine=False)
-
-    def forward(self, x):
-        x = F.relu(x)
-        if self.repeat:
-            x = torch.cat([x] * self.R, 1)              # (repeat() would drop channels_last)
-        return self.bn(self.pointwise(self.depthwise(x)))
-
-
-class FusedSepConv(nn.Module):
-    """R SepConvs as two FusedDilConvs (the second reads the first's R blocks)."""
-
-    def __init__(self, C, kernel_size, stride, padding, rules):
-        super().__init__()
-        self.op = nn.Sequential(FusedDilConv(C, C, kernel_size, stride, padding, 1, rules),
-                                FusedDilConv(C, C, kernel_size, 1, padding, 1, rules, False))
-
-    def forward(self, x):
-        return self.op(x)
-
-
-class FusedFactorizedReduce(nn.Module):
-    """R FactorizedReduces: each 1x1 stride-2 convolution of the R rules is one conv with R
-    blocks of C/2 outputs; their halves are interleaved per rule before one BN over R * C."""
-
-    def __init__(self, C_in, C_out, rules):
-        super().__init__()
-        self.R, self.half = len(rules), C_out // 2
-        self.conv_1 = MultiRuleConv2d(C_in, self.R * self.half, 1, rules, stride=2)
-        self.conv_2 = MultiRuleConv2d(C_in, self.R * self.half, 1, rules, stride=2)
-        self.bn = nn.BatchNorm2d(self.R * C_out, affine=False)
-
-    def forward(self, x):
-        x = F.relu(x)
-        if x.shape[-1] % 2 or x.shape[-2] % 2:
-            x = F.pad(x, (0, x.shape[-1] % 2, 0, x.shape[-2] % 2))
-        a, b = self.conv_1(x), self.conv_2(x[:, :, 1:, 1:])
-        n, _, h, w = a.shape
-        y = torch.cat([a.view(n, self.R, self.half, h, w), b.view(n, self.R, self.half, h, w)], 2)
-        return self.bn(y.reshape(n, 2 * self.R * self.half, h, w))
-
-
-def make_fused(op, rules, C, stride):
-    """The R = len(rules) variants of `op` as one module giving (N, R * C, H', W')."""
-    if op == "skip_connect":
-        return FusedFactorizedReduce(C, C, rules)             # stride 2; stride 1: identities
-    k, dil = int(op[-1]), 2 if op.startswith("dil") else 1
-    if op.startswith("sep"):
-        return FusedSepConv(C, k, stride, k // 2, rules)
-    return FusedDilConv(C, C, k, stride, dil * (k // 2), dil, rules)
-
-
-class FusedMixedOp(MixedOp):
-    """MixedOp with the rule variants of each operation fused (darts.Network(fused=True)): the
-    same function of x and the mixing weights as MixedOp over the same candidates. Candidates
-    that are alone in their operation, Hebbian, pools and `none` stay separate modules;
-    skip_connect's identities at stride 1 are one multiplication by their summed weights."""
-
-    def __init__(self, C, stride, candidates, pool_bn=True):
-        nn.Module.__init__(self)
-        self.candidates, self.stride = list(candidates), stride
-        groups = {}
-        for i, name in enumerate(self.candidates):
-            op, rule = parse_candidate(name)
-            if rule in FUSABLE:
-                groups.setdefault(op, []).append(i)
-        self.units, self.ops, self.fused = [], nn.ModuleList(), nn.ModuleDict()
-        for i, name in enumerate(self.candidates):      # units in candidate order (brsf draws)
-            op, rule = parse_candidate(name)
-            members = groups.get(op, [])
-            if len(members) > 1 and rule in FUSABLE:
-                if i == members[0]:
-                    if op == "skip_connect" and stride == 1:
-                        self.units.append(("identity", members))
-                    else:
-                        self.fused[op] = make_fused(op, [parse_candidate(self.candidates[j])[1]
-                                                         for j in members], C, stride)
-                        self.units.append((op, members))
-                self.ops.append(nn.Identity())          # placeholder: keeps ops[i] indexing
-                continue
-            m = make_op(name, C, stride, affine=False)
-            if pool_bn and "pool" in name:
-                m = nn.Sequential(m, nn.BatchNorm2d(C, affine=False))
-            self.ops.append(m)
-            if name != "none":
-                self.units.append(("op", [i]))
-        self.active = [i for i, n in enumerate(self.candidates) if n != "none"]
-
-    def forward(self, x, weights):
-        out = 0
-        for kind, idx in self.units:
-            if kind == "op":
-                out = out + weights[idx[0]] * self.ops[idx[0]](x)
-            elif kind == "identity":
-                out = out + weights[idx].sum() * x
-            else:
-                out = out + rule_sum(self.fused[kind](x), weights[idx])
-        return out
-
-
-def rule_sum(y, w):
-    """sum_r w_r * block r of y (N, R*C, H, W), in y's memory format (channels_last stays so)."""
-    n, c, h, wd = y.shape
-    R = len(w)
-    w = w.to(y.dtype)
-    if y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
-        z = y.permute(0, 2, 3, 1).reshape(n, h, wd, R, c // R)     # a view of NHWC memory
-        return (z * w.view(R, 1)).sum(3).permute(0, 3, 1, 2)
-    return torch.einsum("nrchw,r->nchw", y.view(n, R, c // R, h, wd), w)
-
-
-class FusedPartialMixedOp(PartialMixedOp, FusedMixedOp):
-    """PartialMixedOp over a FusedMixedOp's candidates."""
-
-
-@torch.no_grad()
-def copy_unfused(fused, mixed):
-    """Load the weights, feedback buffers and BatchNorm statistics of a MixedOp into the
-    FusedMixedOp over the same candidates (block r of a fused layer = the r-th member's)."""
-    def blocks(dst, srcs):
-        for name in ("weight", "weight_backward", "running_mean", "running_var"):
-            if getattr(dst, name, None) is not None:
-                getattr(dst, name).copy_(torch.cat([getattr(s, name) for s in srcs]))
-        if hasattr(dst, "num_batches_tracked"):
-            dst.num_batches_tracked.copy_(srcs[0].num_batches_tracked)
-
-    def dil(dst, srcs):                                    # FusedDilConv <- DilConvs
-        blocks(dst.depthwise, [s.op[1] for s in srcs])
-        blocks(dst.pointwise, [s.op[2] for s in srcs])
-        blocks(dst.bn, [s.op[3] for s in srcs])
-    for kind, idx in fused.units:
-        srcs = [mixed.ops[i] for i in idx]
-        if kind == "op":
-            fused.ops[idx[0]].load_state_dict(srcs[0].state_dict())
-        elif kind == "skip_connect":
-            blocks(fused.fused[kind].conv_1, [s.conv_1 for s in srcs])
-            blocks(fused.fused[kind].conv_2, [s.conv_2 for s in srcs])
-            blocks(fused.fused[kind].bn, [s.bn for s in srcs])
-        elif kind.startswith("sep"):
-            for j in range(2):
-                dil(fused.fused[kind].op[j], [s.op[j] for s in srcs])
-        elif kind != "identity":
-            dil(fused.fused[kind], srcs)
+if __name__ == "__main__":
+    cands = search_space()
+    print(f"BioNAS-DARTS search space: {len(cands)} (operation, rule) candidates")
+    x = torch.rand(2, 8, 16, 16)
+    for name in cands:
+        op = make_op(name, 8, stride=2)
+        n = sum(p.numel() for p in op.parameters())
+        print(f"  {name:20s} stride 2: {tuple(x.shape)} -> {tuple(op(x).shape)}, {n} weights")
+    torch.manual_seed(0)
+    weights = F.softmax(1e-3 * torch.randn(len(cands)), dim=-1)     # DARTS's initial alpha
+    mixed, partial = MixedOp(8, 1, cands), PartialMixedOp(8, 1, cands, k=4)
+    print(f"MixedOp: sum of {len(mixed.active)} candidates (none skipped) -> "
+          f"{tuple(mixed(x, weights).shape)}, {sum(p.numel() for p in mixed.parameters())} weights")
+    print(f"PartialMixedOp (k 4): 2 of 8 channels through the candidates -> "
+          f"{tuple(partial(x, weights).shape)}, {sum(p.numel() for p in partial.parameters())} "
+          f"weights")

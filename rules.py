@@ -336,7 +336,7 @@ RULE_LAYERS = (RuleConv2d, RuleLinear)
 
 
 class MultiRuleConv2d(nn.Conv2d):
-    """R rule layers side by side in one convolution (the fused supernet, ops.FusedMixedOp):
+    """R rule layers side by side in one convolution (the fused supernet, fused.FusedMixedOp):
     the output channels form R equal blocks, block r trained by rules[r] (bp or an FA-family
     rule). Each block is initialized, keeps its feedback buffer and draws brsf's |R| exactly
     as a RuleConv2d of the block's shape (out_channels / R, in_channels / groups, k, k) would,

@@ -29,6 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import darts  # noqa: E402
 import ops  # noqa: E402
+from harness.search import make_supernet  # noqa: E402
 
 
 
@@ -60,7 +61,7 @@ def worker(cfg):
     del tiny
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss          # KiB on Linux
     torch.manual_seed(0)
-    model = darts.Network(cfg["C"], 10, cfg["layers"], cands, steps=cfg.get("nodes", 4),
+    model = make_supernet(cfg["C"], 10, cfg["layers"], cands, steps=cfg.get("nodes", 4),
                           multiplier=cfg.get("nodes", 4), in_channels=cfg.get("in_channels", 3),
                           partial_channels=cfg.get("partial", 1),
                           supernet=cfg.get("supernet"), fused=cfg.get("fused", False)
@@ -133,7 +134,7 @@ def main():
     ap.add_argument("--orders", default="first,second")
     ap.add_argument("--gpu", type=int, default=None)
     ap.add_argument("--fusion", action="store_true",
-                    help="instead: the fused supernet (darts.Network(fused=True)) against the plain "
+                    help="instead: the fused supernet (fused.FusedNetwork) against the plain "
                          "one at the quick size, the paper's sizes and with partial channels")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -201,7 +202,7 @@ FUSION_SIZES = {  # name: Network and batch settings (first order, channels_last
 
 
 def fusion(args):
-    """Fused / plain supernet search-step time, side by side per size (issue 19)."""
+    """Fused / plain supernet search-step time, side by side per size."""
     threads = args.threads or torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} thread(s), first order, channels_last, 22 "
           f"candidates; median of {args.repeats} round-robin steps after 1 warm-up\n")

@@ -13,7 +13,7 @@
      time and each rule's ratio to it, timed round-robin (rules_bench.step_time);
    - supernet: one DARTS search step (first-order Architect.step on a validation batch, then
      an SGD step of the weights with grad-clip 5: darts_bench.worker's step; --orders
-     first,second adds the unrolled step) of search.build_search_model's supernet at the
+     first,second adds the unrolled step) of search.build_supernet's supernet at the
      paper's search size (--preset authors: C 16, 8 cells, 4 nodes, CIFAR-10 32x32), for the
      8-op and 22-candidate spaces (darts_bench.SPACES), batch 64 and 256, without and with
      --partial_channels 4 (PC-DARTS); a configuration that does not fit says OOM;
@@ -190,7 +190,7 @@ def supernet_row(dev, clock, s, space, batch, partial, order, repeats):
         args = SimpleNamespace(dataset="cifar10", init_channels=s["C"], layers=s["layers"],
                                nodes=s["nodes"], base_rule="bp", crb=False,
                                partial_channels=partial)
-        model = search.build_search_model(args, SPACES[space]()).to(
+        model = search.build_supernet(args, SPACES[space]()).to(
             dev, memory_format=torch.channels_last)
         xt, xv = (torch.rand(batch, 3, s["size"], s["size"], device=dev).contiguous(
             memory_format=torch.channels_last) for _ in range(2))

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import darts  # noqa: E402
 import ops  # noqa: E402
+from harness.search import make_supernet  # noqa: E402
 
 
 def activation_bytes(net, x, y):
@@ -74,8 +74,7 @@ def main():
     print("|---|---|---|---|---|")
     for k, ckpt in ((1, False), (4, False), (1, True), (4, True)):
         torch.manual_seed(0)
-        net = darts.Network(16, 10, 5, cands, partial_channels=k).to(dev)
-        net.checkpoint_cells = ckpt
+        net = make_supernet(16, 10, 5, cands, partial_channels=k, checkpoint_cells=ckpt).to(dev)
         x = torch.rand(a.batch, 3, 32, 32, device=dev)
         y = torch.randint(0, 10, (a.batch,), device=dev)
         fixed = 3 * sum(p.numel() * p.element_size() for p in net.parameters())
@@ -88,9 +87,9 @@ def main():
             dt = time.perf_counter() - t0
             per = (torch.cuda.max_memory_allocated(dev) - base) / a.batch
         else:
-            net.checkpoint_cells = False
-            total, cells = activation_bytes(net, x, y)
-            net.checkpoint_cells = ckpt
+            torch.manual_seed(0)                   # the same network, cells not checkpointed
+            total, cells = activation_bytes(make_supernet(16, 10, 5, cands, partial_channels=k)
+                                            .to(dev), x, y)
             t0 = time.perf_counter()
             F.cross_entropy(net(x), y).backward()
             dt = time.perf_counter() - t0

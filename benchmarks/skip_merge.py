@@ -1,6 +1,6 @@
 """How often skip_connect wins an edge, with one identity per rule at stride 1 (the BioNAS space:
 skip_connect_usf / _brsf / _frsf are three copies of the identity there) and with them merged
-into one candidate (--merge_identity_skips). Issue 15, item 8.
+into one candidate (--merge_identity_skips).
 
     python benchmarks/skip_merge.py                      # 5 seeds x 2 spaces, the quick search
     python benchmarks/skip_merge.py --seeds 1,2 --epochs 1 --out /tmp/sm
@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import darts  # noqa: E402
 import ops  # noqa: E402
 import train  # noqa: E402
+from harness.search import make_supernet  # noqa: E402
 
 
 def stride1_rows(steps, reduction):
@@ -38,7 +38,7 @@ def stride1_rows(steps, reduction):
 
 def counts(run, steps):
     ck = torch.load(os.path.join(run, "checkpoint.pt"), weights_only=False)
-    net = darts.Network(**ck["config"])
+    net = make_supernet(**ck["config"])
     net.load_state_dict(ck["model"])
     cands = ck["config"]["candidates"]
     skip = [ops.parse_candidate(c)[0] == "skip_connect" for c in cands]

@@ -7,17 +7,19 @@ import os
 import time
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import darts
 import resnet
 import rules
-from harness.data import (DATASETS, Batches, image_folders, imagenet_stream, load_dataset,
+from harness.data import (DATASETS, image_folders, imagenet_stream, load_dataset,
                           make_batches, place)
 from harness.monitor import LayerMonitor, plot_layers
 from harness.plots import plot_history
-from harness.run_dir import (Meter, autocast, check_model_finite, distributed, eta_after_epoch, evaluate,
-                     fmt_eta, load_checkpoint, resume, rng_state, sgd_step)
+from harness.run_dir import (Meter, autocast, check_model_finite, distributed, eta_after_epoch,
+                             evaluate, fmt_eta, load_checkpoint, log_step, resume, rng_state)
+from harness.search import make_supernet
 
 
 def imagenet_streams(args, device, rank=0, world=1):
@@ -115,15 +117,15 @@ def train(args, run, device, genotype=None, after=0.0):
     what = args.model if args.model != "darts" else f"genotype {model.config['genotype']}"
     run.log(f"train: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
             f"rules {sorted(set(rules.layer_rules(model).values()))}, {n_train} images, "
-            f"{args.epochs} epochs on {device}" + (f" x {world} processes (batch "
-                                                   f"{args.batch_size // world} each)" if world > 1 else "")
-            + f"; {what}")
+            f"{args.epochs} epochs on {device}"
+            + (f" x {world} processes (batch {args.batch_size // world} each)"
+               if world > 1 else "") + f"; {what}")
     net = model
     if world > 1:                    # gradients averaged over ranks; buffers (B, BN) from rank 0
         from torch.nn.parallel import DistributedDataParallel
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                       else None)
-    amp, scaler = autocast(args, device)
+    amp, scaler = autocast(args, device)          # --amp: the weight steps; a no-op scaler else
     for epoch in range(start, args.epochs):
         lr = scheduler.get_last_lr()[0]
         model.drop_path_prob = args.drop_path_prob * epoch / args.epochs
@@ -138,8 +140,13 @@ def train(args, run, device, genotype=None, after=0.0):
                 if model.logits_aux is not None:
                     loss = loss + args.auxiliary_weight * F.cross_entropy(
                         model.logits_aux, y, label_smoothing=args.label_smoothing)
-            sgd_step(loss, logits, y, model.parameters(), optimizer, args, run, meter, epoch,
-                     step, lr, before_clip=monitor.step, scaler=scaler)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            monitor.step()                                   # the raw gradients, before clipping
+            nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            log_step(loss, logits, y, args, run, meter, epoch, step, lr)
         scheduler.step()
         monitor.end_epoch(epoch)
         spread = replica_spread(model) if world > 1 else 0.0
@@ -168,10 +175,10 @@ def train(args, run, device, genotype=None, after=0.0):
         run.write_json(history, "history.json")
         layers = monitor.summary()
         run.write_json(layers, "layers.json")
-        plot_history(history, run.file("curves.png"),
-                     ["train_acc", "valid_acc", "test_acc", "train_loss", "valid_loss", "test_loss"])
+        plot_history(history, run.file("curves.png"), ["train_acc", "valid_acc", "test_acc",
+                                                       "train_loss", "valid_loss", "test_loss"])
         plot_layers(layers, run.file("layers.png"),
-                                       f"{os.path.basename(run.path)}: epoch {epoch + 1}")
+                    f"{os.path.basename(run.path)}: epoch {epoch + 1}")
         if args.stop_after and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
             run.log(f"stopping after epoch {epoch + 1} (--stop_after); continue with "
                     f"--resume {run.path}")
@@ -231,7 +238,7 @@ def load_checkpoint_model(path, device, kinds=None, hint=""):
     ckpt = load_checkpoint(path, device, kinds, hint)
     cfg = dict(ckpt["config"])
     if ckpt["kind"] == "search":
-        model = darts.Network(**cfg)
+        model = make_supernet(**cfg)
     elif ckpt["kind"] == "resnet":
         model = resnet.ResNet(**cfg)
     else:

@@ -3,7 +3,7 @@
 A run directory holds log.txt, args.json, checkpoint.pt (written to a temp file, then renamed,
 so a crash never leaves a broken file) and metrics, and is locked while a process writes it;
 `resume` restores weights, optimizers, schedule, searcher and RNG state from it. Also: the
-device choice (--gpu N, CPU fallback), one SGD step with gradient clipping, a clear stop when a
+device choice (--gpu N, CPU fallback), the log line of a weight step, a clear stop when a
 loss, weight or alpha stops being finite, progress with an ETA for the whole run, evaluation.
 """
 import contextlib
@@ -18,7 +18,6 @@ import time
 import warnings
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 try:
@@ -48,13 +47,15 @@ def pick_device(gpu):
 
 
 def autocast(args, device):
-    """(context, GradScaler or None) for --amp bf16|fp16: torch.autocast around the forward and
-    the loss; fp16 also scales the loss (GradScaler); no --amp: (nullcontext, None)."""
+    """(context, GradScaler) for --amp bf16|fp16: torch.autocast around the forward and the
+    loss; fp16 also scales the loss. Without --amp fp16 the GradScaler is disabled, and a
+    disabled GradScaler's scale, unscale_, step and update pass through (plain backward and
+    optimizer.step)."""
     amp = getattr(args, "amp", None)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     if not amp:
-        return contextlib.nullcontext, None
+        return contextlib.nullcontext, scaler
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
     return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
 
 
@@ -312,25 +313,9 @@ def check_model_finite(model, run, where, args, valid_loss=None):
         stop_diverged(run, f"{len(bad)} non-finite value(s) after {where}: {shown}", args)
 
 
-def sgd_step(loss, logits, y, params, optimizer, args, run, meter, epoch, step, lr,
-             before_clip=None, scaler=None):
-    """Backward, clip the gradient norm to --grad_clip, step; stop on a non-finite loss; log.
-    before_clip() runs between backward and clipping (to record raw gradients). With a
-    GradScaler (--amp fp16) the loss is scaled and the gradients unscaled before clipping."""
-    params = list(params)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-    else:
-        loss.backward()
-    if before_clip is not None:
-        before_clip()
-    nn.utils.clip_grad_norm_(params, args.grad_clip)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
+def log_step(loss, logits, y, args, run, meter, epoch, step, lr):
+    """After a weight step: stop on a non-finite loss, count it in `meter`, log every
+    --report_freq steps and at the end of the epoch."""
     check_finite(loss.item(), run, f"epoch {epoch + 1} step {step + 1}", args)
     meter.update(loss.item(), logits.detach(), y)
     if (step + 1) % args.report_freq == 0 or step + 1 == meter.total:

@@ -5,19 +5,26 @@ the alpha part: DARTS's alternation (first or second order, darts.Architect), DA
 schedules and regularizers (darts_prime.py), or EG-NAS's per-epoch exploration (egnas.py).
 Every epoch: validation accuracy, the derived genotype, alpha heatmap, checkpoint; resumable.
 """
+import functools
 import time
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 import darts
 import darts_prime
 import ops
-from harness.plots import plot_alphas, plot_cell, plot_history
+import pc_darts
+from fused import FusedNetwork
 from harness.data import DATASETS, load_dataset, make_batches, place
+from harness.plots import plot_alphas, plot_cell, plot_history
 from harness.run_dir import (Meter, all_average, all_gather, all_sum, autocast, broadcast_state,
-                     check_model_finite, distributed, eta_after_epoch, evaluate, fmt_eta, resume,
-                     rng_state, sgd_step)
+                             check_model_finite, distributed, eta_after_epoch, evaluate, fmt_eta,
+                             log_step, resume, rng_state)
+
+SUPERNETS = {"darts": darts.Network, "pc-darts": pc_darts.PCNetwork,
+             "eg-nas": pc_darts.EGNASNetwork}
 
 
 def write_genotype(genotype, run, method):
@@ -43,15 +50,59 @@ def split_search_data(args):
     return (xtr[perm[:n]], ytr[perm[:n]]), (xtr[perm[n:]], ytr[perm[n:]])
 
 
-def build_search_model(args, candidates):
+@functools.lru_cache(maxsize=None)
+def _join(variants):
+    """One class with the hooks of every variant (each a subclass of darts.Network overriding
+    its own hooks; a hook two of them override, such as initialize_alphas, runs both through
+    super())."""
+    if len(variants) == 1:
+        return variants[0]
+    return type("+".join(v.__name__ for v in variants), variants, {})
+
+
+def make_supernet(C, num_classes, layers, candidates, activation="softmax", partial_channels=1,
+                  supernet=None, merge_identity_skips=False, fused=False, checkpoint_cells=False,
+                  **kwargs):
+    """The search's supernet: darts.Network, or the subclass joining the variants asked for --
+    supernet "pc-darts" / "eg-nas" (pc_darts.py; default pc-darts when partial_channels > 1),
+    activation "crb" (darts_prime.CRBNetwork), merge_identity_skips (darts.MergedSkipsNetwork),
+    fused (fused.FusedNetwork), checkpoint_cells (darts.CheckpointedNetwork). kwargs: the rest
+    of darts.Network's. model.config names every variant but checkpointing (a way to run, not
+    a model), so make_supernet(**model.config) rebuilds the model of a checkpoint."""
+    supernet = supernet or ("pc-darts" if partial_channels > 1 else "darts")
+    if activation not in ("softmax", "crb"):
+        raise ValueError(f"activation must be 'softmax' or 'crb', not {activation!r}")
+    if supernet not in SUPERNETS or (supernet == "darts") != (partial_channels == 1):
+        raise ValueError(f"supernet {supernet!r} with partial_channels {partial_channels}: "
+                         f"choose darts (partial_channels 1) or pc-darts / eg-nas (> 1)")
+    if fused and activation == "crb":
+        raise ValueError("fused=True computes every rule variant of an operation together; "
+                         "CRB prunes single candidates: use fused=False with CRB")
+    variants = (([darts.CheckpointedNetwork] if checkpoint_cells else [])
+                + ([darts.MergedSkipsNetwork] if merge_identity_skips else [])
+                + ([darts_prime.CRBNetwork] if activation == "crb" else [])
+                + ([FusedNetwork] if fused else []) + [SUPERNETS[supernet]])
+    variants = [v for v in variants if v is not darts.Network] or [darts.Network]  # each is one
+    if supernet != "darts":
+        kwargs["partial_channels"] = partial_channels
+    model = _join(tuple(variants))(C, num_classes, layers, candidates, **kwargs)
+    model.config.update(activation=activation, partial_channels=partial_channels,
+                        supernet=supernet, merge_identity_skips=merge_identity_skips, fused=fused)
+    return model
+
+
+def build_supernet(args, candidates):
+    """make_supernet of the search flags (--partial_channels, --supernet, --crb,
+    --merge_identity_skips, --fused, --checkpoint_cells) on the dataset's shape."""
     c_in, classes, mean, std, _, _ = DATASETS[args.dataset]
-    return darts.Network(args.init_channels, classes, args.layers, candidates, steps=args.nodes,
+    return make_supernet(args.init_channels, classes, args.layers, candidates, steps=args.nodes,
                          multiplier=args.nodes, in_channels=c_in, base_rule=args.base_rule,
                          mean=mean, std=std, activation="crb" if args.crb else "softmax",
                          partial_channels=getattr(args, "partial_channels", 1) or 1,
                          supernet=getattr(args, "supernet", None),
                          merge_identity_skips=getattr(args, "merge_identity_skips", False),
-                         fused=getattr(args, "fused", False))
+                         fused=getattr(args, "fused", False),
+                         checkpoint_cells=bool(getattr(args, "checkpoint_cells", False)))
 
 
 def alpha_batches(alpha_b, epoch):
@@ -87,8 +138,7 @@ def search(args, run, device, after=0.0):
                            world=world,
                            batch_size=args.batch_size // 2 if args.search == "egnas" else None)
     eval_b = make_batches(args, xa, ya, device, train=False)
-    model = place(build_search_model(args, candidates), args, device)
-    model.checkpoint_cells = bool(getattr(args, "checkpoint_cells", False))
+    model = place(build_supernet(args, candidates), args, device)
     optimizer = torch.optim.SGD(model.weights(), args.learning_rate, momentum=args.momentum,
                                 weight_decay=args.weight_decay, nesterov=args.nesterov)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs,
@@ -99,17 +149,11 @@ def search(args, run, device, after=0.0):
     run.log(f"search {args.search}: {len(candidates)} candidates, "
             f"{sum(p.numel() for p in model.weights()) / 1e6:.2f}M weights, "
             f"{len(xw)} weight / {len(xa)} alpha images, {args.epochs} epochs on {device}"
-            + (f" x {world} processes (batch {args.batch_size // world} each)" if world > 1 else ""))
+            + (f" x {world} processes (batch {args.batch_size // world} each)"
+               if world > 1 else ""))
     weights = list(model.weights())
-    record = searcher.record if args.schedule == "fimt" else None
-
-    def before_clip():                       # whole-batch gradients, then the Fisher trace
-        if world > 1:
-            all_average([w.grad for w in weights])
-        if record is not None:
-            record()
     sched = getattr(searcher, "schedule", None)                  # None: EG-NAS, every step
-    amp, scaler = autocast(args, device)                        # --amp: the weight steps
+    amp, scaler = autocast(args, device)          # --amp: the weight steps; a no-op scaler else
     for epoch in range(start, args.epochs):
         lr = scheduler.get_last_lr()[0]
         train_b.epoch = epoch
@@ -124,9 +168,16 @@ def search(args, run, device, after=0.0):
             with amp():
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
-            sgd_step(loss, logits, y, weights, optimizer, args, run, meter, epoch, step,
-                     lr, before_clip=before_clip if world > 1 or record else None,
-                     scaler=scaler)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            if world > 1:                    # whole-batch gradients, before the Fisher trace
+                all_average([w.grad for w in weights])
+            if args.schedule == "fimt":      # Eq. 18's Fisher trace, before clipping
+                searcher.record()
+            nn.utils.clip_grad_norm_(weights, args.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            log_step(loss, logits, y, args, run, meter, epoch, step, lr)
             if sched is not None and sched.after_weight_step(searcher.fisher):
                 searcher.step(x, y, *next(alpha_it), lr, optimizer, epoch)
         scheduler.step()
@@ -202,7 +253,7 @@ class DartsSearcher:
         self.architect.step(x, y, xv, yv, lr, optimizer)
         if self.admm is not None:
             self.admm.after_alpha_step()
-        if self.model.activation == "crb":
+        if isinstance(self.model, darts_prime.CRBNetwork):
             self.model.prune()
 
     def state_dict(self):
@@ -216,7 +267,7 @@ class DartsSearcher:
             self.schedule.load_state_dict(state["schedule"])
         if state.get("admm") is not None:
             self.admm.load_state_dict(state["admm"])
-        if self.model.activation == "crb":
+        if isinstance(self.model, darts_prime.CRBNetwork):
             self.model.prune()                       # rebuild the edges' active lists
 
 

@@ -59,6 +59,7 @@ import darts_prime
 import dyno
 import egnas
 import equinas
+import fused
 import neurogenesis
 import ops
 import plasticity
@@ -427,7 +428,7 @@ def test_multi_rule_conv_matches_cpu(dev, case, fmt):
     CPU's (as in every layer test)."""
     (cin, cout, k, s, p, dil, groups), hw = MULTI_CASES[case]
     mf = FORMATS[fmt]
-    cpu, d = twin(dev, lambda: rules.MultiRuleConv2d(cin, cout, k, ops.FUSABLE, s, p, dil, groups),
+    cpu, d = twin(dev, lambda: rules.MultiRuleConv2d(cin, cout, k, fused.FUSABLE, s, p, dil, groups),
                   memory_format=mf)
     x = torch.randn(2, cin, hw, hw).contiguous(memory_format=mf)
     g = torch.randn_like(cpu(x)).contiguous(memory_format=mf)
@@ -479,11 +480,11 @@ def test_rule_layers_bf16_autocast(dev, bf16, rule):
 
 
 # ------------------------------------------------------------------------------------------
-# Supernet steps (darts.Network + darts.Architect, ops.py)
+# Supernet steps (search.make_supernet + darts.Architect)
 # ------------------------------------------------------------------------------------------
 
 SMALL = dict(rules=("brsf",), skip_rules=("usf", "brsf"))     # 9 candidates, brsf included
-SUPERNET_CASES = {   # name: (Network kwargs, unrolled, extra); 22 candidates unless SMALL
+SUPERNET_CASES = {   # name: (make_supernet kwargs, unrolled, extra); 22 candidates unless SMALL
     "darts-first": ({}, False, {}),
     "darts-second-momentum": ({}, True, dict(warm=True)),
     "fused-first": (dict(fused=True), False, {}),
@@ -491,7 +492,7 @@ SUPERNET_CASES = {   # name: (Network kwargs, unrolled, extra); 22 candidates un
     "pc-darts-first": (dict(partial_channels=2), False, {}),
     "pc-darts-second": (dict(partial_channels=2), True, SMALL),
     "eg-nas-supernet-first": (dict(partial_channels=2, supernet="eg-nas"), False, SMALL),
-    "checkpoint-cells-first": ({}, False, dict(SMALL, checkpoint=True)),
+    "checkpoint-cells-first": (dict(checkpoint_cells=True), False, SMALL),
     "crb-admm-prune-first": (dict(activation="crb"), False,
                              dict(SMALL, zero=False, prune=True, reg="admm")),
     "proximity-first": ({}, False, dict(SMALL, reg="prox")),
@@ -506,7 +507,8 @@ def _supernet(net_kw, extra):
                              skip_rules=extra.get("skip_rules", ("usf", "brsf", "frsf")),
                              zero=extra.get("zero", True))
     n = extra.get("nodes", 1)
-    return darts.Network(4, 5, 3, cands, steps=n, multiplier=n, mean=CIFAR_MEAN, std=CIFAR_STD,
+    from harness.search import make_supernet
+    return make_supernet(4, 5, 3, cands, steps=n, multiplier=n, mean=CIFAR_MEAN, std=CIFAR_STD,
                          **net_kw)
 
 
@@ -522,13 +524,13 @@ def _search_steps(model, device, batches, unrolled, extra, lr=0.025):
     then an SGD step of the weights (momentum 0.9, wd 3e-4, grad-clip 5) on the training
     batch; extra["warm"]: a plain weight step on the last batch first."""
     model.train()
-    model.checkpoint_cells = bool(extra.get("checkpoint"))
     opt = torch.optim.SGD(model.weights(), lr, momentum=0.9, weight_decay=3e-4)
     admm = darts_prime.ADMM(model, every=1) if extra.get("reg") == "admm" else None
     reg = admm.penalty if admm else (lambda: darts_prime.proximity(model, 0.5)) \
         if extra.get("reg") == "prox" else None
     arch = darts.Architect(model, unrolled=unrolled, regularizer=reg,
-                           arch_weight_decay=0.0 if model.activation == "crb" else 1e-3)
+                           arch_weight_decay=0.0 if isinstance(model, darts_prime.CRBNetwork)
+                           else 1e-3)
     out = {}
     if extra.get("warm"):              # a weight step first: the unrolled step sees momentum
         xw, yw = on(device, batches[-1])

@@ -109,8 +109,8 @@ def test_crb_prunes_candidates_for_good_and_stops_calling_them():
     torch.manual_seed(0)
     cands = CANDS[1:]                                                 # CRB: no 'none'
     with pytest.raises(ValueError, match="no 'none' candidate"):
-        darts.Network(2, 3, 2, CANDS, steps=2, multiplier=2, in_channels=1, activation="crb")
-    net = darts.Network(2, 3, 3, cands, steps=2, multiplier=2, in_channels=1, activation="crb")
+        DP.CRBNetwork(2, 3, 2, CANDS, steps=2, multiplier=2, in_channels=1)
+    net = DP.CRBNetwork(2, 3, 3, cands, steps=2, multiplier=2, in_channels=1)
     assert torch.allclose(net.alphas_normal, torch.full_like(net.alphas_normal, 0.25), atol=1e-3)
     wn, _ = net.mixing_weights()
     assert torch.equal(wn, net.alphas_normal.clamp(0, 1))
@@ -179,11 +179,12 @@ def test_parameter_free_share():
 def test_checkpoint_cells_gives_the_same_gradients_brsf_included():
     cands = ["none", "max_pool_3x3", "skip_connect_brsf", "sep_conv_3x3_brsf", "dil_conv_3x3_fa"]
     torch.manual_seed(0)
-    net = darts.Network(3, 4, 3, cands, steps=2, multiplier=2, in_channels=1)
+    plain = darts.Network(3, 4, 3, cands, steps=2, multiplier=2, in_channels=1)
     x, y = torch.rand(4, 1, 12, 12), torch.randint(0, 4, (4,))
+    torch.manual_seed(0)                              # the same weights, cells checkpointed
+    checkpointed = darts.CheckpointedNetwork(3, 4, 3, cands, steps=2, multiplier=2, in_channels=1)
     grads = []
-    for ckpt in (False, True):
-        net.checkpoint_cells = ckpt
+    for net in (plain, checkpointed):
         net.zero_grad()
         torch.manual_seed(1)                          # the same brsf draws in both passes
         net.loss(x, y).backward()

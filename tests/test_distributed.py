@@ -122,12 +122,14 @@ def _saved_bytes(net, x, y):
 
 def test_partial_channels_search_step_runs_and_saves_memory():
     import ops
+    from harness.search import make_supernet
     cands = ops.search_space()                                  # the 22-candidate BioNAS space
     x, y = torch.rand(4, 1, 16, 16), torch.randint(0, 10, (4,))
     mem = {}
     for k in (1, 4):
         torch.manual_seed(0)
-        net = darts.Network(8, 10, 3, cands, steps=2, multiplier=2, in_channels=1, partial_channels=k)
+        net = make_supernet(8, 10, 3, cands, steps=2, multiplier=2, in_channels=1,
+                            partial_channels=k)
         arch = darts.Architect(net)
         arch.step(x, y, x, y)                                   # an alpha step (betas included)
         mem[k] = _saved_bytes(net, x, y)

@@ -459,13 +459,13 @@ def test_retraining_loop_ramps_drop_path_and_weighs_the_auxiliary_loss(tmp_path,
     epoch), 3 epochs, --drop_path_prob 0.3, the auxiliary head on, its weight left at the
     default. Recorded by hooks: every training forward sees p = 0.3 * e / 3 = 0, 0.1, 0.2 (by
     hand) and calls darts.drop_path once per non-identity edge (3 + 4 + 4, by hand) with that
-    p (never in eval mode); the loss handed to the SGD step is, by hand,
+    p (never in eval mode); the loss of each SGD step is, by hand,
     CE(logits) + 0.4 CE(logits_aux), and its gradient on the auxiliary classifier's weight is
     the closed form 0.4 (softmax(z_aux) - onehot(y))^T h / N, h the classifier's input."""
     gpath = tmp_path / "g.json"
     gpath.write_text(json.dumps(dict(G_TINY._asdict(), search="darts")))
     models, forwards, drops, aux, steps = [], [], [], {}, []
-    build, drop_path, sgd_step = retrain.build_eval_model, darts.drop_path, retrain.sgd_step
+    build, drop_path, log_step = retrain.build_eval_model, darts.drop_path, retrain.log_step
 
     def recording_build(args, genotype):
         model = build(args, genotype)
@@ -473,6 +473,8 @@ def test_retraining_loop_ramps_drop_path_and_weighs_the_auxiliary_loss(tmp_path,
             lambda mod, inp: forwards.append((mod.training, mod.drop_path_prob)))
         model.auxiliary_head.classifier.register_forward_hook(
             lambda mod, inp, out: aux.update(h=inp[0].detach(), z=out.detach()))
+        model.auxiliary_head.classifier.weight.register_hook(    # d loss / dW in the backward
+            lambda g: aux.update(g=g.detach().clone()))
         models.append(model)
         return model
 
@@ -480,23 +482,22 @@ def test_retraining_loop_ramps_drop_path_and_weighs_the_auxiliary_loss(tmp_path,
         drops.append((len(forwards) - 1, p))
         return drop_path(x, p)
 
-    def checking_sgd_step(loss, logits, y, params, *rest, **kw):
+    def checking_log_step(loss, logits, y, *rest):          # after the step's backward
         z, h, n = aux["z"].double(), aux["h"].double(), len(y)
         onehot = F.one_hot(y, 10).double()
 
         def ce(t):                                            # mean -log softmax(t)[y], by hand
             return (torch.logsumexp(t, 1) - (t * onehot).sum(1)).mean()
         hand = ce(logits.detach().double()) + 0.4 * ce(z)
-        W = models[-1].auxiliary_head.classifier.weight
-        g, = torch.autograd.grad(loss, W, retain_graph=True)
+        g = aux.pop("g")                                      # this step's, never a stale one
         hand_g = 0.4 * (torch.softmax(z, 1) - onehot).T @ h / n
         steps.append((loss.item(), hand.item(), (g.double() - hand_g).abs().max().item(),
                       hand_g.abs().max().item()))
-        return sgd_step(loss, logits, y, params, *rest, **kw)
+        return log_step(loss, logits, y, *rest)
 
     monkeypatch.setattr(retrain, "build_eval_model", recording_build)
     monkeypatch.setattr(darts, "drop_path", recording_drop_path)
-    monkeypatch.setattr(retrain, "sgd_step", checking_sgd_step)
+    monkeypatch.setattr(retrain, "log_step", checking_log_step)
     train.main(_fake_args(tmp_path, "--train", "--genotype", str(gpath), "--epochs", "3",
                           "--auxiliary", "--drop_path_prob", "0.3", "--run_name", "re"))
 

@@ -1,4 +1,4 @@
-"""Fused supernet (issue 19): darts.Network(fused=True) computes the rule variants of one
+"""Fused supernet: fused.FusedNetwork computes the rule variants of one
 operation as one convolution with concatenated weights and feedback. It must be the same
 mathematics as the plain supernet: same logits, weight gradients, alpha gradients and genotype,
 with the random draws of brsf included (both nets see the same generator state)."""
@@ -6,26 +6,27 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import darts
+import fused
 import ops
+from harness.search import make_supernet
 
 
 def _pair(partial, supernet, C):
     cands = ops.search_space()
     kw = dict(steps=2, multiplier=2, in_channels=1, partial_channels=partial, supernet=supernet)
     torch.manual_seed(0)
-    plain = darts.Network(C, 10, 3, cands, **kw)
-    fused = darts.Network(C, 10, 3, cands, fused=True, **kw)
-    fused.load_state_dict({k: v for k, v in plain.state_dict().items() if ".edges." not in k},
-                          strict=False)
-    for cp, cf in zip(plain.cells, fused.cells):
+    plain = make_supernet(C, 10, 3, cands, **kw)
+    fused_net = make_supernet(C, 10, 3, cands, fused=True, **kw)
+    fused_net.load_state_dict({k: v for k, v in plain.state_dict().items() if ".edges." not in k},
+                              strict=False)
+    for cp, cf in zip(plain.cells, fused_net.cells):
         for ep, ef in zip(cp.edges, cf.edges):
-            ops.copy_unfused(ef, ep)
+            fused.copy_unfused(ef, ep)
     with torch.no_grad():
-        for a, b in zip(plain.arch_parameters(), fused.arch_parameters()):
+        for a, b in zip(plain.arch_parameters(), fused_net.arch_parameters()):
             b.copy_(torch.randn_like(a))               # a non-uniform alpha: every weight matters
             a.copy_(b)
-    return plain, fused
+    return plain, fused_net
 
 
 def _step(net, x, y):
@@ -48,20 +49,20 @@ def test_fused_supernet_equals_the_plain_one(partial, supernet, C):
     block by block, is equal); same genotype. Catches a rule block computed with another block's
     feedback, a wrong concatenation order, a missing repeat of the input, a BN over the wrong
     channels, or a rule sum that drops a member."""
-    plain, fused = _pair(partial, supernet, C)
+    plain, fused_net = _pair(partial, supernet, C)
     x, y = torch.rand(6, 1, 28, 28), torch.randint(0, 10, (6,))
     lp, gp = _step(plain, x, y)
-    lf, gf = _step(fused, x, y)
+    lf, gf = _step(fused_net, x, y)
     assert torch.allclose(lp, lf, atol=1e-5, rtol=1e-4)
     for a, b in zip(gp, gf):
         assert a.abs().max() > 0 and torch.allclose(a, b, atol=1e-6, rtol=1e-4)
-    assert plain.genotype() == fused.genotype()
-    check = darts.Network(C, 10, 3, ops.search_space(), steps=2, multiplier=2, in_channels=1,
+    assert plain.genotype() == fused_net.genotype()
+    check = make_supernet(C, 10, 3, ops.search_space(), steps=2, multiplier=2, in_channels=1,
                           partial_channels=partial, supernet=supernet, fused=True)
     for cp, cc in zip(plain.cells, check.cells):
         for ep, ec in zip(cp.edges, cc.edges):
-            ops.copy_unfused(ec, ep)
-    stepped = dict(fused.named_parameters())
+            fused.copy_unfused(ec, ep)
+    stepped = dict(fused_net.named_parameters())
     n = 0
     for name, p in check.named_parameters():
         if ".edges." in name:
@@ -72,5 +73,5 @@ def test_fused_supernet_equals_the_plain_one(partial, supernet, C):
 
 def test_fused_refuses_crb():
     with pytest.raises(ValueError, match="CRB"):
-        darts.Network(4, 10, 3, ops.search_space(), steps=2, multiplier=2, in_channels=1,
+        make_supernet(4, 10, 3, ops.search_space(), steps=2, multiplier=2, in_channels=1,
                       activation="crb", fused=True)

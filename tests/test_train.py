@@ -162,7 +162,8 @@ def test_egnas_search_through_train_py(tmp_path):
     cfg = ck["config"]
     assert cfg["supernet"] == "eg-nas" and cfg["partial_channels"] == 4
     assert not any(k.startswith("betas_") for k in ck["model"])
-    net = darts.Network(**cfg)
+    from harness.search import make_supernet
+    net = make_supernet(**cfg)
     pools = [op for e in net.cells[0].edges for n, op in zip(e.candidates, e.ops) if "pool" in n]
     assert pools and all(isinstance(op, (torch.nn.MaxPool2d, torch.nn.AvgPool2d)) for op in pools)
     convs = [m for m in net.cells[0].edges[0].ops.modules() if isinstance(m, torch.nn.Conv2d)]
