@@ -19,21 +19,19 @@ where it stopped -- and writes NAME.md, NAME.csv and plots beside the paper's nu
 
 train_fn(label, overrides) -> dict(test_acc, layers, params, rules, seconds) trains one
 configuration (train.py flags as overrides); attack_fn(label) -> rows of
-attacks.evaluate_robustness for the network trained under `label`.
+attacks.evaluate_robustness for the network trained under `label` (bionas_runs.py makes both
+for `python train.py --experiment NAME`).
 """
 import os
 import textwrap
 
 import numpy as np
-import torch
 
-import rules
 from harness.plots import _plt, _save, plot_bars
+from harness.presets import BIONAS_EXPERIMENTS as EXPERIMENTS
+from harness.presets import BIONAS_SEEDED as SEEDED      # every variant once per seed, mean +- std
 from harness.run_dir import write_csv, write_table
 
-EXPERIMENTS = ("table1", "mixed-vs-single", "random-rules", "search-vs-random", "robustness",
-               "collapse")
-SEEDED = ("mixed-vs-single", "search-vs-random")   # every variant once per seed, mean +- std
 SINGLE_RULES = ("bp", "fa", "usf", "brsf", "frsf")
 
 # Table 1: test error (%) on CIFAR-10 and CIFAR-100 (None: not reported)

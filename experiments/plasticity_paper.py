@@ -16,7 +16,8 @@ writes them). Partial files are rewritten after each seed. `python train.py --pl
     theory          Theorems 1-4, App. B and App. C as checks
 
 The adversary is passed in: attack(net, X, y, eps) -> bool tensor, True where the image is
-broken (train.py wraps attacks.targeted_l2, the paper's Sec. 4 / A.3 attack).
+broken; plasticity_attack() is the paper's (Sec. 4 / A.3: attacks.targeted_l2 with a step
+size chosen here). experiments/plasticity_runs.py is the --plasticity run that calls run().
 """
 import math
 import os
@@ -26,10 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import attacks
 import plasticity as P
+from harness.presets import PLASTICITY_EXPERIMENTS as EXPERIMENTS
 from experiments.plasticity_report import SPECS, _fig4_picture, adversarial_image, report, summarize  # noqa: F401
 
-EXPERIMENTS = ("table2", "convergence", "generalization", "robustness", "fig4", "fig6", "a4", "theory")
 SEEDS = (0, 1, 2, 3, 4)
 LABELS = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST"}
 PAPER_TABLE2 = {  # Table 2: accuracy (%) and robustness on MNIST (%) at eps = 2, 4
@@ -120,6 +122,25 @@ def random_w(net, seed):
     with torch.no_grad():
         net.W.copy_(torch.randn(net.W.shape, generator=g).to(net.W.device) * net.G / math.sqrt(net.p * net.cap))
     return net
+
+
+def plasticity_attack(steps=20, alpha=None):
+    """The paper's attack (Sec. 4, A.3) as attack(net, X, y, eps) -> broken mask:
+    attacks.targeted_l2 (nine targets, raw-gradient steps, L2 ball, [0, 1]). The paper gives
+    neither alpha nor the number of steps; unless `alpha` is given, alpha = (eps / 4) / the median
+    over images of |grad_x (z_y - z_j)|, j the runner-up class, so that a typical first step
+    has length eps/4 whatever the scale of the network's logits."""
+    def attack(net, X, y, eps):
+        a = alpha
+        if a is None:
+            x = X.clone().requires_grad_(True)
+            z = net(x)
+            runner_up = z.detach().scatter(1, y[:, None], float("-inf")).argmax(1)
+            margin = z.gather(1, y[:, None]) - z.gather(1, runner_up[:, None])
+            g, = torch.autograd.grad(margin.sum(), x)
+            a = eps / 4 / float(g.flatten(1).norm(dim=1).median().clamp_min(1e-12))
+        return attacks.targeted_l2(net, X, y, eps, a, steps, return_broken=True)[1]
+    return attack
 
 
 def robust_accuracy(net, X, y, eps, attack):

@@ -13,8 +13,9 @@
                               the thesis's experiments (thesis_neurogenesis.py,
                               thesis_equinas.py), resumable: finished single runs are kept
 
-The systems themselves are neurogenesis.py, dyno.py and equinas.py; this file only loads the
-data, writes the run directory and calls them.
+The systems themselves are neurogenesis.py, dyno.py and equinas.py; this file only checks the
+flags (check_args, before the run directory is made), loads the data, writes the run directory
+and calls them.
 """
 import os
 import time
@@ -22,24 +23,57 @@ import time
 import torch
 
 from harness.data import load_dataset
+from harness.presets import THESIS_EXPERIMENTS
 from harness.run_dir import fmt_eta
 
-# --experiment names on the command line -> (module, its experiment name)
-THESIS_EXPERIMENTS = {"north-generated": ("neurogenesis", "generated"),
-                      "north-pareto": ("neurogenesis", "pareto"),
-                      "dyno-transfer": ("neurogenesis", "transfer"),
-                      "north-cost": ("neurogenesis", "trigger-cost"),
-                      "equinas-table3": ("equinas", "equinas-table3"),
-                      "equinas-table4": ("equinas", "equinas-table4"),
-                      "equinas-fig12": ("equinas", "equinas-fig12"),
-                      "equinas-cost": ("equinas", "equinas-cost")}
-THESIS_DEFAULTS = {  # Table 8 / Sec. 6.3.1 (MLP on MNIST: Adam 3e-4, batch 512), Sec. 7.3
-    "neurogenesis": dict(dataset="fashion-mnist", epochs=20, batch_size=512, learning_rate=3e-4),
-    "dyno": dict(dataset="fashion-mnist", batch_size=64, learning_rate=3e-4, iterations=1000),
-    "equinas": dict(dataset="fashion-mnist"),
-}
-QUICK_THESIS = {"neurogenesis": dict(epochs=2, subset=12000), "dyno": dict(iterations=200),
-                "equinas": {}}
+MNIST_LIKE = ("mnist", "fashion-mnist")         # the thesis's MLPs read 28x28 grey images
+
+
+def parse_sizes(text):
+    """'n_train=6000,epochs_d=5,n_fs=2/4/8' -> {"n_train": 6000, "epochs_d": 5, "n_fs": [2, 4, 8]}
+    (numbers as int or float, '/'-separated lists)."""
+    def num(v):
+        try:
+            return int(v)
+        except ValueError:
+            return float(v)
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        try:
+            if not sep or not key:
+                raise ValueError
+            out[key.strip()] = [num(v) for v in value.split("/")] if "/" in value else num(value)
+        except ValueError:
+            raise SystemExit(f"error: --sizes {text!r}: expected KEY=NUMBER[,KEY=NUMBER...] "
+                             f"(lists as 2/4/8), got {item!r}") from None
+    return out
+
+
+def check_args(args, mode):
+    """The flags of a thesis run or --experiment, checked before its run directory is made:
+    --sizes knobs of the experiment's chapter, --widths within --max_width, the dataset."""
+    if args.sizes and args.experiment in THESIS_EXPERIMENTS:
+        sizes = parse_sizes(args.sizes)
+        if THESIS_EXPERIMENTS[args.experiment][0] == "neurogenesis":
+            from experiments.thesis_neurogenesis import SIZES
+        else:
+            from experiments.thesis_equinas import SIZES
+        unknown = sorted(set(sizes) - set(SIZES[False]))
+        if unknown:
+            raise SystemExit(f"error: --sizes: unknown knob(s) {', '.join(unknown)} for "
+                             f"{args.experiment}; choose from {', '.join(SIZES[False])}")
+    if mode == "neurogenesis":
+        try:
+            widths = [int(w) for w in args.widths.split(",")]
+        except ValueError:
+            raise SystemExit(f"error: --widths {args.widths!r}: give integers separated by commas, "
+                             f"e.g. 64,64") from None
+        if not widths or min(widths) < 1 or max(widths) > args.max_width:
+            raise SystemExit(f"error: --widths {args.widths}: every width must be between 1 and "
+                             f"--max_width {args.max_width}")
+    if mode in ("neurogenesis", "dyno", "equinas") and args.dataset not in MNIST_LIKE:
+        raise SystemExit(f"error: --{mode} runs on mnist or fashion-mnist, not {args.dataset}")
 
 
 def _flat(data):
@@ -191,10 +225,10 @@ def equinas_run(args, run, device):
     return out
 
 
-def thesis_experiment(args, run):
+def thesis_experiment(args, run, device=None):
     """--experiment NAME of the thesis's systems, in the run directory; a second call with
-    the same run directory (--resume RUN) skips the single runs that finished."""
-    from harness.options import parse_sizes
+    the same run directory (--resume RUN) skips the single runs that finished. They run on the
+    CPU: `device` is not used."""
     if getattr(args, "gpu", None) is not None:
         run.log("note: the thesis experiments run on the CPU (their drivers build every network "
                 "there); --gpu is not used")

@@ -1,5 +1,6 @@
-"""The flags of train.py: the parser, the papers' defaults and presets, and every check a run
-passes before its run directory is made.
+"""The flags of train.py: the parser, the resume rules, and the checks every run passes before
+its run directory is made (the papers' values themselves are in presets.py; the checks of a
+single kind of run sit beside its runner).
 
     build_parser()      every flag, spelled with underscores as in the DARTS scripts (each
                         also accepted with hyphens: --force-rule = --force_rule); -h shows
@@ -9,84 +10,36 @@ passes before its run directory is made.
     resume_args()       --resume RUN: the run's saved flags, plus the few that may change
 """
 import argparse
-import importlib
 import json
 import os
 
-from experiments import bionas_paper
 import darts
 import neurogenesis
-from experiments import plasticity_paper
 import rules
-from experiments import thesis_runs
 from attacks import ATTACKS, PRESETS
 from harness.data import DATASETS
+from harness.presets import (ARCH_LEARNING_RATE, BIONAS_EG_DROP_PATH, BIONAS_EXPERIMENTS,
+                             BIONAS_SEEDED, DATASET_DEFAULTS, EGNAS_DEFAULTS,
+                             EGNAS_QUICK_CHANNELS, PLASTICITY_EXPERIMENTS, QUICK, QUICK_THESIS,
+                             RESNET_DEFAULTS, SEARCH_PRESETS, SEEDS, THESIS_DEFAULTS,
+                             THESIS_EXPERIMENTS, TRAIN_DEFAULTS)
 
-# ============================================================================ defaults
-
-# --search darts: two readings of "the paper's setup" (README "Which search setup"). "authors":
-# what the BioNAS authors' released train_search.py runs (DARTS's setup); "table4": BioNAS
-# App. A.1 Table 4 ("N (Cells) 5" is NAS-Bench-201's notation, where N counts cells per stage).
-SEARCH_PRESETS = {
-    "authors": dict(augment=True, batch_size=64, learning_rate=0.025, learning_rate_min=0.001,
-                    nesterov=False, weight_decay=3e-4, epochs=50, init_channels=16, layers=8,
-                    nodes=4, report_freq=50),
-    "table4": dict(augment=True, batch_size=256, learning_rate=0.1, learning_rate_min=0.0,
-                   nesterov=True, weight_decay=3e-4, epochs=50, init_channels=16, layers=5,
-                   nodes=4, report_freq=50),
-}
-SEARCH_DEFAULTS = SEARCH_PRESETS["authors"]
-TRAIN_DEFAULTS = dict(augment=True, batch_size=96, learning_rate=0.025, learning_rate_min=0.0,
-                      nesterov=False,
-                      weight_decay=3e-4, epochs=600, init_channels=36, layers=20, auxiliary=True,
-                      cutout=16, drop_path_prob=0.2, label_smoothing=0.0, lr_schedule="cosine",
-                      report_freq=50, holdout=0)
-DATASET_DEFAULTS = {  # (mode, dataset): overrides (BioNAS Sec. 3.4.2 and App. A.1)
-    ("train", "imagenet16-120"): dict(batch_size=1024, learning_rate=0.5, weight_decay=3e-5,
-                                      epochs=250, init_channels=48, layers=14, cutout=0,
-                                      drop_path_prob=0.0, label_smoothing=0.1,
-                                      lr_schedule="linear"),
-    ("search", "imagenet16-120"): dict(batch_size=512, learning_rate=0.5),
-    # DARTS train_imagenet.py / DARTS Sec. A.2 (the searched cell transferred to ImageNet)
-    ("train", "imagenet"): dict(batch_size=128, learning_rate=0.1, weight_decay=3e-5, epochs=250,
-                                init_channels=48, layers=14, auxiliary=True, cutout=0,
-                                drop_path_prob=0.0, label_smoothing=0.1,
-                                lr_schedule="exponential"),
-}
-# ResNet baselines: Sanfiz & Akrout's Biotorch benchmark (BioNAS Sec. 3.4: "the same setup")
-RESNET_DEFAULTS = dict(augment=True, batch_size=128, learning_rate=0.1, learning_rate_min=0.0,
-                       nesterov=False, weight_decay=1e-4, epochs=250, auxiliary=False, cutout=0,
-                       drop_path_prob=0.0, label_smoothing=0.0, lr_schedule="multistep",
-                       report_freq=50, holdout=5000)
-# --search egnas: EG-NAS's released train_search.py and model_search.py (Cai et al. 2024): SGD
-# without Nesterov, partial channels k = 4 with a channel shuffle, no edge normalization, no BN
-# after the pools; its alpha part is fed in batches of half the training batch
-EGNAS_DEFAULTS = dict(augment=True, batch_size=256, learning_rate=0.1, learning_rate_min=0.0,
-                      nesterov=False, weight_decay=3e-4, epochs=50, init_channels=16, layers=8,
-                      nodes=4, report_freq=50, warm_start_epochs=15, partial_channels=4,
-                      supernet="eg-nas")
-QUICK = {  # --quick: search then a short retrain on Fashion-MNIST, minutes on a 2-core CPU
-    "search": dict(dataset="fashion-mnist", subset=1600, batch_size=32, learning_rate=0.05,
-                   learning_rate_min=0.0, nesterov=True, epochs=3, init_channels=4, layers=3,
-                   nodes=2, report_freq=10, warm_start_epochs=1, arch_learning_rate=3e-2),
-    "train": dict(dataset="fashion-mnist", subset=40000, batch_size=64, learning_rate=0.05,
-                  epochs=5, init_channels=8, layers=4, auxiliary=False, cutout=0,
-                  drop_path_prob=0.0, augment=False, report_freq=50),
-    # --experiment --quick: every retraining of the experiment at this size
-    "experiment": dict(dataset="fashion-mnist", subset=5000, batch_size=64, learning_rate=0.05,
-                       epochs=2, init_channels=8, layers=4, auxiliary=False, cutout=0,
-                       drop_path_prob=0.0, augment=False, lr_schedule="cosine", report_freq=40,
-                       holdout=0),
-}
 # the flags --resume accepts: they change how a run continues, not what it computes
 RESUME_FLAGS = ("epochs", "gpu", "gpus", "report_freq", "stop_after", "data")
 MIN_LAYERS = 3               # reductions at 1/3 and 2/3 of the depth leave a normal cell
 
 
 def apply_defaults(args, mode):
-    """Fill every flag left unset with the paper's default for this mode and dataset."""
+    """Fill every flag left unset with the paper's default for this mode and dataset
+    (presets.py); --quick's values first."""
+    if mode in THESIS_DEFAULTS:                         # --neurogenesis, --dyno, --equinas
+        for preset in ([QUICK_THESIS[mode]] if args.quick else []) + [THESIS_DEFAULTS[mode]]:
+            for k, v in preset.items():
+                if getattr(args, k, None) is None:
+                    setattr(args, k, v)
+        return args
     if args.quick and mode == "search" and args.search == "egnas" and args.init_channels is None:
-        args.init_channels = 8                 # EG-NAS's partial channels: 8 / 4 per candidate
+        args.init_channels = EGNAS_QUICK_CHANNELS
     if args.quick:
         preset = "experiment" if getattr(args, "experiment", None) and mode == "train" else mode
         for k, v in QUICK[preset].items():
@@ -101,7 +54,7 @@ def apply_defaults(args, mode):
     if mode in ("train", "experiment") and getattr(args, "model", "darts") != "darts":
         base = dict(RESNET_DEFAULTS)
     if mode == "train" and genotype_search_method(args.genotype) == "egnas":
-        base["drop_path_prob"] = 0.3                      # BioNAS Sec. 3.4.1: 0.3 for BioNAS-EG
+        base["drop_path_prob"] = BIONAS_EG_DROP_PATH
     if mode != "search" or getattr(args, "preset", None) == "table4":
         base.update(DATASET_DEFAULTS.get((mode, args.dataset), {}))
     for k, v in base.items():
@@ -113,43 +66,9 @@ def apply_defaults(args, mode):
         args.partial_channels = 1
     if mode == "search":
         if args.arch_learning_rate is None:
-            args.arch_learning_rate = 3e-4                   # DARTS's Adam lr of alpha
+            args.arch_learning_rate = ARCH_LEARNING_RATE
         if args.fused is None:                               # --quick: 1.5x faster, same result
             args.fused = bool(args.quick and args.search == "darts" and not args.crb)
-    return args
-
-
-def parse_sizes(text):
-    """'n_train=6000,epochs_d=5,n_fs=2/4/8' -> {"n_train": 6000, "epochs_d": 5, "n_fs": [2, 4, 8]}
-    (numbers as int or float, '/'-separated lists)."""
-    def num(v):
-        try:
-            return int(v)
-        except ValueError:
-            return float(v)
-    out = {}
-    for item in filter(None, text.split(",")):
-        key, sep, value = item.partition("=")
-        try:
-            if not sep or not key:
-                raise ValueError
-            out[key.strip()] = [num(v) for v in value.split("/")] if "/" in value else num(value)
-        except ValueError:
-            raise SystemExit(f"error: --sizes {text!r}: expected KEY=NUMBER[,KEY=NUMBER...] "
-                             f"(lists as 2/4/8), got {item!r}") from None
-    return out
-
-
-def apply_thesis_defaults(args, mode):
-    """Unset flags of a --neurogenesis / --dyno / --equinas run: the thesis's (Table 8, Sec.
-    7.3; thesis_runs.THESIS_DEFAULTS), --quick's shorter versions first."""
-    if args.quick:
-        for k, v in thesis_runs.QUICK_THESIS[mode].items():
-            if getattr(args, k, None) is None:
-                setattr(args, k, v)
-    for k, v in thesis_runs.THESIS_DEFAULTS[mode].items():
-        if getattr(args, k, None) is None:
-            setattr(args, k, v)
     return args
 
 
@@ -291,7 +210,7 @@ def build_parser():
     m.add_argument("--attack", metavar="LIST", help="attacks to run on --checkpoint, from "
                    f"{','.join(ATTACKS)}; with --experiment robustness, the attacks it runs "
                    "(default: all but targeted_l2)")
-    m.add_argument("--plasticity", choices=list(plasticity_paper.EXPERIMENTS),
+    m.add_argument("--plasticity", choices=list(PLASTICITY_EXPERIMENTS),
                    help="an experiment of the plasticity-rules paper: table2 (Table 2), "
                    "generalization (Fig. 3), convergence (Fig. 2), robustness (Fig. 5)")
     m.add_argument("--neurogenesis", choices=list(neurogenesis.STRATEGIES) + ["static"],
@@ -302,8 +221,7 @@ def build_parser():
                    "(far) by DYNO and by static fine-tuning")
     m.add_argument("--equinas", choices=["evolutionary", "differentiable"],
                    help="thesis ch. 4: EquiNAS_E or EquiNAS_D on rotated Fashion-MNIST")
-    m.add_argument("--experiment", choices=list(bionas_paper.EXPERIMENTS) +
-                   list(thesis_runs.THESIS_EXPERIMENTS),
+    m.add_argument("--experiment", choices=list(BIONAS_EXPERIMENTS) + list(THESIS_EXPERIMENTS),
                    help="a BioNAS analysis: " + "; ".join(f"{k}: {v}" for k, v in
                                                            EXPERIMENT_HELP.items()))
     m.add_argument("--seeds", help="the SEEDs of --experiment and --plasticity, comma-separated "
@@ -425,7 +343,8 @@ def build_parser():
     th.add_argument("--sizes", metavar="KEY=VALUE,...",
                     help="--experiment north-*/dyno-transfer/equinas-*: overrides of the "
                     "experiment's size knobs between --quick and full, e.g. "
-                    "n_train=6000,generations=5 (the knobs: README, thesis sections)")
+                    "n_train=6000,generations=5 (the knobs: SIZES in "
+                    "experiments/thesis_neurogenesis.py and thesis_equinas.py)")
     _flag(th, "--max_width", type=POS_INT, default=784, help="--neurogenesis: the largest width "
           "a hidden layer may grow to")
     _flag(th, "--growth_schedule", choices=list(neurogenesis.SCHEDULES),
@@ -465,7 +384,8 @@ def build_parser():
     k = p.add_argument_group("attacks")
     k.add_argument("--checkpoint", help="checkpoint.pt of a --train run to attack")
     _flag(k, "--attack_grad", default="both", choices=["exact", "feedback", "both"],
-          help="input gradient the attacker sees (README: 'Which gradient')")
+          help="input gradient the attacker sees: exact (through W), feedback (through the "
+          "feedback matrices B, what plain autograd returns; the BioNAS paper's), or both")
     _flag(k, "--attack_preset", default="bionas", choices=list(PRESETS),
           help="attack settings: BioNAS's or the standard ones")
     _flag(k, "--attack_eps", type=NONNEG, help="override epsilon (default: the preset's)")
@@ -513,8 +433,8 @@ def check_args(args, mode):
         raise SystemExit("error: --schedule/--prox/--admm/--crb/--darts_prime change the DARTS "
                          "alpha step; use them with --search darts")
     if args.seeds is None:
-        args.seeds = "0,1,2,3,4" if args.plasticity else (
-            "1,2,3,4,5" if args.experiment in bionas_paper.SEEDED else "1,2,3")
+        args.seeds = SEEDS["plasticity"] if args.plasticity else \
+            SEEDS["seeded"] if args.experiment in BIONAS_SEEDED else SEEDS["other"]
     try:
         [int(s) for s in args.seeds.split(",")]
     except ValueError:
@@ -526,33 +446,9 @@ def check_args(args, mode):
         if unknown:
             raise SystemExit(f"error: --attack: unknown attack(s) {', '.join(unknown)}; choose "
                              f"from {', '.join(ATTACKS)}")
-    if args.sizes:
-        sizes = parse_sizes(args.sizes)
-        if args.experiment not in thesis_runs.THESIS_EXPERIMENTS:
-            raise SystemExit("error: --sizes sets the size knobs of the thesis experiments "
-                             f"({', '.join(thesis_runs.THESIS_EXPERIMENTS)}); drop it here")
-        module = thesis_runs.THESIS_EXPERIMENTS[args.experiment][0]
-        knobs = importlib.import_module("experiments.thesis_neurogenesis" if module ==
-                                        "neurogenesis" else "experiments.thesis_equinas").SIZES[False]
-        unknown = sorted(set(sizes) - set(knobs))
-        if unknown:
-            raise SystemExit(f"error: --sizes: unknown knob(s) {', '.join(unknown)} for "
-                             f"{args.experiment}; choose from {', '.join(knobs)}")
-    if mode == "neurogenesis":
-        try:
-            widths = [int(w) for w in args.widths.split(",")]
-        except ValueError:
-            raise SystemExit(f"error: --widths {args.widths!r}: give integers separated by commas, "
-                             f"e.g. 64,64") from None
-        if not widths or min(widths) < 1 or max(widths) > args.max_width:
-            raise SystemExit(f"error: --widths {args.widths}: every width must be between 1 and "
-                             f"--max_width {args.max_width}")
-    if mode in ("neurogenesis", "dyno", "equinas") and args.dataset not in ("mnist",
-                                                                            "fashion-mnist"):
-        raise SystemExit(f"error: --{mode} runs on mnist or fashion-mnist, not {args.dataset}")
-    if mode == "plasticity" and args.dataset not in ("mnist", "fashion-mnist"):
-        raise SystemExit(f"error: --plasticity runs on mnist or fashion-mnist, not "
-                         f"{args.dataset}")
+    if args.sizes and args.experiment not in THESIS_EXPERIMENTS:   # its knobs: thesis_runs
+        raise SystemExit("error: --sizes sets the size knobs of the thesis experiments "
+                         f"({', '.join(THESIS_EXPERIMENTS)}); drop it here")
     if args.dataset == "imagenet" and mode not in ("train", "attack"):
         raise SystemExit("error: --dataset imagenet retrains a searched genotype (--train "
                          "--genotype PATH), as DARTS transfers its CIFAR cell; search on a small "
@@ -562,10 +458,6 @@ def check_args(args, mode):
         raise SystemExit("error: --dataset imagenet retrains a --genotype in DARTS's "
                          "NetworkImageNet: no --model (CIFAR ResNets), --cutout or --holdout "
                          "(those are for the in-memory datasets; validation is val/)")
-    if mode == "attack":
-        if not args.checkpoint:
-            raise SystemExit("error: --attack needs --checkpoint RUN_DIR/checkpoint.pt of a "
-                             "--train run")
     if mode in ("search", "train") and (mode == "search" or args.model == "darts"):
         if args.layers < MIN_LAYERS:
             raise SystemExit(f"error: --layers {args.layers}: a DARTS network needs at least "
@@ -587,13 +479,13 @@ def check_args(args, mode):
                              "individuals set every candidate's weight)")
     if args.gpus is not None:
         devs = args.gpus.split(",")
-        if mode != "experiment" or args.experiment in thesis_runs.THESIS_EXPERIMENTS:
+        if mode != "experiment" or args.experiment in THESIS_EXPERIMENTS:
             raise SystemExit("error: --gpus spreads the sub-runs of a BioNAS --experiment over "
                              "devices; a single run takes --gpu N (or torchrun for several)")
         if not all(d == "cpu" or d.isdigit() for d in devs):
             raise SystemExit(f"error: --gpus {args.gpus!r}: give CUDA indices or 'cpu' separated "
                              f"by commas, e.g. 0,1,2,3")
-    if mode == "experiment" and args.experiment in bionas_paper.SEEDED and args.genotype:
+    if mode == "experiment" and args.experiment in BIONAS_SEEDED and args.genotype:
         if not os.path.isfile(args.genotype):
             raise SystemExit(f"error: --genotype {args.genotype}: no such file")
     if mode == "train" and args.model == "darts" or mode == "experiment" and \

@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from experiments import bionas_paper as BE
+from experiments import bionas_runs
 from harness import monitor
 import darts
 from harness import data
@@ -240,7 +241,7 @@ def test_experiment_mixed_vs_single_over_seeds_and_resume(tmp_path, fake, monkey
     for f in ("mixed-vs-single.png", "mixed-vs-single_dynamics.png", "mixed-vs-single.md"):
         assert (out / f).exists()
     # --resume reuses every finished retraining instead of training again
-    monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("retrained a finished run"))
+    monkeypatch.setattr(bionas_runs, "train", lambda *a, **k: pytest.fail("retrained a finished run"))
     rows2 = train.main(["--resume", str(out)])
     assert [r["mean_acc"] for r in rows2] == [float(r["mean_acc"]) for r in rows]
 

@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 import pytest
 
 import darts
+from experiments import bionas_runs
 import train
 from test_train import tiny_args
 
@@ -388,7 +389,7 @@ def test_experiment_gpus_spreads_sub_runs_and_reuses_finished(tmp_path, monkeypa
         assert log.count(f"{label}: started on cpu") == 1
         assert json.loads((run / label / "result.json").read_text())["test_acc"] >= 0
     assert [r["variant"] for r in rows] == labels
-    monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("retrained a finished run"))
+    monkeypatch.setattr(bionas_runs, "train", lambda *a, **k: pytest.fail("retrained a finished run"))
     rows2 = train.main(["--resume", str(run)])
     assert (run / "log.txt").read_text().count("started on") == len(labels)
     assert [r["test_acc"] for r in rows2] == [r["test_acc"] for r in rows]

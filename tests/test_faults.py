@@ -13,6 +13,7 @@ import torch
 
 from harness import data
 from harness import options
+from harness import quick
 from harness import run_dir
 from harness import search
 import train
@@ -219,7 +220,7 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
     """Catches: KeyboardInterrupt printing a traceback and no resume command."""
     def interrupted(*a, **k):
         raise KeyboardInterrupt
-    monkeypatch.setattr(train, "search", interrupted)
+    monkeypatch.setattr(quick, "search", interrupted)
     with pytest.raises(SystemExit) as e:
         train.main(tiny_args(tmp_path, "--search", "darts", "--run_name", "c"))
     assert e.value.code == 130

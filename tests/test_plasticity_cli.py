@@ -33,12 +33,12 @@ def test_plasticity_attack_breaks_a_linear_model_exactly_within_its_margin():
     w_diff = (net.weight[0] - net.weight[1]).detach().norm()
     d = (z.max(1).values - z.min(1).values) / w_diff          # distance to the boundary
     eps = float(d.median())
-    broken = train.plasticity_attack(steps=30)(net, X, y, eps)
+    broken = PE.plasticity_attack(steps=30)(net, X, y, eps)
     clear = (d - eps).abs() > 0.02 * eps                     # leave out near-ties
     assert clear.sum() > 150
     assert torch.equal(broken[clear], (d < eps)[clear])
-    assert not train.plasticity_attack(steps=5)(net, X, y, 1e-9).any()
-    assert not train.plasticity_attack(steps=1, alpha=1e-9)(net, X, y, eps).any()
+    assert not PE.plasticity_attack(steps=5)(net, X, y, 1e-9).any()
+    assert not PE.plasticity_attack(steps=1, alpha=1e-9)(net, X, y, eps).any()
 
 
 def _linear_case(n=40, dim=20, seed=0):
