@@ -6,8 +6,9 @@
 
 The network weights are trained by SGD exactly as in the DARTS search; alpha is never
 differentiated: it moves by the best individual that CMA-ES finds around it. The supernet
-is darts.Network (its forward takes external mixing weights) over the BioNAS-EG space
-(ops.search_space(zero=False), 21 candidates), and the genotype is darts.derive_genotype.
+is any DARTS supernet whose forward takes external mixing weights (by default EG-NAS's own,
+pc_darts.EGNASNetwork) over the BioNAS-EG space (ops.search_space(zero=False), 21
+candidates), and the genotype is darts.derive_genotype. This file imports none of them.
 
 Three versions of one exploration (N = `samples` CMA-ES runs of `population_size` each):
 
