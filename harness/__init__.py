@@ -1,3 +1,5 @@
-"""What runs the concepts: the flags and the papers' presets, the search and retraining loops,
-run directories, data, figures, the layer monitor, and the runs of the attacks and of the
-thesis's systems. `train.py` wires these; nothing here is meant to be copied alone."""
+"""What runs the concepts: the flags (options.py) and the papers' settings (presets.py), the
+search and retraining loops (search.py, retrain.py, quick.py), run directories (run_dir.py),
+data (data.py), figures (plots.py), the layer monitor (monitor.py) and the attack runs
+(attack_runs.py). `train.py` wires these; nothing here is meant to be copied alone, and
+nothing here imports the experiments."""
