@@ -17,7 +17,7 @@ import resnet
 from harness import retrain
 import rules
 import train
-from test_train import make_fake_mnist
+from conftest import make_fake_mnist
 
 GENOTYPE = darts.Genotype(
     normal=[("sep_conv_3x3_fa", 0), ("skip_connect", 1), ("dil_conv_3x3_usf", 0), ("max_pool_3x3", 2)],

@@ -11,7 +11,7 @@ import darts
 import darts_prime as DP
 import ops
 import train
-from test_train import tiny_args
+from conftest import tiny_args
 
 CANDS = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3_fa", "dil_conv_3x3_usf"]
 

@@ -3,7 +3,6 @@ the test keep identical weights (brsf and fa layers included); rank 0's checkpoi
 one process."""
 import json
 import os
-import socket
 
 import torch
 import torch.multiprocessing as mp
@@ -11,26 +10,13 @@ import pytest
 
 import darts
 import train
-from test_train import tiny_args
+from conftest import free_port as _free_port, make_fake_mnist, rank_env, tiny_args
 
 GENOTYPE = darts.Genotype(
     normal=[("sep_conv_3x3_brsf", 0), ("dil_conv_3x3_fa", 1), ("skip_connect", 0), ("sep_conv_3x3_usf", 2)],
     normal_concat=[2, 3],
     reduce=[("skip_connect_brsf", 0), ("sep_conv_3x3_frsf", 1), ("max_pool_3x3", 0), ("dil_conv_3x3_brsf", 2)],
     reduce_concat=[2, 3])
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rank_env(rank, world, port):
-    """What torchrun gives process `rank` of `world` (one thread each: 2 ranks share 2 cores)."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
 
 
 def _worker(rank, world, port, argv, out):
@@ -147,7 +133,6 @@ def test_partial_channels_search_step_runs_and_saves_memory():
 
 def test_attack_table_split_over_two_ranks_equals_one_process(tmp_path):
     import csv
-    from test_train import make_fake_mnist
     root = str(tmp_path / "d")
     make_fake_mnist(root, n_train=64, n_test=48)
     gpath = tmp_path / "g.json"

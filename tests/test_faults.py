@@ -16,7 +16,7 @@ from harness import options
 from harness import run_dir
 from harness import search
 import train
-from test_train import make_fake_mnist, tiny_args, write_idx
+from conftest import make_fake_mnist, tiny_args, write_idx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GENOTYPE = {"normal": [["sep_conv_3x3_fa", 0], ["skip_connect_usf", 1], ["max_pool_3x3", 0],

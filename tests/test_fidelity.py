@@ -35,7 +35,7 @@ from harness import search
 import train
 from darts import Genotype
 from harness.data import DATASETS
-from test_train import make_fake_mnist
+from conftest import make_fake_mnist
 
 # a 2-node genotype (nodes=2 networks): identities and parameterized ops in both cells
 G_TINY = Genotype(normal=[("sep_conv_3x3", 0), ("skip_connect", 1),

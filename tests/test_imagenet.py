@@ -21,7 +21,7 @@ from harness import options
 from harness import retrain
 from harness import run_dir
 import train
-from test_distributed import _free_port, rank_env
+from conftest import free_port as _free_port, rank_env
 
 CLASSES = ("n01440764", "n01443537", "n01484850")       # sorted: labels 0, 1, 2
 SIZES = ((40, 30), (33, 47), (50, 50), (29, 41))         # (width, height), odd on purpose

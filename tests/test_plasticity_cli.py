@@ -14,7 +14,7 @@ from harness import data
 import plasticity as P
 from experiments import plasticity_paper as PE
 import train
-from test_train import make_fake_mnist
+from conftest import make_fake_mnist
 
 
 def test_plasticity_attack_breaks_a_linear_model_exactly_within_its_margin():

@@ -7,7 +7,7 @@ import torch
 
 from harness import data
 import train
-from test_train import make_fake_mnist
+from conftest import make_fake_mnist
 
 
 @pytest.fixture
