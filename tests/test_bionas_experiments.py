@@ -170,6 +170,7 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_train_resnet_cli_logs_finite_layer_statistics(tmp_path, fake):
     flags, _ = fake
     train.main(["--train", "--model", "resnet20", "--rule", "frsf", "--run_name", "r"] + flags
@@ -189,6 +190,7 @@ def test_train_resnet_cli_logs_finite_layer_statistics(tmp_path, fake):
     assert (run / "layers.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_experiment_table1_cli(tmp_path, fake):
     flags, _ = fake
     train.main(["--experiment", "table1", "--run_name", "t1"] + flags)
@@ -210,6 +212,7 @@ def _mean_std(xs):
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
+@pytest.mark.slow
 def test_experiment_mixed_vs_single_over_seeds_and_resume(tmp_path, fake, monkeypatch):
     flags, gpath = fake
     train.main(["--experiment", "mixed-vs-single", "--genotype", gpath, "--seeds", "1,2",
@@ -273,6 +276,7 @@ def test_random_genotype_is_a_uniform_draw_of_the_space():
     assert darts.random_genotype(5).normal != darts.random_genotype(5).reduce
 
 
+@pytest.mark.slow
 def test_experiment_search_vs_random_searches_per_seed(tmp_path, fake):
     flags, _ = fake
     rows = train.main(["--experiment", "search-vs-random", "--seeds", "3,4", "--run_name", "sr"]
@@ -297,6 +301,7 @@ def test_experiment_search_vs_random_searches_per_seed(tmp_path, fake):
     assert len(seeds) == 6 and (out / "search-vs-random.png").exists()
 
 
+@pytest.mark.slow
 def test_experiment_random_rules_and_robustness_cli(tmp_path, fake):
     flags, gpath = fake
     rows = train.main(["--experiment", "random-rules", "--genotype", gpath, "--seeds", "4,5", "--run_name", "rr"] + flags)

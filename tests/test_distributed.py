@@ -33,6 +33,7 @@ def _worker(rank, world, port, argv, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_ranks_stay_identical_and_rank0_checkpoint_resumes(tmp_path):
     gpath = tmp_path / "g.json"
     darts.save_genotype(GENOTYPE, str(gpath))
@@ -81,6 +82,7 @@ def test_rule_layers_under_bf16_autocast_match_fp32_gradients():
             assert (g16 - g32).norm() <= 0.1 * g32.norm() + 1e-6, rule    # bf16: ~5% (bp too)
 
 
+@pytest.mark.slow
 def test_train_with_bf16_autocast_on_cpu(tmp_path):
     gpath = tmp_path / "g.json"
     darts.save_genotype(GENOTYPE, str(gpath))
@@ -106,6 +108,7 @@ def _saved_bytes(net, x, y):
     return total[0]
 
 
+@pytest.mark.slow
 def test_partial_channels_search_step_runs_and_saves_memory():
     import ops
     cands = ops.search_space()                                  # the 22-candidate BioNAS space
@@ -131,6 +134,7 @@ def test_partial_channels_search_step_runs_and_saves_memory():
     assert ops.channel_shuffle(t, 4).flatten().tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
 
 
+@pytest.mark.slow
 def test_attack_table_split_over_two_ranks_equals_one_process(tmp_path):
     import csv
     root = str(tmp_path / "d")
@@ -243,6 +247,7 @@ def _search_worker(rank, world, port, out, unrolled, reduce_alpha):
     torch.save(res, os.path.join(out, f"search{rank}.pt"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("unrolled", [False, True])
 def test_two_rank_search_step_is_one_process_on_the_union(tmp_path, unrolled):
     model = _supernet()
@@ -272,6 +277,7 @@ def _egnas_worker(rank, world, port, out):
                os.path.join(out, f"eg{rank}.pt"))
 
 
+@pytest.mark.slow
 def test_two_rank_egnas_exploration_is_the_one_process_result(tmp_path, monkeypatch):
     import egnas
     model, (x, y, _, _) = _supernet(), _search_batches(1)[0]
@@ -301,6 +307,7 @@ def _cli_worker(rank, world, port, out, argv):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_rank_search_resumes_under_torchrun_as_uninterrupted(tmp_path):
     base = tiny_args(tmp_path, "--search", "darts", "--epochs", "2", "--rules", "fa,brsf",
                      "--skip_rules", "brsf", "--arch_learning_rate", "3e-2")
@@ -340,6 +347,7 @@ def _timed_job(out, name, device):
         json.dump(dict(device=device, start=t0, end=time.time(), met=met), f)
 
 
+@pytest.mark.slow
 def test_run_on_devices_one_job_per_device_at_a_time(tmp_path):
     from harness import run_dir
     names = [f"j{i}" for i in range(3)]
@@ -357,6 +365,7 @@ def test_run_on_devices_one_job_per_device_at_a_time(tmp_path):
     assert (tmp_path / "ok.json").exists()                  # the others still ran
 
 
+@pytest.mark.slow
 def test_experiment_gpus_spreads_sub_runs_and_reuses_finished(tmp_path, monkeypatch):
     gpath = tmp_path / "g.json"
     darts.save_genotype(GENOTYPE, str(gpath))

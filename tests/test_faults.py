@@ -90,6 +90,7 @@ def test_explicit_train_portion_is_used_not_replaced(tmp_path):
 
 # ------------------------------------------------------------------ 3. divergence
 
+@pytest.mark.slow
 def test_diverged_search_stops_and_is_not_retrained(tmp_path):
     """Catches: a NaN search writing a genotype and going on to the --quick retraining."""
     msg = fails(tiny_args(tmp_path, "--search", "darts", "--quick", "--learning_rate", "1e6",
@@ -153,6 +154,7 @@ def test_bad_values_are_one_line_errors_before_any_run_directory(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["random", "truncated"])
 def test_unreadable_checkpoint_for_resume_and_attack(tmp_path, damage):
     """Catches: torch.load's UnpicklingError / zip error escaping as a traceback."""
@@ -167,6 +169,7 @@ def test_unreadable_checkpoint_for_resume_and_attack(tmp_path, damage):
            str(tmp_path / "runs")], "cannot be read as a checkpoint")
 
 
+@pytest.mark.slow
 def test_checkpoint_kind_is_checked_on_resume_and_attack(tmp_path):
     """Catches: resume() loading a search checkpoint into a retraining (and the reverse) and
     --attack accepting a supernet."""
@@ -229,6 +232,7 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ 5. resume flags
 
+@pytest.mark.slow
 def test_resume_takes_more_epochs_and_refuses_other_flags(tmp_path):
     """Catches: --resume ignoring --epochs (finishing at once), a changed --learning_rate
     silently ignored, the cosine schedule not recomputed for the new total, args.json
@@ -252,6 +256,7 @@ def test_resume_takes_more_epochs_and_refuses_other_flags(tmp_path):
     assert json.load(open(run / "args.json"))["epochs"] == 4
 
 
+@pytest.mark.slow
 def test_resume_of_a_run_killed_in_its_first_epoch_says_it_restarts(tmp_path):
     """Catches: a silent restart from scratch."""
     run = tmp_path / "runs" / "k"
@@ -265,6 +270,7 @@ def test_resume_of_a_run_killed_in_its_first_epoch_says_it_restarts(tmp_path):
 
 # ------------------------------------------------------------------ 6. run directories
 
+@pytest.mark.slow
 def test_run_name_reuse_and_a_second_writer_are_refused(tmp_path):
     """Catches: a finished run overwritten by a new one of the same name; two processes
     writing one run (a resume while the original still runs)."""
@@ -282,6 +288,7 @@ def test_run_name_reuse_and_a_second_writer_are_refused(tmp_path):
 
 # ------------------------------------------------------------------ 7. silent nonsense
 
+@pytest.mark.slow
 def test_attack_sweep_is_a_flag_and_logs_progress(tmp_path):
     """Catches: the PGD epsilon sweep always running (minutes, silent)."""
     train.main(tiny_args(tmp_path, "--train", "--genotype", genotype_file(tmp_path), "--epochs",
@@ -298,6 +305,7 @@ def test_attack_sweep_is_a_flag_and_logs_progress(tmp_path):
     assert (tmp_path / "runs" / "a2" / "robustness_eps.png").exists()
 
 
+@pytest.mark.slow
 def test_last_batch_of_one_image_is_dropped_in_training(tmp_path):
     """Catches: a batch of 1 reaching BatchNorm on a 1x1 map (the auxiliary head) and
     crashing a retraining whose images leave one over (17 = 16 + 1)."""
@@ -352,6 +360,7 @@ def test_readme_has_no_unknown_flags_and_a_whole_features_table():
     assert "Known problem" not in readme
 
 
+@pytest.mark.slow
 def test_device_warning_goes_to_log_once(tmp_path, capsys):
     """Catches: the --gpu warning printed at every pick_device call and missing from log.txt."""
     run_dir.WARNINGS.clear()
@@ -381,6 +390,7 @@ def test_eta_is_for_the_whole_run(monkeypatch):
     assert first.eta() == pytest.approx(9 + 2 * 10)
 
 
+@pytest.mark.slow
 def test_search_logs_every_epoch_with_the_run_eta(tmp_path):
     """Catches: epochs without a progress line (report_freq > steps per epoch)."""
     train.main(tiny_args(tmp_path, "--search", "darts", "--epochs", "2", "--report_freq", "50",

@@ -91,6 +91,7 @@ def test_batches_augmentation_against_hand_crop():
     assert not torch.equal(next(iter(b))[1], yb)
 
 
+@pytest.mark.slow
 def test_search_resume_equals_uninterrupted_and_retrain(tmp_path):
     args = tiny_args(tmp_path, "--search", "darts", "--epochs", "2")
     train.main(args + ["--run_name", "full"])
@@ -125,6 +126,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
         train.main(tiny_args(tmp_path, "--search", "darts", "--rules", "fa,dfa"))
 
 
+@pytest.mark.slow
 def test_attack_cli_on_retrained_checkpoint(tmp_path):
     g = {"normal": [["sep_conv_3x3_fa", 0], ["skip_connect_usf", 1], ["max_pool_3x3", 0],
                     ["dil_conv_3x3_frsf", 2]], "normal_concat": [2, 3],
@@ -149,6 +151,7 @@ def test_attack_cli_on_retrained_checkpoint(tmp_path):
                     "--save", str(tmp_path / "runs")])
 
 
+@pytest.mark.slow
 def test_egnas_search_through_train_py(tmp_path):
     args = tiny_args(tmp_path, "--search", "egnas", "--epochs", "2", "--warm_start_epochs", "1",
                      "--samples", "2", "--population_size", "4", "--run_name", "eg",
