@@ -41,11 +41,12 @@ def make_fake_mnist(root, n_train=96, n_test=48, seed=0):
 
 
 def tiny_args(tmp_path, *extra):
-    """The command line of a tiny run on 96 + 48 generated images (64 of them trained on, 4
-    steps of 16 an epoch; the 48 test images evaluated): a 3-layer, 2-node, 2-channel network."""
+    """The command line of a tiny run on 96 + 16 generated images (64 of them trained on, 4
+    steps of 16 an epoch; the 16 test images one evaluation batch): a 3-layer, 2-node,
+    2-channel network."""
     root = str(tmp_path / "data")
     if not os.path.exists(root):
-        make_fake_mnist(root)
+        make_fake_mnist(root, n_test=16)
     return ["--dataset", "fashion-mnist", "--data", root, "--save", str(tmp_path / "runs"),
             "--subset", "64", "--batch_size", "16", "--init_channels", "2", "--layers", "3",
             "--nodes", "2", "--report_freq", "1", "--seed", "5", *extra]

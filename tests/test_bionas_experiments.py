@@ -158,7 +158,7 @@ def test_layer_monitor_is_eq8_per_layer_and_the_alignment_angle():
 def fake(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST", str(tmp_path / "nowhere"))
     root = str(tmp_path / "d")
-    make_fake_mnist(root, n_train=64, n_test=48)
+    make_fake_mnist(root, n_train=64, n_test=16)           # 16 test images: one evaluation batch
     gpath = str(tmp_path / "genotype.json")
     darts.save_genotype(GENOTYPE, gpath)
     return ["--data", root, "--save", str(tmp_path / "runs"), "--quick", "--subset", "64",
