@@ -371,7 +371,8 @@ def _plot_generated(rows, path):
                     pts.setdefault(r["n_f"], []).append(r["widths"][layer])
             if pts:
                 xs = sorted(pts)
-                ax.errorbar(xs, *zip(*(mean_std(pts[x]) for x in xs)), marker="o", ms=3,
+                ms = [mean_std(pts[x]) for x in xs]
+                ax.errorbar(xs, [m for m, _ in ms], [sd for _, sd in ms], marker="o", ms=3,
                             capsize=2, label=s)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("independent features n_f")
