@@ -31,6 +31,7 @@ from harness.plots import _plt, _save, plot_bars
 from harness.presets import BIONAS_EXPERIMENTS as EXPERIMENTS
 from harness.presets import BIONAS_SEEDED as SEEDED      # every variant once per seed, mean +- std
 from harness.run_dir import write_csv, write_table
+from experiments.seeds import mean_std, paired, wins
 
 SINGLE_RULES = ("bp", "fa", "usf", "brsf", "frsf")
 
@@ -190,11 +191,6 @@ def run(name, train_fn, attack_fn, out_dir, dataset="cifar10", seeds=(1, 2, 3), 
     return rows
 
 
-def _mean_std(values):
-    v = np.array([x for x in values if x is not None], dtype=float)
-    return (float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0) if len(v) else (None, None)
-
-
 def report_seeded(name, todo, results, stem, dataset):
     """A SEEDED experiment: NAME_seeds.csv (one row per variant and seed), NAME.md/.csv (mean
     +- std over seeds, sample std, beside the paper), the paired differences to the searched
@@ -219,15 +215,15 @@ def report_seeded(name, todo, results, stem, dataset):
     rows = []
     for v in variants:
         acc = [r["test_acc"] for r in by[v].values()]
-        common = sorted(set(by[v]) & set(by[ref]))
-        diff = [by[ref][s]["test_acc"] - by[v][s]["test_acc"] for s in common]
-        m, sd = _mean_std(acc)
-        bm, bsd = _mean_std([r["best_acc"] for r in by[v].values()])
-        dm, dsd = _mean_std(diff)
+        diff = paired({s: r["test_acc"] for s, r in by[ref].items()},
+                      {s: r["test_acc"] for s, r in by[v].items()})
+        m, sd = mean_std(acc)
+        bm, bsd = mean_std([r["best_acc"] for r in by[v].values()])
+        dm, dsd = mean_std(diff)
         rows.append(dict(variant=v, seeds=len(acc), paper_acc=paper(v), mean_acc=round(m, 2), std_acc=round(sd, 2),
                          best_mean=None if bm is None else round(bm, 2), best_std=None if bsd is None else round(bsd, 2),
                          ref_minus=None if v == ref else round(dm, 2), ref_minus_std=None if v == ref else round(dsd, 2),
-                         ref_wins=None if v == ref else f"{sum(d > 0 for d in diff)}/{len(diff)}",
+                         ref_wins=None if v == ref else wins(diff),
                          log10_grad_var=round(float(np.mean([r["log10_grad_var_mean"] for r in by[v].values()])), 2),
                          angle=round(float(np.mean([r["alignment_mean"] for r in by[v].values()])), 1)))
     cols = [("variant", lambda r: r["variant"]), ("seeds", lambda r: r["seeds"]),

@@ -4,11 +4,11 @@ Fig. 4 picture of adversarial images. Used by experiments/plasticity_paper.py's 
 import math
 import textwrap
 
-import numpy as np
 import torch
 
 from harness.plots import _plt, plot_bars
 from harness.run_dir import write_table
+from experiments.seeds import mean_std
 
 
 def _r(x):
@@ -26,10 +26,10 @@ def summarize(rows, keys, metrics):
     for key, rs in groups.items():
         d = dict(zip(keys, key), seeds=len(rs))
         for m in metrics:
-            v = np.array([r[m] for r in rs if r.get(m) is not None], dtype=float)
-            if len(v):
-                d[m + "_mean"] = _r(float(v.mean()))
-                d[m + "_std"] = _r(float(v.std(ddof=1)) if len(v) > 1 else 0.0)
+            v = [float(r[m]) for r in rs if r.get(m) is not None]
+            if v:
+                mean, std = mean_std(v)
+                d[m + "_mean"], d[m + "_std"] = _r(mean), _r(std)
                 d[m + "_values"] = " ".join(f"{x:g}" for x in v)
         for k in rs[0]:
             if k.startswith("paper") or k in ("rule_table", "halfspace_rule"):

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from equinas import (ELEMENTS, GROUPS, RPP, GroupConv2d, MixedGroupConv2d, accuracy, act, as_float, fit,
                      population, recalibrate_bn, search_differentiable, search_evolutionary)
 from harness.run_dir import _atomic, md_table, write_csv
+from experiments.seeds import fmt
 
 EXPERIMENTS = ("equinas-table3", "equinas-table4", "equinas-fig12", "equinas-cost")
 PAPER_TABLE3 = {"EquiNAS_E": (1.78, 0.04), "RPP": (2.18, 0.04), "D4": (1.78, 0.11), "C4": (1.64, 0.22),
@@ -256,17 +257,13 @@ def mixed_layer_cost(fields=16, size=28, batch=64, kernel_size=5, group="D4", gr
 # Reports: NAME.md, NAME.csv, NAME.png
 # ----------------------------------------------------------------------------------------
 
-def _mean_std(vals):
-    return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals) if len(vals) > 1 else 0.0:.2f}"
-
-
 def _summary(rows, paper, title):
     methods = list(dict.fromkeys(r["method"] for r in rows))
     out = []
     for m in methods:
         rs = [r for r in rows if r["method"] == m]
         p = paper.get(m)
-        out.append([m, f"{p[0]:.2f} ± {p[1]:.2f}" if p else None, _mean_std([r["test_error"] for r in rs]),
+        out.append([m, f"{p[0]:.2f} ± {p[1]:.2f}" if p else None, fmt([r["test_error"] for r in rs]),
                     f"{statistics.mean(r['params'] for r in rs):,.0f}", len(rs),
                     f"{statistics.mean(r['seconds'] for r in rs):.0f}"])
     return title + "\n\n" + md_table(["method", "thesis rotMNIST error %", "measured error % (mean ± std)",

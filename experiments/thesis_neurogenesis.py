@@ -40,6 +40,7 @@ from dyno import DYNO, flops
 from neurogenesis import DENSE_ONLY, SCHEDULES, STRATEGIES, GrowableCNN, GrowableMLP, Neurogenesis
 from harness.plots import _plt, _save
 from harness.run_dir import Runs, _atomic, md_table, write_table
+from experiments.seeds import fmt, mean_std
 
 EXPERIMENTS = ("generated", "pareto", "transfer", "trigger-cost")
 SIZES = {  # quick (True) and full (False); run(..., sizes={...}) overrides any of them
@@ -354,10 +355,6 @@ def experiment_transfer(data, sz, seeds, runs, source_phi=False, log=_quiet):
 # Reports: NAME.md, NAME.csv (harness/run_dir.py's write_table), NAME.png
 # ----------------------------------------------------------------------------------------
 
-def _mean_std(vals):
-    return float(np.mean(vals)), float(np.std(vals))
-
-
 def _plot_generated(rows, path):
     plt = _plt()
     panels = [(1, 0), (2, 0), (2, 1)]
@@ -370,7 +367,8 @@ def _plot_generated(rows, path):
                     pts.setdefault(r["n_f"], []).append(r["widths"][layer])
             if pts:
                 xs = sorted(pts)
-                ax.errorbar(xs, [np.mean(pts[x]) for x in xs], [np.std(pts[x]) for x in xs], marker="o", ms=3,
+                ms = [mean_std(pts[x]) for x in xs]
+                ax.errorbar(xs, [m for m, _ in ms], [sd for _, sd in ms], marker="o", ms=3,
                             capsize=2, label=s)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("independent features n_f")
@@ -388,7 +386,7 @@ def _plot_pareto(rows, path, title):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
     for name in dict.fromkeys(r["strategy"] for r in rows):
         rs = [r for r in rows if r["strategy"] == name]
-        (n, ns), (a, as_), (t, ts) = (_mean_std([r[k] for r in rs])
+        (n, ns), (a, as_), (t, ts) = (mean_std([r[k] for r in rs])
                                       for k in ("neurons", "test_accuracy", "train_seconds"))
         marker = "s" if "Static" in name else ("^" if "(" in name else "o")
         for ax, y, ye in ((axes[0], a, as_), (axes[1], t, ts)):
@@ -465,7 +463,7 @@ def _plot_cost(rows, path, title):
 
 
 def _summary(rows, keys, fields):
-    """Mean +- std of `fields` over seeds, per distinct value of `keys`."""
+    """Mean +- sample std of `fields` over seeds, per distinct value of `keys`."""
     out = {}
     for r in rows:
         out.setdefault(tuple(str(r[k]) for k in keys), []).append(r)
@@ -475,10 +473,9 @@ def _summary(rows, keys, fields):
         for f in fields:
             vals = [r[f] for r in rs]
             if isinstance(vals[0], list):
-                row[f] = " / ".join(f"{np.mean(v):.0f} ± {np.std(v):.0f}" for v in zip(*vals))
+                row[f] = " / ".join(fmt(v, 0) for v in zip(*vals))
             else:
-                m, s = _mean_std(vals)
-                row[f] = f"{m:.2f} ± {s:.2f}"
+                row[f] = fmt(vals)
         res.append(row)
     return res
 

@@ -62,11 +62,11 @@ def _find_idx(d, stem):
     return None
 
 
-def _load_mnist_like(name, root):
+def _mnist_files(name, root):
     """The four IDX files, all from the first directory that holds all four (torchvision's
     ROOT/FashionMNIST/raw or ROOT/MNIST/raw, ROOT/NAME, ROOT, then Debian's copy of
-    Fashion-MNIST); a directory of --data holding only some of them is an error, never
-    completed from another copy."""
+    Fashion-MNIST), downloaded by torchvision if none does; a directory of --data holding only
+    some of them is an error, never completed from another copy."""
     sub = "FashionMNIST" if name == "fashion-mnist" else "MNIST"
     dirs = [os.path.join(root, sub, "raw"), os.path.join(root, name), root]
     stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -97,6 +97,10 @@ def _load_mnist_like(name, root):
                 f"IDX files in {dirs[0]} (torchvision's layout) or pass --data DIR"
                 + ("; on Debian: apt-get install dataset-fashion-mnist" if name ==
                    "fashion-mnist" else "")) from None
+    return paths
+
+
+def _load_mnist_like(paths):
     xtr, ytr, xte, yte = (read_idx(p) for p in paths)
     return xtr[:, None], ytr, xte[:, None], yte
 
@@ -140,24 +144,51 @@ def _load_imagenet16(root):
     return xtr, ytr, xte, yte
 
 
-_LAST = {}                                 # the last dataset loaded: train.py checks, then runs
+def _files_key(paths):
+    """Which files were read, as they are now: (resolved path, size, mtime) of each. Two
+    --data roots that lead to the same files share one decoded copy; a rewritten file is read
+    again."""
+    stats = [(os.path.realpath(p), os.stat(p)) for p in paths]
+    return tuple((p, st.st_size, st.st_mtime_ns) for p, st in stats)
+
+
+def _dataset_files(name, root):
+    """The files load_dataset reads for `name` (MNIST-like: found or downloaded first), or None
+    when they are only known after loading (CIFAR not downloaded yet)."""
+    if name in ("mnist", "fashion-mnist"):
+        return _mnist_files(name, root)
+    if name == "imagenet16-120":
+        d = next((p for p in (os.path.join(root, "ImageNet16"), root)
+                  if os.path.exists(os.path.join(p, "val_data"))), None)
+        return None if d is None else \
+            [os.path.join(d, f"train_data_batch_{i}") for i in range(1, 11)] + [os.path.join(d, "val_data")]
+    d = os.path.join(root, "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+    files = sorted(os.path.join(d, f) for f in os.listdir(d)) if os.path.isdir(d) else []
+    return [f for f in files if os.path.isfile(f)] or None
+
+
+_LAST = {}           # the last dataset loaded, keyed by its files: train.py checks, then runs
 
 
 def load_dataset(name, root):
     """(train_x, train_y, test_x, test_y): uint8 NCHW images and int64 labels, as tensors.
-    The last dataset loaded is kept (a run checks its sizes before it starts, then trains on
-    it; experiments load it for every sub-run); callers must not modify the tensors."""
-    key = (name, os.path.abspath(root) if root else None)
-    if key in _LAST:
-        return _LAST[key]
+    The last dataset loaded is kept, keyed by the files read (a run checks its sizes before it
+    starts, then trains on it; experiments load it for every sub-run); callers must not modify
+    the tensors."""
     if name not in DATASETS:
         raise SystemExit(f"error: unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    files = _dataset_files(name, root)
+    key = (name, _files_key(files)) if files else None
+    if key is not None and key in _LAST:
+        return _LAST[key]
     if name in ("mnist", "fashion-mnist"):
-        arrays = _load_mnist_like(name, root)
+        arrays = _load_mnist_like(files)
     elif name == "imagenet16-120":
         arrays = _load_imagenet16(root)
     else:
         arrays = _load_cifar(name, root)
+        files = _dataset_files(name, root)                       # downloaded just now
+        key = (name, _files_key(files)) if files else (name, os.path.abspath(root))
     xtr, ytr, xte, yte = (torch.from_numpy(np.array(a)) for a in arrays)
     _LAST.clear()
     _LAST[key] = (xtr, ytr.long(), xte, yte.long())

@@ -1,6 +1,66 @@
-# Runs the tests on one thread: their tensors are tiny, and two OpenMP threads on a 2-core
-# machine that is doing anything else can slow torch down by 10-100x. (pytest.ini puts the
-# project root on sys.path, so the concept files and the harness import as in train.py.)
+"""Shared test helpers: generated Fashion-MNIST-format files, the tiny command line of the
+end-to-end tests, and the environment torchrun gives a spawned rank. Test modules import them
+with `from conftest import ...` (tests/ is on sys.path while pytest runs).
+
+Runs the tests on one thread: their tensors are tiny, and two OpenMP threads on a 2-core
+machine that is doing anything else can slow torch down by 10-100x. (pytest.ini puts the
+project root on sys.path, so the concept files and the harness import as in train.py.)"""
+import gzip
+import os
+import socket
+
+import numpy as np
 import torch
 
 torch.set_num_threads(1)
+
+
+def write_idx(path, array):
+    """An IDX file written by hand from the format's definition (magic, dims, bytes)."""
+    array = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def make_fake_mnist(root, n_train=96, n_test=48, seed=0):
+    """Small Fashion-MNIST-format files in torchvision's layout: class = a bright square's
+    position, so a tiny network can learn it."""
+    rng = np.random.default_rng(seed)
+    raw = os.path.join(root, "FashionMNIST", "raw")
+    os.makedirs(raw)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        y = rng.integers(0, 10, n)
+        x = rng.integers(0, 40, (n, 28, 28))
+        for i, c in enumerate(y):
+            r, q = divmod(int(c), 5)
+            x[i, 4 + 10 * r:12 + 10 * r, 2 + 5 * q:6 + 5 * q] = 250
+        write_idx(os.path.join(raw, f"{split}-images-idx3-ubyte.gz"), x)
+        write_idx(os.path.join(raw, f"{split}-labels-idx1-ubyte.gz"), y)
+    return raw
+
+
+def tiny_args(tmp_path, *extra):
+    """The command line of a tiny run on 96 + 16 generated images (64 of them trained on, 4
+    steps of 16 an epoch; the 16 test images one evaluation batch): a 3-layer, 2-node,
+    2-channel network."""
+    root = str(tmp_path / "data")
+    if not os.path.exists(root):
+        make_fake_mnist(root, n_test=16)
+    return ["--dataset", "fashion-mnist", "--data", root, "--save", str(tmp_path / "runs"),
+            "--subset", "64", "--batch_size", "16", "--init_channels", "2", "--layers", "3",
+            "--nodes", "2", "--report_freq", "1", "--seed", "5", *extra]
+
+
+def free_port():
+    """A TCP port free on this machine now (for a spawned group's MASTER_PORT)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_env(rank, world, port):
+    """What torchrun gives process `rank` of `world` (one thread each: 2 ranks share 2 cores)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)

@@ -107,6 +107,7 @@ def _run(name, model, x, y, eps, grad):
     return attacks.targeted_l2(model, x, y, 10 * eps, 0.5, 5, grad=grad)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("grad", attacks.GRADS)
 def test_bounds(trained, name, grad):
@@ -168,6 +169,7 @@ def test_exact_and_feedback_gradients_on_fa_model():
     assert not any(m.exact for m in model.modules() if isinstance(m, rules.RULE_LAYERS))
 
 
+@pytest.mark.slow
 def test_strength_ordering(trained):
     """At the same eps: acc(FGSM) >= acc(PGD) >= acc(APGD), on a trained model."""
     nets, xt, yt = trained
@@ -181,6 +183,7 @@ def test_strength_ordering(trained):
         assert a_fgsm > 0.05                                  # not a vacuous ordering
 
 
+@pytest.mark.slow
 def test_tpgd_increases_the_kl_divergence(trained):
     """TPGD maximizes KL(p(x) || p(x')): it must beat a random vertex of the same ball."""
     nets, xt, yt = trained
@@ -247,6 +250,7 @@ def test_apgd_step_size_halving_finds_an_interior_peak():
     assert (fixed[:, 0] - c).abs().max() > 0.1
 
 
+@pytest.mark.slow
 def test_one_pixel_at_most_k_and_finds_the_pixel(trained):
     nets, xt, yt = trained
     torch.manual_seed(5)

@@ -18,7 +18,7 @@ import resnet
 from harness import retrain
 import rules
 import train
-from test_train import make_fake_mnist
+from conftest import make_fake_mnist
 
 GENOTYPE = darts.Genotype(
     normal=[("sep_conv_3x3_fa", 0), ("skip_connect", 1), ("dil_conv_3x3_usf", 0), ("max_pool_3x3", 2)],
@@ -159,7 +159,7 @@ def test_layer_monitor_is_eq8_per_layer_and_the_alignment_angle():
 def fake(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "SYSTEM_FASHION_MNIST", str(tmp_path / "nowhere"))
     root = str(tmp_path / "d")
-    make_fake_mnist(root, n_train=64, n_test=48)
+    make_fake_mnist(root, n_train=64, n_test=16)           # 16 test images: one evaluation batch
     gpath = str(tmp_path / "genotype.json")
     darts.save_genotype(GENOTYPE, gpath)
     return ["--data", root, "--save", str(tmp_path / "runs"), "--quick", "--subset", "64",
@@ -171,6 +171,7 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_train_resnet_cli_logs_finite_layer_statistics(tmp_path, fake):
     flags, _ = fake
     train.main(["--train", "--model", "resnet20", "--rule", "frsf", "--run_name", "r"] + flags
@@ -190,6 +191,7 @@ def test_train_resnet_cli_logs_finite_layer_statistics(tmp_path, fake):
     assert (run / "layers.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_experiment_table1_cli(tmp_path, fake):
     flags, _ = fake
     train.main(["--experiment", "table1", "--run_name", "t1"] + flags)
@@ -211,6 +213,7 @@ def _mean_std(xs):
     return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
 
 
+@pytest.mark.slow
 def test_experiment_mixed_vs_single_over_seeds_and_resume(tmp_path, fake, monkeypatch):
     flags, gpath = fake
     train.main(["--experiment", "mixed-vs-single", "--genotype", gpath, "--seeds", "1,2",
@@ -274,6 +277,7 @@ def test_random_genotype_is_a_uniform_draw_of_the_space():
     assert darts.random_genotype(5).normal != darts.random_genotype(5).reduce
 
 
+@pytest.mark.slow
 def test_experiment_search_vs_random_searches_per_seed(tmp_path, fake):
     flags, _ = fake
     rows = train.main(["--experiment", "search-vs-random", "--seeds", "3,4", "--run_name", "sr"]
@@ -298,6 +302,7 @@ def test_experiment_search_vs_random_searches_per_seed(tmp_path, fake):
     assert len(seeds) == 6 and (out / "search-vs-random.png").exists()
 
 
+@pytest.mark.slow
 def test_experiment_random_rules_and_robustness_cli(tmp_path, fake):
     flags, gpath = fake
     rows = train.main(["--experiment", "random-rules", "--genotype", gpath, "--seeds", "4,5", "--run_name", "rr"] + flags)

@@ -378,6 +378,7 @@ def _snapshot(net):
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_architect_first_and_second_order_steps_on_bionas_space():
     net, (xt, yt, xv, yv) = _tiny(ops.search_space(), dtype=torch.float32)
     opt = torch.optim.SGD(net.weights(), lr=0.1, momentum=0.9, weight_decay=3e-4)

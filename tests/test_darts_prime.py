@@ -11,7 +11,7 @@ import darts
 import darts_prime as DP
 import ops
 import train
-from test_train import tiny_args
+from conftest import tiny_args
 
 CANDS = ["none", "max_pool_3x3", "skip_connect", "sep_conv_3x3_fa", "dil_conv_3x3_usf"]
 
@@ -141,6 +141,7 @@ def test_crb_prunes_candidates_for_good_and_stops_calling_them():
     assert torch.isfinite(net(x)).all()
 
 
+@pytest.mark.slow
 def test_darts_prime_search_resumes_exactly_and_logs_alpha_steps(tmp_path):
     args = tiny_args(tmp_path, "--search", "darts", "--epochs", "2", "--darts-prime", "--crb")
     train.main(args + ["--run_name", "full"])

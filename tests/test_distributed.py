@@ -3,7 +3,6 @@ the test keep identical weights (brsf and fa layers included); rank 0's checkpoi
 one process."""
 import json
 import os
-import socket
 
 import torch
 import torch.multiprocessing as mp
@@ -12,26 +11,13 @@ import pytest
 import darts
 from experiments import bionas_runs
 import train
-from test_train import tiny_args
+from conftest import free_port as _free_port, make_fake_mnist, rank_env, tiny_args
 
 GENOTYPE = darts.Genotype(
     normal=[("sep_conv_3x3_brsf", 0), ("dil_conv_3x3_fa", 1), ("skip_connect", 0), ("sep_conv_3x3_usf", 2)],
     normal_concat=[2, 3],
     reduce=[("skip_connect_brsf", 0), ("sep_conv_3x3_frsf", 1), ("max_pool_3x3", 0), ("dil_conv_3x3_brsf", 2)],
     reduce_concat=[2, 3])
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rank_env(rank, world, port):
-    """What torchrun gives process `rank` of `world` (one thread each: 2 ranks share 2 cores)."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
 
 
 def _worker(rank, world, port, argv, out):
@@ -48,6 +34,7 @@ def _worker(rank, world, port, argv, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_ranks_stay_identical_and_rank0_checkpoint_resumes(tmp_path):
     gpath = tmp_path / "g.json"
     darts.save_genotype(GENOTYPE, str(gpath))
@@ -96,6 +83,7 @@ def test_rule_layers_under_bf16_autocast_match_fp32_gradients():
             assert (g16 - g32).norm() <= 0.1 * g32.norm() + 1e-6, rule    # bf16: ~5% (bp too)
 
 
+@pytest.mark.slow
 def test_train_with_bf16_autocast_on_cpu(tmp_path):
     gpath = tmp_path / "g.json"
     darts.save_genotype(GENOTYPE, str(gpath))
@@ -121,6 +109,7 @@ def _saved_bytes(net, x, y):
     return total[0]
 
 
+@pytest.mark.slow
 def test_partial_channels_search_step_runs_and_saves_memory():
     import ops
     from harness.search import make_supernet
@@ -148,9 +137,9 @@ def test_partial_channels_search_step_runs_and_saves_memory():
     assert ops.channel_shuffle(t, 4).flatten().tolist() == [0, 2, 4, 6, 1, 3, 5, 7]
 
 
+@pytest.mark.slow
 def test_attack_table_split_over_two_ranks_equals_one_process(tmp_path):
     import csv
-    from test_train import make_fake_mnist
     root = str(tmp_path / "d")
     make_fake_mnist(root, n_train=64, n_test=48)
     gpath = tmp_path / "g.json"
@@ -261,6 +250,7 @@ def _search_worker(rank, world, port, out, unrolled, reduce_alpha):
     torch.save(res, os.path.join(out, f"search{rank}.pt"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("unrolled", [False, True])
 def test_two_rank_search_step_is_one_process_on_the_union(tmp_path, unrolled):
     model = _supernet()
@@ -290,6 +280,7 @@ def _egnas_worker(rank, world, port, out):
                os.path.join(out, f"eg{rank}.pt"))
 
 
+@pytest.mark.slow
 def test_two_rank_egnas_exploration_is_the_one_process_result(tmp_path, monkeypatch):
     import egnas
     model, (x, y, _, _) = _supernet(), _search_batches(1)[0]
@@ -319,6 +310,7 @@ def _cli_worker(rank, world, port, out, argv):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_rank_search_resumes_under_torchrun_as_uninterrupted(tmp_path):
     base = tiny_args(tmp_path, "--search", "darts", "--epochs", "2", "--rules", "fa,brsf",
                      "--skip_rules", "brsf", "--arch_learning_rate", "3e-2")
@@ -358,6 +350,7 @@ def _timed_job(out, name, device):
         json.dump(dict(device=device, start=t0, end=time.time(), met=met), f)
 
 
+@pytest.mark.slow
 def test_run_on_devices_one_job_per_device_at_a_time(tmp_path):
     from harness import run_dir
     names = [f"j{i}" for i in range(3)]
@@ -375,6 +368,7 @@ def test_run_on_devices_one_job_per_device_at_a_time(tmp_path):
     assert (tmp_path / "ok.json").exists()                  # the others still ran
 
 
+@pytest.mark.slow
 def test_experiment_gpus_spreads_sub_runs_and_reuses_finished(tmp_path, monkeypatch):
     gpath = tmp_path / "g.json"
     darts.save_genotype(GENOTYPE, str(gpath))

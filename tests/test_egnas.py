@@ -366,6 +366,7 @@ def test_searcher_passes_as_released_and_generations(runs):
         egnas.EGNASSearcher(model, generations=1.5, log=lambda m: None)
 
 
+@pytest.mark.slow
 def test_eg_step_on_the_real_supernet():
     """On darts.Network over the BioNAS-EG space: warm start leaves alpha untouched, the move
     is xi times softmax rows (pop_momentum 0: each row of the move sums to xi), once per epoch,

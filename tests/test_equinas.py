@@ -359,6 +359,7 @@ def test_mixed_layer_cost_reports_both_timings():
     assert r["channels"] == 8 and r["ratio"] == r["mixed_s"] / r["single_s"] and r["single_s"] > 0
 
 
+@pytest.mark.slow
 def test_experiment_drivers_write_tables_and_resume(tmp_path):
     """Catches the CSV written with one row per method instead of one per method and seed."""
     g = torch.Generator().manual_seed(0)

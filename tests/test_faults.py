@@ -17,7 +17,7 @@ from harness import quick
 from harness import run_dir
 from harness import search
 import train
-from test_train import make_fake_mnist, tiny_args, write_idx
+from conftest import make_fake_mnist, tiny_args, write_idx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GENOTYPE = {"normal": [["sep_conv_3x3_fa", 0], ["skip_connect_usf", 1], ["max_pool_3x3", 0],
@@ -91,6 +91,7 @@ def test_explicit_train_portion_is_used_not_replaced(tmp_path):
 
 # ------------------------------------------------------------------ 3. divergence
 
+@pytest.mark.slow
 def test_diverged_search_stops_and_is_not_retrained(tmp_path):
     """Catches: a NaN search writing a genotype and going on to the --quick retraining."""
     msg = fails(tiny_args(tmp_path, "--search", "darts", "--quick", "--learning_rate", "1e6",
@@ -154,6 +155,7 @@ def test_bad_values_are_one_line_errors_before_any_run_directory(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["random", "truncated"])
 def test_unreadable_checkpoint_for_resume_and_attack(tmp_path, damage):
     """Catches: torch.load's UnpicklingError / zip error escaping as a traceback."""
@@ -168,6 +170,7 @@ def test_unreadable_checkpoint_for_resume_and_attack(tmp_path, damage):
            str(tmp_path / "runs")], "cannot be read as a checkpoint")
 
 
+@pytest.mark.slow
 def test_checkpoint_kind_is_checked_on_resume_and_attack(tmp_path):
     """Catches: resume() loading a search checkpoint into a retraining (and the reverse) and
     --attack accepting a supernet."""
@@ -230,6 +233,7 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ 5. resume flags
 
+@pytest.mark.slow
 def test_resume_takes_more_epochs_and_refuses_other_flags(tmp_path):
     """Catches: --resume ignoring --epochs (finishing at once), a changed --learning_rate
     silently ignored, the cosine schedule not recomputed for the new total, args.json
@@ -253,6 +257,7 @@ def test_resume_takes_more_epochs_and_refuses_other_flags(tmp_path):
     assert json.load(open(run / "args.json"))["epochs"] == 4
 
 
+@pytest.mark.slow
 def test_resume_of_a_run_killed_in_its_first_epoch_says_it_restarts(tmp_path):
     """Catches: a silent restart from scratch."""
     run = tmp_path / "runs" / "k"
@@ -266,6 +271,7 @@ def test_resume_of_a_run_killed_in_its_first_epoch_says_it_restarts(tmp_path):
 
 # ------------------------------------------------------------------ 6. run directories
 
+@pytest.mark.slow
 def test_run_name_reuse_and_a_second_writer_are_refused(tmp_path):
     """Catches: a finished run overwritten by a new one of the same name; two processes
     writing one run (a resume while the original still runs)."""
@@ -283,6 +289,7 @@ def test_run_name_reuse_and_a_second_writer_are_refused(tmp_path):
 
 # ------------------------------------------------------------------ 7. silent nonsense
 
+@pytest.mark.slow
 def test_attack_sweep_is_a_flag_and_logs_progress(tmp_path):
     """Catches: the PGD epsilon sweep always running (minutes, silent)."""
     train.main(tiny_args(tmp_path, "--train", "--genotype", genotype_file(tmp_path), "--epochs",
@@ -299,6 +306,7 @@ def test_attack_sweep_is_a_flag_and_logs_progress(tmp_path):
     assert (tmp_path / "runs" / "a2" / "robustness_eps.png").exists()
 
 
+@pytest.mark.slow
 def test_last_batch_of_one_image_is_dropped_in_training(tmp_path):
     """Catches: a batch of 1 reaching BatchNorm on a 1x1 map (the auxiliary head) and
     crashing a retraining whose images leave one over (17 = 16 + 1)."""
@@ -353,6 +361,7 @@ def test_readme_has_no_unknown_flags_and_a_whole_features_table():
     assert "Known problem" not in readme
 
 
+@pytest.mark.slow
 def test_device_warning_goes_to_log_once(tmp_path, capsys):
     """Catches: the --gpu warning printed at every pick_device call and missing from log.txt."""
     run_dir.WARNINGS.clear()
@@ -382,6 +391,7 @@ def test_eta_is_for_the_whole_run(monkeypatch):
     assert first.eta() == pytest.approx(9 + 2 * 10)
 
 
+@pytest.mark.slow
 def test_search_logs_every_epoch_with_the_run_eta(tmp_path):
     """Catches: epochs without a progress line (report_freq > steps per epoch)."""
     train.main(tiny_args(tmp_path, "--search", "darts", "--epochs", "2", "--report_freq", "50",

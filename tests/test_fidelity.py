@@ -35,7 +35,7 @@ from harness import search
 import train
 from darts import Genotype
 from harness.data import DATASETS
-from test_train import make_fake_mnist
+from conftest import make_fake_mnist
 
 # a 2-node genotype (nodes=2 networks): identities and parameterized ops in both cells
 G_TINY = Genotype(normal=[("sep_conv_3x3", 0), ("skip_connect", 1),
@@ -277,6 +277,7 @@ def _hand_grads(net, x, y):
     return [torch.zeros_like(w) if g is None else g for w, g in zip(ws, gs)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_unrolled_step_is_the_sgd_step_with_weight_decay(nesterov):
     """Guards: 7 (the unrolled, second-order virtual step without weight decay, or without
@@ -452,6 +453,7 @@ def _fake_args(tmp_path, *extra):
             "--report_freq", "1", "--seed", "5", *extra]
 
 
+@pytest.mark.slow
 def test_retraining_loop_ramps_drop_path_and_weighs_the_auxiliary_loss(tmp_path, monkeypatch):
     """Guards: 4 (drop-path never applied in retraining: the ramp
     model.drop_path_prob = drop_path_prob * epoch / epochs not set, or the cells ignoring it),

@@ -42,6 +42,7 @@ def _step(net, x, y):
     return logits.detach(), [a.grad.clone() for a in net.arch_parameters()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("partial,supernet,C", [(1, "darts", 4), (4, "pc-darts", 8), (4, "eg-nas", 8)])
 def test_fused_supernet_equals_the_plain_one(partial, supernet, C):
     """Logits and alpha gradients equal; after one SGD step, the plain net's stepped weights

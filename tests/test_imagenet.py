@@ -21,7 +21,7 @@ from harness import options
 from harness import retrain
 from harness import run_dir
 import train
-from test_distributed import _free_port, rank_env
+from conftest import free_port as _free_port, rank_env
 
 CLASSES = ("n01440764", "n01443537", "n01484850")       # sorted: labels 0, 1, 2
 SIZES = ((40, 30), (33, 47), (50, 50), (29, 41))         # (width, height), odd on purpose
@@ -153,6 +153,7 @@ def test_layout_errors_are_one_line(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_transforms_shapes_labels_and_epochs(folder):
     """DARTS's shapes at the default 224 (two images), then streams at crop 32: [0, 1] floats,
     labels = the sorted folder names (checked against each image's bright channel), len()
@@ -286,6 +287,7 @@ def test_train_imagenet_defaults_and_schedule():
 
 # ============================================================================ command line
 
+@pytest.mark.slow
 def test_retrain_resume_top5_and_attack(folder, tmp_path):
     """train.py --train --dataset imagenet at toy sizes (crop 32, 4 channels, 3 cells, 1
     worker): 2 epochs uninterrupted equal 1 epoch, --stop_after, then --resume (weights,

@@ -413,6 +413,7 @@ def test_public_names_stay_in_neurogenesis_and_initializations_import_only_torch
     assert all(m == "math" or m.split(".")[0] == "torch" for m in imports), imports
 
 
+@pytest.mark.slow
 def test_experiment_resumes_skipping_finished_runs_and_continuing_a_checkpointed_one(tmp_path, monkeypatch):
     """An experiment stopped after its first run and in the middle of its second, then called again:
     catches a cache key that ignores the seed (seed 2's run read from seed 1's file), a finished

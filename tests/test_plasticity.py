@@ -246,6 +246,7 @@ def test_meta_learning_first_adam_step_follows_the_app_b_gradient():
     assert torch.allclose(step, -1e-3 * torch.sign(grad), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_meta_learning_reaches_the_mse_optimal_rule():
     """Bug: the meta-gradient of the output rule flows into the wrong rows (column 1 used for the
     true row in the replay): GD on the rule must reach App. B's closed-form minimum."""
@@ -370,6 +371,7 @@ def test_meta_learn_online_trains_one_network_through_all_epochs():
     assert len(P.meta_learn(factory, X, y, output_rule=P.OutputRuleTable(3, seed=0), batch_size=10)) == 5 and len(calls) == 5
 
 
+@pytest.mark.slow
 def test_meta_learning_on_a_relu_task_lowers_the_held_out_loss():
     """Bug: meta_learn never steps the rules (opt.step() dropped): learning both rules on ReLU
     data must lower the loss of rule-trained networks on held-out batches, on every one of 4

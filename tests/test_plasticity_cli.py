@@ -14,7 +14,7 @@ from harness import data
 import plasticity as P
 from experiments import plasticity_paper as PE
 import train
-from test_train import make_fake_mnist
+from conftest import make_fake_mnist
 
 
 def test_plasticity_attack_breaks_a_linear_model_exactly_within_its_margin():
@@ -98,6 +98,7 @@ def _local_targeted_l2(net, X, y, eps, steps=6):
     return broken
 
 
+@pytest.mark.slow
 def test_table2_rows_controls_and_robustness_with_a_local_attack():
     """Bug: the "no RNN rule" control gets an RNN rule (or a random W): its W must stay 0 (so
     every round repeats round 1 and T=3 equals T=1 exactly); the random-W control's mean |W| is
@@ -130,6 +131,7 @@ def test_random_w_control_scale():
     assert abs(float(w.std()) * math.sqrt(0.5 * 200) - 1) < 0.03 and abs(float(w.mean())) < 0.01
 
 
+@pytest.mark.slow
 def test_robustness_experiment_rows_with_a_local_attack():
     """Bug: experiment_robustness attacks the GD net for every model (nets dict overwritten), or
     counts "correct or unbroken": each model's eps = 0 row is its clean accuracy on the seeded
@@ -150,6 +152,7 @@ def test_robustness_experiment_rows_with_a_local_attack():
     assert any(r["robust_accuracy"] < clean[r["model"]] for r in rows if r["eps"] == 4)
 
 
+@pytest.mark.slow
 def test_generalization_reshuffles_one_network_per_seed(monkeypatch):
     """Bug: the reshuffles redraw the network (seed + r): A.2 retrains the same network on
     reshuffled examples, so every network of a seed's run is drawn with that seed."""
@@ -190,6 +193,7 @@ def _read_csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_table2_cli_writes_tables_csv_plot(tmp_path, monkeypatch):
     """Bug: run() ignores its seed(s) (always seed 0) or the paper column reads MNIST's numbers
     on Fashion-MNIST. (--seed and --seeds both say 4: the command works before and after
@@ -212,6 +216,7 @@ def test_table2_cli_writes_tables_csv_plot(tmp_path, monkeypatch):
     assert "table2 done" in (out / "log.txt").read_text()
 
 
+@pytest.mark.slow
 def test_run_summary_is_the_mean_and_sample_std_of_the_seeds(tmp_path):
     """Bug: the summary's std is the population std (ddof=0) or the per-seed CSV keeps only the
     last seed: mean and sample std recomputed by hand from NAME_seeds.csv."""
@@ -246,6 +251,7 @@ def test_plasticity_cli_bad_inputs(tmp_path):
     assert set(PE.EXPERIMENTS) >= {"table2", "convergence", "generalization", "robustness", "fig4", "fig6", "a4", "theory"}
 
 
+@pytest.mark.slow
 def test_a4_and_fig6_rows_on_small_data():
     """Bug: A.4's MSE-optimal rule is used with updates on mistakes only (App. B's optimum assumes
     every example and every row): its accuracy must equal training it that way by hand."""

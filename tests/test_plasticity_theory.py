@@ -99,6 +99,7 @@ def test_evolution_tracks_gd():
     assert torch.allclose(step, torch.full_like(x, -0.5 * 0.7 * dLdx))
 
 
+@pytest.mark.slow
 def test_theory_experiment_reports_every_check():
     """Bug: a check's `holds` is computed against the wrong side of its bound (e.g. mistakes >=
     bound): in quick mode every check but App. B's (too few GD steps) holds."""

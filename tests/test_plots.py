@@ -52,6 +52,7 @@ def _hits_circle(bb, centre, r):
     return np.hypot(x - centre[0], y - centre[1]) < r
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("steps", [2, 4])
 def test_alphas_figure_is_readable_and_centred_at_uniform(tmp_path, steps):
     torch.manual_seed(steps)
@@ -87,6 +88,7 @@ def test_alphas_figure_is_readable_and_centred_at_uniform(tmp_path, steps):
         assert boxes == {(kk // 2 * (kk // 2 + 3) // 2 + j, cands.index(name)) for kk, (name, j) in enumerate(edges)}
 
 
+@pytest.mark.slow
 def test_alphas_of_the_darts_space_and_of_crb_weights(tmp_path):
     cands = ops.search_space(rules=("bp",), skip_rules=("bp",))             # the 8 DARTS ops
     fig = _figure(plots.plot_alphas(torch.full((14, 8), 1 / 8), torch.full((14, 8), 1 / 8), cands, 4,
@@ -101,6 +103,7 @@ def test_alphas_of_the_darts_space_and_of_crb_weights(tmp_path):
     assert os.path.exists(tmp_path / "b.png")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("genotype", CELL_GENOTYPES)
 @pytest.mark.parametrize("cell", ["normal", "reduce"])
 def test_cell_graph_names_nodes_and_keeps_edge_labels_off_them(tmp_path, genotype, cell):
@@ -182,6 +185,7 @@ def _small_summary():
     return mon.summary()
 
 
+@pytest.mark.slow
 def test_layer_figure_names_layers_and_colours_them_by_rule(tmp_path):
     summary = _small_summary()
     names, rules_ = summary["names"], summary["rules"]
@@ -205,6 +209,7 @@ def test_layer_figure_names_layers_and_colours_them_by_rule(tmp_path):
     assert any(a.patches for a in fig.axes)                                   # weight histogram
 
 
+@pytest.mark.slow
 def test_layer_figure_of_a_supernet_names_a_readable_subset(tmp_path):
     n = 600
     names = ["stem.0"] + [f"cells.{c}.edges.{e}.ops.{o}.op.1" for c in range(4) for e in range(14)

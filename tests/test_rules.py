@@ -324,6 +324,7 @@ def test_hebbian_bounded_random_input_large_scale():
 
 # ------------------------------------------------------------------ learning
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rule", rules.RULES)
 def test_mlp_learns_with_each_rule(rule):
     torch.manual_seed(13)
@@ -365,6 +366,7 @@ print("survived")
 """
 
 
+@pytest.mark.slow
 def test_strided_1x1_channels_last_backward_survives_in_subprocess():
     """The oneDNN fault of strided 1x1 channels_last convolutions (heap corruption, segfault
     or an endless spin in their backward; on this project's CPU for 2-4 input channels and any

@@ -7,7 +7,7 @@ import torch
 
 from harness import data
 import train
-from test_train import make_fake_mnist
+from conftest import make_fake_mnist
 
 
 @pytest.fixture
@@ -36,6 +36,7 @@ def test_neurogenesis_run_stops_and_resumes_to_the_uninterrupted_result(tmp_path
     assert (cut / "widths.png").exists()
 
 
+@pytest.mark.slow
 def test_growth_schedule_presets_grow_to_the_maximum_width(tmp_path, fake):
     """Catches: --growth_schedule reaching Neurogenesis without final widths (it raised), or a
     preset that stops short of --max_width (Sec. 6.3.3; Linear adds one neuron per step: 24

@@ -10,33 +10,9 @@ import torch
 import darts
 from harness import data
 import train
+from conftest import make_fake_mnist, tiny_args, write_idx
 
 FMNIST = data.SYSTEM_FASHION_MNIST
-
-
-def write_idx(path, array):
-    """An IDX file written by hand from the format's definition (magic, dims, bytes)."""
-    array = np.asarray(array, dtype=np.uint8)
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.tobytes())
-
-
-def make_fake_mnist(root, n_train=96, n_test=48, seed=0):
-    """Small Fashion-MNIST-format files in torchvision's layout: class = a bright square's
-    position, so a tiny network can learn it."""
-    rng = np.random.default_rng(seed)
-    raw = os.path.join(root, "FashionMNIST", "raw")
-    os.makedirs(raw)
-    for split, n in (("train", n_train), ("t10k", n_test)):
-        y = rng.integers(0, 10, n)
-        x = rng.integers(0, 40, (n, 28, 28))
-        for i, c in enumerate(y):
-            r, q = divmod(int(c), 5)
-            x[i, 4 + 10 * r:12 + 10 * r, 2 + 5 * q:6 + 5 * q] = 250
-        write_idx(os.path.join(raw, f"{split}-images-idx3-ubyte.gz"), x)
-        write_idx(os.path.join(raw, f"{split}-labels-idx1-ubyte.gz"), y)
-    return raw
 
 
 def test_read_idx_and_loader_on_generated_files(tmp_path):
@@ -48,6 +24,41 @@ def test_read_idx_and_loader_on_generated_files(tmp_path):
     assert xtr.shape == (96, 1, 28, 28) and xte.shape == (48, 1, 28, 28)
     assert torch.equal(xtr[:, 0], torch.from_numpy(expect.copy()))
     assert ytr.dtype == torch.int64 and int(ytr.max()) <= 9
+
+
+def test_dataset_cache_is_keyed_by_the_files_read(tmp_path, monkeypatch):
+    raw = make_fake_mnist(str(tmp_path / "a"))
+    decoded, read_idx = [], data.read_idx
+    monkeypatch.setattr(data, "read_idx", lambda p: decoded.append(p) or read_idx(p))
+    first = data.load_dataset("fashion-mnist", str(tmp_path / "a"))
+    assert len(decoded) == 4
+    # other roots leading to the same files (the raw folder itself, a symlink): no decoding
+    os.symlink(tmp_path / "a", tmp_path / "b")
+    assert data.load_dataset("fashion-mnist", raw) is first
+    assert data.load_dataset("fashion-mnist", str(tmp_path / "b")) is first
+    assert len(decoded) == 4
+    # a rewritten file is read again (its mtime moved on by a second: a coarse clock still sees it)
+    labels = os.path.join(raw, "t10k-labels-idx1-ubyte.gz")
+    write_idx(labels, (first[3] + 1) % 10)
+    st = os.stat(labels)
+    os.utime(labels, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    again = data.load_dataset("fashion-mnist", str(tmp_path / "a"))
+    assert len(decoded) == 8
+    assert torch.equal(again[3], (first[3] + 1) % 10)
+
+
+@pytest.mark.skipif(not all(os.path.exists(os.path.join(FMNIST, f"{s}-ubyte.gz")) for s in (
+    "train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")),
+    reason=f"Fashion-MNIST not in {FMNIST} (Debian: apt-get install dataset-fashion-mnist)")
+def test_real_fashion_mnist_through_the_loader(tmp_path):
+    """The one test on the real files: an empty --data falls back to Debian's copy, whose
+    sizes, balanced classes and pixel mean are the dataset's published ones."""
+    xtr, ytr, xte, yte = data.load_dataset("fashion-mnist", str(tmp_path))
+    assert xtr.shape == (60000, 1, 28, 28) and xte.shape == (10000, 1, 28, 28)
+    assert xtr.dtype == torch.uint8 and ytr.dtype == torch.int64
+    assert ytr.bincount().tolist() == [6000] * 10 and yte.bincount().tolist() == [1000] * 10
+    mean = data.DATASETS["fashion-mnist"][2][0]
+    assert abs(xtr.double().mean().item() / 255 - mean) < 5e-4
 
 
 def test_missing_dataset_message(tmp_path, monkeypatch):
@@ -80,16 +91,7 @@ def test_batches_augmentation_against_hand_crop():
     assert not torch.equal(next(iter(b))[1], yb)
 
 
-def tiny_args(tmp_path, *extra):
-    use_real = os.path.exists(os.path.join(FMNIST, "train-images-idx3-ubyte.gz"))
-    root = str(tmp_path / "data")
-    if not use_real:
-        make_fake_mnist(root)
-    return ["--dataset", "fashion-mnist", "--data", root, "--save", str(tmp_path / "runs"),
-            "--subset", "64", "--batch_size", "16", "--init_channels", "2", "--layers", "3",
-            "--nodes", "2", "--report_freq", "1", "--seed", "5", *extra]
-
-
+@pytest.mark.slow
 def test_search_resume_equals_uninterrupted_and_retrain(tmp_path):
     args = tiny_args(tmp_path, "--search", "darts", "--epochs", "2")
     train.main(args + ["--run_name", "full"])
@@ -124,6 +126,7 @@ def test_bad_inputs_are_clear_errors(tmp_path, capsys):
         train.main(tiny_args(tmp_path, "--search", "darts", "--rules", "fa,dfa"))
 
 
+@pytest.mark.slow
 def test_attack_cli_on_retrained_checkpoint(tmp_path):
     g = {"normal": [["sep_conv_3x3_fa", 0], ["skip_connect_usf", 1], ["max_pool_3x3", 0],
                     ["dil_conv_3x3_frsf", 2]], "normal_concat": [2, 3],
@@ -148,6 +151,7 @@ def test_attack_cli_on_retrained_checkpoint(tmp_path):
                     "--save", str(tmp_path / "runs")])
 
 
+@pytest.mark.slow
 def test_egnas_search_through_train_py(tmp_path):
     args = tiny_args(tmp_path, "--search", "egnas", "--epochs", "2", "--warm_start_epochs", "1",
                      "--samples", "2", "--population_size", "4", "--run_name", "eg",
