@@ -2,7 +2,7 @@
 
     python benchmarks/cmaes_bench.py [--dim 10] [--seeds 10] [--target 1e-8] [--max-evals 100000]
 
-Setting of the quality bar (issue 6): x0 = 0.5 * ones, sigma0 = 0.5, default population,
+Setting of the quality bar: x0 = 0.5 * ones, sigma0 = 0.5, default population,
 seeds 1..N. Both optimizers run in the same ask/tell loop and the count is the number of
 evaluations after the generation in which some candidate first reached f < target.
 pycma (`pip install cma`) is optional and only used as a comparison column; make it

@@ -1,4 +1,4 @@
-"""One-shot GPU check (issue 20): the CUDA suite, then one table of what the GPU does.
+"""One-shot GPU check: the CUDA suite, then one table of what the GPU does.
 
     python benchmarks/gpu_check.py [--device cuda:0]      # at most ~5 minutes on one GPU
     python benchmarks/gpu_check.py --device cpu --tiny    # end to end at toy sizes (< 1 minute)

@@ -1,4 +1,4 @@
-"""The CUDA suite (issue 20): BioNAS's device-dependent computations run on a GPU and compared
+"""The CUDA suite: BioNAS's device-dependent computations run on a GPU and compared
 with the same computations on the CPU.
 
     python -m pytest -q tests/test_cuda.py                         # cuda:0; skipped without it

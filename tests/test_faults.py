@@ -1,4 +1,4 @@
-"""Faults a newcomer meets (issue 14): hangs, divergence, bad inputs, resume, run directories,
+"""Faults a newcomer meets: hangs, divergence, bad inputs, resume, run directories,
 help, logs. Each test names the one-line bug it would catch."""
 import argparse
 import gzip

@@ -1,4 +1,4 @@
-"""Fidelity tests (issue 15, "Tests that catch bugs"): each test pins one detail of DARTS /
+"""Fidelity tests: each test pins one detail of DARTS /
 BioNAS / EG-NAS that a single-line slip would silently change, checked against an independent
 computation -- a hand count, a closed form, torch's own SGD, or a number from the original
 code or paper, written out literally here (never read back from the code under test).
@@ -406,7 +406,7 @@ def test_search_presets_are_the_sources_values():
 
 
 def test_quick_search_preset_fuses_and_moves_alpha_but_the_paper_presets_do_not():
-    """Issue 19's quick preset: the fused supernet and Adam 3e-2 for alpha (measured: alpha
+    """The quick preset: the fused supernet and Adam 3e-2 for alpha (measured: alpha
     within 3% of uniform at DARTS's 3e-4); the paper presets keep DARTS's 3e-4, unfused."""
     quick = _defaults(["--search", "darts", "--quick"], "search")
     assert quick.fused is True and quick.arch_learning_rate == 3e-2

@@ -1,4 +1,4 @@
-"""ImageNet transfer (issue 21): DARTS's NetworkImageNet and its size, the streamed ImageFolder
+"""ImageNet transfer: DARTS's NetworkImageNet and its size, the streamed ImageFolder
 pipeline (layout errors, transforms, labels, DistributedSampler shards), the train_imagenet.py
 defaults, and a retraining through the command line with resume, top-5 and an attack.
 Every number is worked out by hand or from DARTS's code, never read back from the code under

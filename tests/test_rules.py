@@ -344,7 +344,7 @@ def test_mlp_learns_with_each_rule(rule):
     assert acc > (0.6 if rule == "hebbian" else 0.85)           # chance is ~1/3
 
 
-# ------------------------------------------------------------------ oneDNN fault (issue 14)
+# ------------------------------------------------------------------ oneDNN fault
 
 _ONEDNN_CASE = r"""
 import itertools, sys, torch
