@@ -148,6 +148,7 @@ def train(args, run, device, genotype=None, after=0.0):
         scheduler.step()
         monitor.end_epoch(epoch)
         spread = replica_spread(model) if world > 1 else 0.0
+        rng = rng_state(device)      # every rank's generators (under torchrun: a collective)
         if rank > 0:                     # rank 0 evaluates, logs, checkpoints and plots
             if args.stop_after and epoch + 1 >= args.stop_after:
                 return None
@@ -167,7 +168,7 @@ def train(args, run, device, genotype=None, after=0.0):
                 f"{fmt_eta(eta_after_epoch(epoch, args.epochs, history, after))})")
         run.save(dict(kind="resnet" if args.model != "darts" else "eval", config=model.config,
                       model=model.state_dict(), optimizer=optimizer.state_dict(),
-                      scheduler=scheduler.state_dict(), rng=rng_state(), epoch=epoch,
+                      scheduler=scheduler.state_dict(), rng=rng, epoch=epoch,
                       history=history, layers=monitor.history, args=vars(args)),
                  "checkpoint.pt")
         run.write_json(history, "history.json")

@@ -195,6 +195,7 @@ def search(args, run, device, after=0.0):
             if sched is not None and sched.after_weight_step(searcher.fisher):
                 searcher.step(x, y, *next(alpha_it), lr, optimizer, epoch)
         scheduler.step()
+        rng = rng_state(device)      # every rank's generators (under torchrun: a collective)
         if rank > 0:                     # rank 0 evaluates, logs, checkpoints and plots
             if args.stop_after and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
                 return None
@@ -220,7 +221,7 @@ def search(args, run, device, after=0.0):
                 f"{100 * history[-1]['param_free_share']:.0f}%; genotype {genotype}")
         run.save(dict(kind="search", config=model.config, model=model.state_dict(),
                       optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                      searcher=searcher.state_dict(), rng=rng_state(), epoch=epoch,
+                      searcher=searcher.state_dict(), rng=rng, epoch=epoch,
                       history=history, args=vars(args)), "checkpoint.pt")
         run.write_json(history, "history.json")
         write_genotype(genotype, run, args.search)

@@ -1,7 +1,7 @@
-"""The weight step under torchrun, on 2 CPU processes (gloo) spawned
+"""The weight step and the generator states under torchrun, on 2 CPU processes (gloo) spawned
 by the test: the search and retraining loops' own step (harness.search.weight_step) keeps the
 ranks together under --amp fp16 when only one rank overflows, and clips the whole batch's
-gradient."""
+gradient; a checkpoint gives each rank its own generator states back on --resume."""
 import argparse
 import os
 
@@ -113,3 +113,61 @@ def test_two_rank_clipped_weight_steps_are_one_process_on_the_union(tmp_path):
     assert torch.equal(d0, d1)                                 # the ranks agree exactly
     assert (d0 - ref).norm() < 1e-3 * ref.norm(), float((d0 - ref).norm() / ref.norm())
     assert n0 == pytest.approx(ref_norms, rel=1e-4)            # the whole batch's gradient
+
+
+# ------------------------------------------------------------ each rank's generators on resume
+
+def _rng_worker(rank, world, port, out, backend):
+    from conftest import rank_env
+    import torch.distributed as dist
+    from harness import run_dir
+    rank_env(rank, world, port)
+    device = torch.device(f"cuda:{rank}" if backend == "nccl" else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend)
+    torch.manual_seed(10 + rank)               # the ranks' generators differ on purpose
+    torch.rand(3 + rank, device=device)
+    model = nn.Linear(2, 2).to(device)
+    opt = torch.optim.SGD(model.parameters(), 0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 1)
+    run = run_dir.Run(out, main=rank == 0)
+    rng = run_dir.rng_state(device)            # every rank, at the same point
+    run.save(dict(kind="eval", config={}, model=model.state_dict(), optimizer=opt.state_dict(),
+                  scheduler=sched.state_dict(), rng=rng, epoch=0, history=[],
+                  args=dict(epochs=2)), "checkpoint.pt")
+    expected = torch.rand(4, device=device).cpu()
+    dist.barrier()
+    saved = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)["rng"]
+    old = {"torch": saved["torch"]}            # as a checkpoint of one process holds: rank 0's
+    torch.manual_seed(999)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(999)
+    args = argparse.Namespace(resume=True, epochs=2)
+    run_dir.resume(args, run, device, model, opt, sched, kinds=("eval",))
+    got = torch.rand(4, device=device).cpu()
+    torch.manual_seed(999)
+    run_dir.set_rng_state(old, device)
+    got_old = torch.rand(4)
+    torch.save(dict(expected=expected, got=got, got_old=got_old),
+               os.path.join(out, f"rng{rank}.pt"))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["gloo", pytest.param("nccl", marks=pytest.mark.skipif(
+    torch.cuda.device_count() < 2, reason="needs 2 CUDA devices (one per rank)"))])
+def test_resume_gives_every_rank_its_own_generator_states(tmp_path, backend):
+    """The ranks' generators (CPU with gloo; each rank's own CUDA device with NCCL) made to
+    differ, a checkpoint written by rank 0, then run_dir.resume on every rank: each rank draws
+    what it would have drawn without the stop, not rank 0's numbers. A checkpoint holding one
+    process's CPU state still loads, giving every rank that state."""
+    _spawn(_rng_worker, tmp_path, backend)
+    r0, r1 = (torch.load(tmp_path / f"rng{r}.pt") for r in (0, 1))
+    assert not torch.equal(r0["expected"], r1["expected"])          # they differ on purpose
+    for r in (r0, r1):
+        assert torch.equal(r["got"], r["expected"])
+    if backend == "gloo":
+        assert torch.equal(r0["got_old"], r0["expected"]) and torch.equal(r1["got_old"],
+                                                                          r0["expected"])
