@@ -7,7 +7,6 @@ import os
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 import darts
@@ -19,7 +18,7 @@ from harness.monitor import LayerMonitor, plot_layers
 from harness.plots import plot_history
 from harness.run_dir import (Meter, autocast, check_model_finite, distributed, eta_after_epoch,
                              evaluate, fmt_eta, load_checkpoint, log_step, resume, rng_state)
-from harness.search import make_supernet
+from harness.search import make_supernet, weight_step
 
 
 def imagenet_streams(args, device, rank=0, world=1):
@@ -126,6 +125,7 @@ def train(args, run, device, genotype=None, after=0.0):
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                       else None)
     amp, scaler = autocast(args, device)          # --amp: the weight steps; a no-op scaler else
+    params = list(model.parameters())
     for epoch in range(start, args.epochs):
         lr = scheduler.get_last_lr()[0]
         model.drop_path_prob = args.drop_path_prob * epoch / args.epochs
@@ -140,16 +140,15 @@ def train(args, run, device, genotype=None, after=0.0):
                 if model.logits_aux is not None:
                     loss = loss + args.auxiliary_weight * F.cross_entropy(
                         model.logits_aux, y, label_smoothing=args.label_smoothing)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            monitor.step()                                   # the raw gradients, before clipping
-            nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            # backward (DistributedDataParallel averages over the ranks); unscale; the
+            # monitor reads the raw gradients; clip; step
+            weight_step(loss, params, optimizer, scaler, args.grad_clip,
+                        inspect=monitor.step)
             log_step(loss, logits, y, args, run, meter, epoch, step, lr)
         scheduler.step()
         monitor.end_epoch(epoch)
         spread = replica_spread(model) if world > 1 else 0.0
+        rng = rng_state(device)      # every rank's generators (under torchrun: a collective)
         if rank > 0:                     # rank 0 evaluates, logs, checkpoints and plots
             if args.stop_after and epoch + 1 >= args.stop_after:
                 return None
@@ -169,7 +168,7 @@ def train(args, run, device, genotype=None, after=0.0):
                 f"{fmt_eta(eta_after_epoch(epoch, args.epochs, history, after))})")
         run.save(dict(kind="resnet" if args.model != "darts" else "eval", config=model.config,
                       model=model.state_dict(), optimizer=optimizer.state_dict(),
-                      scheduler=scheduler.state_dict(), rng=rng_state(), epoch=epoch,
+                      scheduler=scheduler.state_dict(), rng=rng, epoch=epoch,
                       history=history, layers=monitor.history, args=vars(args)),
                  "checkpoint.pt")
         run.write_json(history, "history.json")

@@ -226,17 +226,44 @@ class Run:
         os.replace(tmp, self.file(name))
 
 
-def rng_state():
+def rng_state(device=None):
+    """The generators' states for a checkpoint: the CPU generator's ("torch") and every CUDA
+    device's as this process sees them ("cuda"). Under torchrun also each rank's own ("ranks",
+    in rank order: its CPU generator and, on a GPU, the generator of its `device`), gathered
+    from every rank -- a collective, so every rank calls it at the same point -- because the
+    ranks' generators must each continue where they stopped for their brsf and drop-path
+    draws to keep agreeing after a resume."""
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        device = torch.device(device or "cpu")
+        own = all_gather(state["torch"].to(device)[None]).cpu()           # (world, bytes)
+        state["ranks"] = [{"torch": t.clone()} for t in own]
+        if device.type == "cuda":
+            own = all_gather(torch.cuda.get_rng_state(device).to(device)[None]).cpu()
+            for r, t in enumerate(own):
+                state["ranks"][r]["cuda"] = t.clone()
     return state
 
 
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
+def set_rng_state(state, device=None):
+    """Restore rng_state()'s generators (loaded onto any device; generator states are set from
+    CPU tensors). Under torchrun each rank takes its own states when the checkpoint holds them;
+    a checkpoint of one process (or of fewer ranks) gives every rank without its own the
+    saving process's states."""
+    torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    import torch.distributed as dist
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    ranks = state.get("ranks") or []
+    if rank < len(ranks):
+        torch.set_rng_state(ranks[rank]["torch"].cpu())
+        device = torch.device(device or "cpu")
+        if "cuda" in ranks[rank] and device.type == "cuda":
+            torch.cuda.set_rng_state(ranks[rank]["cuda"].cpu(), device)
 
 
 def fmt_eta(seconds):
@@ -376,7 +403,7 @@ def resume(args, run, device, model, optimizer, scheduler, searcher=None, monito
         searcher.load_state_dict(ckpt["searcher"])
     if monitor is not None:
         monitor.history = ckpt.get("layers", [])
-    set_rng_state(ckpt["rng"])
+    set_rng_state(ckpt["rng"], device)
     run.log(f"resumed from {run.file('checkpoint.pt')} after epoch {start}")
     return start, ckpt["history"]
 

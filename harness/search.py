@@ -117,6 +117,25 @@ def alpha_batches(alpha_b, epoch):
         k += 1
 
 
+def weight_step(loss, params, optimizer, scaler, grad_clip, average=None, inspect=None):
+    """One weight step of the search and retraining loops, the same decision on every rank:
+    backward of the loss (scaled under --amp fp16); the gradients averaged over the ranks
+    (`average`; None where DistributedDataParallel averaged them during backward); unscaled;
+    `inspect()` sees the whole batch's raw gradients (the Fisher trace, the layer monitor);
+    clipped; stepped. Averaging before unscaling gives every rank the same gradients, so an
+    overflow on one rank is seen by all: they all skip the step (and lower the scale), or all
+    take it. Clipping after averaging clips the whole batch's gradient."""
+    scaler.scale(loss).backward()
+    if average is not None:
+        average([p.grad for p in params])
+    scaler.unscale_(optimizer)
+    if inspect is not None:
+        inspect()
+    nn.utils.clip_grad_norm_(params, grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def search(args, run, device, after=0.0):
     """BioNAS-DARTS search (DARTS train_search.py): per step one alpha step on an alpha-half
     batch, then one SGD step of the weights on a weight-half batch. `after`: the seconds
@@ -168,19 +187,15 @@ def search(args, run, device, after=0.0):
             with amp():
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            if world > 1:                    # whole-batch gradients, before the Fisher trace
-                all_average([w.grad for w in weights])
-            if args.schedule == "fimt":      # Eq. 18's Fisher trace, before clipping
-                searcher.record()
-            nn.utils.clip_grad_norm_(weights, args.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            # backward; average over the ranks; unscale; Eq. 18's Fisher trace; clip; step
+            weight_step(loss, weights, optimizer, scaler, args.grad_clip,
+                        average=all_average if world > 1 else None,
+                        inspect=searcher.record if args.schedule == "fimt" else None)
             log_step(loss, logits, y, args, run, meter, epoch, step, lr)
             if sched is not None and sched.after_weight_step(searcher.fisher):
                 searcher.step(x, y, *next(alpha_it), lr, optimizer, epoch)
         scheduler.step()
+        rng = rng_state(device)      # every rank's generators (under torchrun: a collective)
         if rank > 0:                     # rank 0 evaluates, logs, checkpoints and plots
             if args.stop_after and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
                 return None
@@ -206,7 +221,7 @@ def search(args, run, device, after=0.0):
                 f"{100 * history[-1]['param_free_share']:.0f}%; genotype {genotype}")
         run.save(dict(kind="search", config=model.config, model=model.state_dict(),
                       optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                      searcher=searcher.state_dict(), rng=rng_state(), epoch=epoch,
+                      searcher=searcher.state_dict(), rng=rng, epoch=epoch,
                       history=history, args=vars(args)), "checkpoint.pt")
         run.write_json(history, "history.json")
         write_genotype(genotype, run, args.search)

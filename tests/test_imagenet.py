@@ -114,6 +114,27 @@ def test_network_imagenet_has_darts_parameter_count_and_shapes():
     assert net.eval()(torch.rand(1, 3, 224, 224)).shape == (1, 1000) and net.logits_aux is None
 
 
+@pytest.mark.parametrize("layers, aux_cell", [(3, 2), (5, 3), (6, 4), (8, 5), (14, 9)])
+def test_network_imagenet_auxiliary_head_reads_the_cell_two_thirds_deep(layers, aux_cell):
+    """DARTS's NetworkImageNet computes its auxiliary logits from the output of cell
+    2*layers//3 (the second reduction cell). aux_cell worked out by hand; the head's input must
+    be exactly that cell's output (forward hooks), with the second reduction's channels:
+    multiplier 2 x C 4 x 4 = 32."""
+    torch.manual_seed(0)
+    net = darts.NetworkImageNet(4, 10, layers, G_SMALL, auxiliary=True).train()
+    outs, seen = {}, []
+    for i, cell in enumerate(net.cells):
+        cell.register_forward_hook(lambda m, inp, out, i=i: outs.__setitem__(i, out))
+    net.auxiliary_head.register_forward_pre_hook(lambda m, inp: seen.append(inp[0]))
+    net(torch.rand(2, 3, 64, 64))
+    assert len(seen) == 1
+    read = [i for i, o in outs.items() if o is seen[0]]
+    assert read == [aux_cell], f"the auxiliary head reads the output of cell(s) {read}; " \
+        f"DARTS puts it after cell 2*{layers}//3 = {aux_cell}"
+    assert seen[0].shape[1] == 32 and net.auxiliary_head.features[0].in_channels == 32
+    assert [i for i, c in enumerate(net.cells) if c.reduction][-1] == aux_cell   # the second
+
+
 def test_genotypes_module_is_reexported_and_imports_only_ops_and_torch():
     for name in ("Genotype", "save_genotype", "load_genotype", "check_genotype", "force_rule",
                  "random_rules", "random_genotype"):
