@@ -281,8 +281,11 @@ def _stop_worker(rank, world, port, tmp, argv, fault):
     import torch.nn.functional as F
     import train
     from harness import search
+    from harness import retrain
     if fault == "rank0_valid" and rank == 0:       # only rank 0 evaluates: it alone sees it
         search.evaluate = lambda model, batches: (10.0, float("nan"))
+    if fault == "retrain_rank0_valid" and rank == 0:
+        retrain.evaluate = lambda model, batches, top5=False: (10.0, float("nan"))
     if fault == "rank1_loss" and rank == 1:        # one rank's loss at step 2 only
         count = [0]
 
@@ -306,17 +309,32 @@ def _stop_worker(rank, world, port, tmp, argv, fault):
 @pytest.mark.parametrize("fault,what", [
     ("learning_rate", "the run diverged"),
     ("rank1_loss", "the training loss became nan at epoch 1 step 2"),
-    ("rank0_valid", "the evaluation loss (nan)")])
+    ("rank0_valid", "the evaluation loss (nan)"),
+    ("retrain_rank0_valid", "the evaluation loss (nan)")])
 def test_divergence_stops_every_rank_with_one_line(tmp_path, fault, what):
-    """Through the command line, 2 torchrun-style ranks: a huge learning rate, a non-finite
-    loss on rank 1 only, a non-finite evaluation on rank 0 only. Catches: a rank stopping
-    alone (the others waiting forever in their next collective under NCCL, or failing with a
-    traceback under gloo), and ranks stopping with different messages."""
-    argv = tiny_args(tmp_path, "--search", "darts", "--epochs", "2", "--run_name", "div",
+    """Through the command line, 2 torchrun-style ranks: a search with a huge learning rate,
+    a non-finite loss on rank 1 only, a non-finite evaluation on rank 0 only; a retraining
+    with a non-finite evaluation on rank 0 only. Catches: a rank stopping alone (the others
+    waiting forever in their next collective under NCCL, or failing with a traceback under
+    gloo), and ranks stopping with different messages."""
+    mode = ["--search", "darts"]
+    if fault.startswith("retrain"):
+        darts.save_genotype(darts.Genotype(normal=[("sep_conv_3x3_fa", 0), ("skip_connect", 1),
+                                                   ("max_pool_3x3", 0), ("skip_connect", 2)],
+                                           normal_concat=[2, 3],
+                                           reduce=[("max_pool_3x3", 0), ("skip_connect", 1),
+                                                   ("avg_pool_3x3", 0), ("skip_connect", 2)],
+                                           reduce_concat=[2, 3]), str(tmp_path / "g.json"))
+        mode = ["--train", "--genotype", str(tmp_path / "g.json")]
+    argv = tiny_args(tmp_path, *mode, "--epochs", "2", "--run_name", "div",
                      *(["--learning_rate", "1e6"] if fault == "learning_rate" else []))
     ctx = mp.spawn(_stop_worker, args=(2, free_port(), str(tmp_path), argv, fault), nprocs=2,
                    join=False)
-    assert ctx.join(timeout=120) or ctx.join(timeout=120), "a rank did not end within 240 s"
+    ended = ctx.join(timeout=120) or ctx.join(timeout=120)
+    if not ended:                                 # a hung rank must not hang the test suite
+        for p in ctx.processes:
+            p.kill()
+    assert ended, "a rank did not end within 240 s"
     m0, m1 = ((tmp_path / f"stop{r}.txt").read_text() for r in (0, 1))
     assert m0 == m1 and "\n" not in m0 and m0.startswith("error: the run diverged") and what in m0
     log = (tmp_path / "runs" / "div" / "log.txt").read_text()
