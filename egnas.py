@@ -247,11 +247,13 @@ def _normalized(individual, alpha_proj):
 def _score(model, x, y, pop, alpha_proj, acc_alpha, zeta, eta, shard, all_sum):
     """[(f, accuracy, weights)] of a population. With shard = (rank, world) this rank scores
     individuals rank, rank + world, ... and all_sum (a sum over the ranks) fills in the others'
-    (exact: each entry is one rank's float64 plus zeros), so every rank holds every score."""
+    (exact: each entry is one rank's float64 plus zeros), so every rank holds every score.
+    The summed tensor sits on the model's device, as a collective (NCCL) needs it."""
     rank, world = shard
-    if world == 1:
+    if all_sum is None:
         return [compound_fitness(model, x, y, z, alpha_proj, acc_alpha, zeta, eta) for z in pop]
-    vals, weights = torch.zeros(len(pop), 2, dtype=torch.float64), {}
+    vals = torch.zeros(len(pop), 2, dtype=torch.float64, device=alpha_proj[0].device)
+    weights = {}
     for i, z in enumerate(pop):
         if i % world == rank:
             f, acc, weights[i] = compound_fitness(model, x, y, z, alpha_proj, acc_alpha, zeta, eta)

@@ -22,7 +22,7 @@ from harness.options import (apply_defaults, build_parser, check_args, check_dat
                              resume_args)
 from harness.presets import THESIS_EXPERIMENTS
 from harness.retrain import train
-from harness.run_dir import WARNINGS, Run, distributed, load_checkpoint, pick_device
+from harness.run_dir import WARNINGS, Run, collectives, distributed, load_checkpoint, pick_device
 
 # mode -> runner(args, run, device); a thesis --experiment runs thesis_runs.thesis_experiment
 RUNNERS = {
@@ -130,9 +130,9 @@ def new_run(args, mode):
         else tag
     tag = f"{mode}-{getattr(args, mode)}" if mode in ("neurogenesis", "dyno", "equinas") else tag
     name = [args.run_name or time.strftime(f"{tag}-%Y%m%d-%H%M%S")]
-    rank, world = distributed(pick_device(args.gpu))
+    device = pick_device(args.gpu)
+    rank, world = distributed(device)
     if world > 1:                                   # every rank writes into rank 0's directory
-        import torch.distributed as dist
         if mode not in ("train", "attack", "search"):
             raise SystemExit("error: under torchrun only --search, --train and --attack run; "
                              "run experiments in one process (--gpus spreads their "
@@ -147,8 +147,9 @@ def new_run(args, mode):
             while os.path.exists(f"{path}-{k}"):
                 k += 1
             name[0] = f"{name[0]}-{k}"
-    if world > 1:
-        dist.broadcast_object_list(name, src=0)
+    if collectives():                               # the name, pickled, from the process's device
+        import torch.distributed as dist
+        dist.broadcast_object_list(name, src=0, device=device)
     run = Run(os.path.join(args.save, name[0]), main=rank == 0, lock=True)
     run.write_json(vars(args), "args.json")
     return run

@@ -11,7 +11,7 @@ import attacks
 from harness.data import Batches, imagenet_stream, load_dataset
 from harness.plots import plot_curves
 from harness.retrain import load_checkpoint_model
-from harness.run_dir import distributed, fmt_eta, load_checkpoint
+from harness.run_dir import collectives, distributed, fmt_eta, load_checkpoint
 
 CHECKPOINT_KINDS = ("eval", "resnet")            # the checkpoints a --train run writes
 HINT = "attack the checkpoint.pt of a --train run"
@@ -59,7 +59,7 @@ def attack(args, run, device):
                                            preset=args.attack_preset, overrides=overrides)
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
-    rows = mean_over_ranks(rows, world)
+    rows = mean_over_ranks(rows, device)
     table = attacks.to_markdown(rows)
     if run.main:
         with open(run.file("robustness.md"), "w") as f:
@@ -69,12 +69,12 @@ def attack(args, run, device):
             f.write(attacks.to_csv(rows))
     run.log("\n" + table)
     if args.attack_sweep:
-        attack_sweep(args, run, model, batches, grads, world)
+        attack_sweep(args, run, model, batches, grads, device)
     run.log(f"attacks done in {time.time() - t0:.0f}s: {run.file('robustness.md')}")
     return rows
 
 
-def attack_sweep(args, run, model, batches, grads, world):
+def attack_sweep(args, run, model, batches, grads, device):
     """--attack_sweep: PGD robust accuracy against epsilon, one log line per point, and
     robustness_eps.png."""
     eps_list = [0.0, 1 / 255, 2 / 255, 4 / 255, 8 / 255, 16 / 255, 0.1, 0.35]
@@ -85,7 +85,7 @@ def attack_sweep(args, run, model, batches, grads, world):
             (_, acc), = attacks.accuracy_vs_eps(model, batches, "pgd", [eps], grad=g,
                                                 max_batches=args.attack_batches,
                                                 preset=args.attack_preset)
-            acc = mean_over_ranks([dict(acc=acc)], world)[0]["acc"]
+            acc = mean_over_ranks([dict(acc=acc)], device)[0]["acc"]
             curves[g].append((eps, acc))
             done += 1
             run.log(f"PGD sweep {done}/{total}: {g} gradient, eps {eps:.4f}: {acc:.2f}% "
@@ -97,16 +97,18 @@ def attack_sweep(args, run, model, batches, grads, world):
                     f"{os.path.basename(os.path.dirname(os.path.abspath(args.checkpoint)))}")
 
 
-def mean_over_ranks(rows, world):
+def mean_over_ranks(rows, device):
     """Under torchrun: every numeric entry of the rows averaged over the ranks (their shards of
-    the test set are equal in size, so this is the accuracy on their union)."""
-    if world <= 1:
+    the test set are equal in size, so this is the accuracy on their union). The float64 sums
+    are taken on `device`, the process's device, as a collective (NCCL) needs them."""
+    if not collectives():
         return rows
     keys = [(i, k) for i, r in enumerate(rows) for k, v in r.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    vals = torch.tensor([float(rows[i][k]) for i, k in keys], dtype=torch.float64)
+    vals = torch.tensor([float(rows[i][k]) for i, k in keys], dtype=torch.float64,
+                        device=device)
     dist.all_reduce(vals)
     out = [dict(r) for r in rows]
     for (i, k), v in zip(keys, vals.tolist()):
-        out[i][k] = v / world
+        out[i][k] = v / dist.get_world_size()
     return out

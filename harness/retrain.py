@@ -148,14 +148,15 @@ def train(args, run, device, genotype=None, after=0.0):
         scheduler.step()
         monitor.end_epoch(epoch)
         spread = replica_spread(model) if world > 1 else 0.0
-        rng = rng_state(device)      # every rank's generators (under torchrun: a collective)
+        top5 = args.dataset == "imagenet"              # DARTS's ImageNet: top-1 and top-5
+        test_acc, test_loss, *top5_acc = evaluate(model, test_b, top5=top5) if rank == 0 \
+            else (None, None)
+        check_model_finite(model, run, f"epoch {epoch + 1}", args, test_loss)   # every rank
+        rng = rng_state(device)      # every rank's generators, after the evaluation (a collective)
         if rank > 0:                     # rank 0 evaluates, logs, checkpoints and plots
             if args.stop_after and epoch + 1 >= args.stop_after:
                 return None
             continue
-        top5 = args.dataset == "imagenet"              # DARTS's ImageNet: top-1 and top-5
-        test_acc, test_loss, *top5_acc = evaluate(model, test_b, top5=top5)
-        check_model_finite(model, run, f"epoch {epoch + 1}", args, test_loss)
         valid = dict(zip(("valid_acc", "valid_loss"), evaluate(model, valid_b))) if valid_b else {}
         history.append(dict(epoch=epoch, train_loss=meter.loss / meter.n,
                             train_acc=100 * meter.correct / meter.n, test_acc=test_acc,

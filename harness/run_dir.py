@@ -29,21 +29,42 @@ WARNINGS = []        # device warnings of this process, printed once; train.py l
 
 
 def pick_device(gpu):
-    """cuda:N when it exists, else the CPU (with a message). Under torchrun with --gpu, each
-    process takes cuda:LOCAL_RANK."""
+    """cuda:N when it exists, else the CPU (with a message). Under torchrun (WORLD_SIZE > 1)
+    with --gpu, each process takes cuda:LOCAL_RANK whatever N is (choose the GPUs with
+    CUDA_VISIBLE_DEVICES; an N other than 0 is reported once as ignored). A CUDA device is made
+    the process's current device at once, before any process group or collective exists, so
+    that nothing of this process lands on cuda:0 by default."""
     if gpu is None:
         return torch.device("cpu")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and torch.cuda.is_available():
-        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+        local, n = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+        if local >= n:
+            raise SystemExit(f"error: torchrun started local rank {local} but this machine has "
+                             f"{n} CUDA device(s); give --nproc_per_node {n} or fewer")
+        if gpu != 0:
+            _warn(f"warning: --gpu {gpu} is ignored under torchrun: each process uses "
+                  f"cuda:LOCAL_RANK (this one cuda:{local}); choose the GPUs with "
+                  f"CUDA_VISIBLE_DEVICES")
+        return _own(torch.device(f"cuda:{local}"))
     if torch.cuda.is_available() and gpu < torch.cuda.device_count():
-        return torch.device(f"cuda:{gpu}")
+        return _own(torch.device(f"cuda:{gpu}"))
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    msg = (f"warning: --gpu {gpu} requested but this machine has {n} CUDA device(s); "
-           f"running on the CPU")
+    _warn(f"warning: --gpu {gpu} requested but this machine has {n} CUDA device(s); "
+          f"running on the CPU")
+    return torch.device("cpu")
+
+
+def _warn(msg):
     if msg not in WARNINGS:                                # once per process
         WARNINGS.append(msg)
         print(msg, file=sys.stderr)
-    return torch.device("cpu")
+
+
+def _own(device):
+    """`device` made this process's current CUDA device (where NCCL and anything placed on
+    "cuda" without an index go); returns it."""
+    torch.cuda.set_device(device)
+    return device
 
 
 def autocast(args, device):
@@ -59,23 +80,42 @@ def autocast(args, device):
     return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
 
 
+AT_WORLD_1 = "BIONAS_COLLECTIVES_AT_WORLD_1"    # =1: collectives run in a single process too
+
+
 def distributed(device):
     """(rank, world size). Under torchrun (WORLD_SIZE > 1) the process group is initialized
-    once: NCCL for CUDA devices, gloo on the CPU. (0, 1) otherwise."""
+    once: NCCL for CUDA devices, gloo on the CPU. (0, 1) otherwise -- but with the environment
+    variable BIONAS_COLLECTIVES_AT_WORLD_1=1 a one-process group is initialized as well, so
+    that every collective a distributed run makes also runs in one process (on one GPU, NCCL
+    then rejects a tensor that is not on the GPU, as it would under torchrun)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and os.environ.get(AT_WORLD_1) != "1":
         return 0, 1
     import torch.distributed as dist
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), world
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)             # the process's own GPU, before the group
+        if world > 1:
+            dist.init_process_group(backend)
+        else:
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def collectives():
+    """Whether this process's collectives run: under torchrun, or in one process with
+    BIONAS_COLLECTIVES_AT_WORLD_1=1 (a process group is initialized)."""
+    import torch.distributed as dist
+    return dist.is_available() and dist.is_initialized()
 
 
 def all_average(tensors):
     """Under torchrun: each tensor replaced in place by its mean over the ranks (gloo / NCCL
     all-reduce; the mean of equal shards' gradients is the whole batch's); returns them."""
     import torch.distributed as dist
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if collectives():
         for t in tensors:
             if t is not None:
                 dist.all_reduce(t)
@@ -87,7 +127,7 @@ def all_sum(tensor):
     """Under torchrun: the tensor summed over the ranks, in place (a gather of entries that each
     rank fills in its own places, zeros elsewhere); returns it."""
     import torch.distributed as dist
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if collectives():
         dist.all_reduce(tensor)
     return tensor
 
@@ -95,7 +135,7 @@ def all_sum(tensor):
 def all_gather(x):
     """Under torchrun: the ranks' equal-sized tensors concatenated in rank order (dim 0)."""
     import torch.distributed as dist
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
+    if not collectives():
         return x
     parts = [torch.empty(x.shape, dtype=x.dtype, device=x.device)
              for _ in range(dist.get_world_size())]
@@ -106,9 +146,27 @@ def all_gather(x):
 def broadcast_state(model, src=0):
     """Under torchrun: rank `src`'s buffers (BN statistics, feedback matrices) on every rank."""
     import torch.distributed as dist
-    if dist.is_initialized() and dist.get_world_size() > 1:
+    if collectives():
         for b in model.buffers():
             dist.broadcast(b, src)
+
+
+def agree(message, device):
+    """Under torchrun: the same decision on every rank -- None if no rank has a message, else
+    the message of the first rank (in rank order) that has one, on every rank. `device`: the
+    process's device, where the collectives' tensors go. Without collectives: `message`."""
+    if not collectives():
+        return message
+    import torch.distributed as dist
+    world = dist.get_world_size()
+    first = torch.tensor([world if message is None else dist.get_rank()], device=device)
+    dist.all_reduce(first, dist.ReduceOp.MIN)
+    src = int(first.item())
+    if src == world:
+        return None
+    box = [message]
+    dist.broadcast_object_list(box, src=src, device=device)
+    return box[0]
 
 
 def run_on_devices(jobs, devices, work, log=print, poll=0.2):
@@ -236,8 +294,7 @@ def rng_state(device=None):
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if collectives():
         device = torch.device(device or "cpu")
         own = all_gather(state["torch"].to(device)[None]).cpu()           # (world, bytes)
         state["ranks"] = [{"torch": t.clone()} for t in own]
@@ -309,41 +366,60 @@ class Meter:
                 f"{self.n / max(dt, 1e-9):.0f} img/s, run ETA {fmt_eta(self.eta())}")
 
 
-def stop_diverged(run, what, args):
-    """Stop a run whose loss, weights or alpha stopped being finite: one line (stderr and
-    log.txt) naming what, the learning rates to lower, and the last good checkpoint if any."""
+def diverged_line(run, what, args):
+    """The one line a run whose loss, weights or alpha stopped being finite stops with: what,
+    the learning rates to lower, and the last good checkpoint if any."""
     last = run.last_checkpoint()
-    raise SystemExit(
-        f"error: the run diverged: {what}. Lower --learning_rate (it is "
-        f"{args.learning_rate:g}" + (f", --arch_learning_rate {args.arch_learning_rate:g}"
-                                      if getattr(args, "search", None) else "")
-        + ") or keep --grad_clip on, and start a new run; "
-        + (f"the last good checkpoint is {last}" if last else
-           "no checkpoint was written (it diverged in its first epoch)"))
+    return (f"error: the run diverged: {what}. Lower --learning_rate (it is "
+            f"{args.learning_rate:g}" + (f", --arch_learning_rate {args.arch_learning_rate:g}"
+                                         if getattr(args, "search", None) else "")
+            + ") or keep --grad_clip on, and start a new run; "
+            + (f"the last good checkpoint is {last}" if last else
+               "no checkpoint was written (it diverged in its first epoch)"))
 
 
-def check_finite(loss, run, where, args):
-    if not math.isfinite(loss):
-        stop_diverged(run, f"the training loss became {loss} at {where}", args)
+def stop_diverged(run, what, args):
+    """Stop a diverged run with diverged_line (stderr and log.txt)."""
+    raise SystemExit(diverged_line(run, what, args))
+
+
+def _stop_together(line, device):
+    """Stop with `line` -- under torchrun on every rank, with the first rank's line, when any
+    rank has one (so no rank waits forever in a collective for a rank that stopped)."""
+    line = agree(line, device)
+    if line is not None:
+        raise SystemExit(line)
+
+
+def check_finite(loss, run, where, args, device=None):
+    """Stop if the training loss is not finite. Under torchrun every rank calls this at the
+    same step and all stop if one loss is not finite; `device`: the process's device."""
+    line = None if math.isfinite(loss) else \
+        diverged_line(run, f"the training loss became {loss} at {where}", args)
+    _stop_together(line, device)
 
 
 def check_model_finite(model, run, where, args, valid_loss=None):
-    """Stop (stop_diverged) if the validation loss or any parameter or buffer of `model`
-    (weights, alpha, BatchNorm statistics) is not finite: checked before each checkpoint, so
-    the checkpoint on disk is always the last finite one."""
+    """Stop if the validation loss or any parameter or buffer of `model` (weights, alpha,
+    BatchNorm statistics) is not finite: checked before each checkpoint, so the checkpoint on
+    disk is always the last finite one. Under torchrun every rank calls this at the same point
+    (valid_loss None where the rank does not evaluate): all stop with one rank's line, or none
+    does."""
     bad = [n for n, t in list(model.named_parameters()) + list(model.named_buffers())
            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if valid_loss is not None and not math.isfinite(valid_loss):
         bad.insert(0, f"the evaluation loss ({valid_loss})")
+    line = None
     if bad:
         shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-        stop_diverged(run, f"{len(bad)} non-finite value(s) after {where}: {shown}", args)
+        line = diverged_line(run, f"{len(bad)} non-finite value(s) after {where}: {shown}", args)
+    _stop_together(line, next(model.parameters()).device)
 
 
 def log_step(loss, logits, y, args, run, meter, epoch, step, lr):
     """After a weight step: stop on a non-finite loss, count it in `meter`, log every
     --report_freq steps and at the end of the epoch."""
-    check_finite(loss.item(), run, f"epoch {epoch + 1} step {step + 1}", args)
+    check_finite(loss.item(), run, f"epoch {epoch + 1} step {step + 1}", args, loss.device)
     meter.update(loss.item(), logits.detach(), y)
     if (step + 1) % args.report_freq == 0 or step + 1 == meter.total:
         run.log(f"epoch {epoch + 1}/{args.epochs} step {step + 1}/{meter.total} lr {lr:.4f} "

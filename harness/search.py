@@ -20,8 +20,8 @@ from fused import FusedNetwork
 from harness.data import DATASETS, load_dataset, make_batches, place
 from harness.plots import plot_alphas, plot_cell, plot_history
 from harness.run_dir import (Meter, all_average, all_gather, all_sum, autocast, broadcast_state,
-                             check_model_finite, distributed, eta_after_epoch, evaluate, fmt_eta,
-                             log_step, resume, rng_state)
+                             check_model_finite, collectives, distributed, eta_after_epoch,
+                             evaluate, fmt_eta, log_step, resume, rng_state)
 
 SUPERNETS = {"darts": darts.Network, "pc-darts": pc_darts.PCNetwork,
              "eg-nas": pc_darts.EGNASNetwork}
@@ -189,19 +189,19 @@ def search(args, run, device, after=0.0):
                 loss = F.cross_entropy(logits, y)
             # backward; average over the ranks; unscale; Eq. 18's Fisher trace; clip; step
             weight_step(loss, weights, optimizer, scaler, args.grad_clip,
-                        average=all_average if world > 1 else None,
+                        average=all_average if collectives() else None,
                         inspect=searcher.record if args.schedule == "fimt" else None)
             log_step(loss, logits, y, args, run, meter, epoch, step, lr)
             if sched is not None and sched.after_weight_step(searcher.fisher):
                 searcher.step(x, y, *next(alpha_it), lr, optimizer, epoch)
         scheduler.step()
-        rng = rng_state(device)      # every rank's generators (under torchrun: a collective)
+        valid_acc, valid_loss = evaluate(model, eval_b) if rank == 0 else (None, None)
+        check_model_finite(model, run, f"epoch {epoch + 1}", args, valid_loss)   # every rank
+        rng = rng_state(device)      # every rank's generators, after the evaluation (a collective)
         if rank > 0:                     # rank 0 evaluates, logs, checkpoints and plots
             if args.stop_after and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
                 return None
             continue
-        valid_acc, valid_loss = evaluate(model, eval_b)
-        check_model_finite(model, run, f"epoch {epoch + 1}", args, valid_loss)
         genotype = model.genotype()
         wn, wr = model.mixing_weights()
         prime = dict(alpha_steps=sched.alpha_steps - alpha_before, fimt_h=sched.h,
@@ -258,7 +258,7 @@ class DartsSearcher:
                                          0.0 if args.crb else args.arch_weight_decay,
                                          args.unrolled, regularizer=reg,
                                          nesterov=bool(args.nesterov),
-                                         reduce=all_average if world > 1 else None)
+                                         reduce=all_average if collectives() else None)
 
     def record(self):
         """After the weights' backward, before clipping: Eq. 18's Fisher trace."""
@@ -295,5 +295,5 @@ def make_searcher(args, model, run, rank=0, world=1):
                                    as_released=getattr(args, "eg_as_released", False),
                                    generations=getattr(args, "cma_generations", 1) or 1,
                                    dist=(rank, world, all_sum, all_gather, broadcast_state)
-                                   if world > 1 else None)
+                                   if collectives() else None)
     return DartsSearcher(args, model, world)
