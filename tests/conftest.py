@@ -64,3 +64,15 @@ def rank_env(rank, world, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+
+
+def cells_read_by_auxiliary_head(net, x):
+    """(indices of the cells whose output the auxiliary head reads, that input): forward hooks
+    on every cell and a pre-hook on the head, over one training-mode forward of x."""
+    outs, seen = {}, []
+    for i, cell in enumerate(net.cells):
+        cell.register_forward_hook(lambda m, inp, out, i=i: outs.__setitem__(i, out))
+    net.auxiliary_head.register_forward_pre_hook(lambda m, inp: seen.append(inp[0]))
+    net(x)
+    assert len(seen) == 1
+    return [i for i, o in outs.items() if o is seen[0]], seen[0]

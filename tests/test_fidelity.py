@@ -35,7 +35,7 @@ from harness import search
 import train
 from darts import Genotype
 from harness.data import DATASETS
-from conftest import make_fake_mnist
+from conftest import cells_read_by_auxiliary_head, make_fake_mnist
 
 # a 2-node genotype (nodes=2 networks): identities and parameterized ops in both cells
 G_TINY = Genotype(normal=[("sep_conv_3x3", 0), ("skip_connect", 1),
@@ -73,16 +73,10 @@ def test_auxiliary_head_reads_the_cell_two_thirds_deep(layers, aux_cell, first_r
     the second reduction: multiplier 2 x C 4 x 4 = 32."""
     torch.manual_seed(0)
     net = darts.NetworkEval(4, 10, layers, G_TINY, auxiliary=True, in_channels=1).train()
-    outs, seen = {}, []
-    for i, cell in enumerate(net.cells):
-        cell.register_forward_hook(lambda m, inp, out, i=i: outs.__setitem__(i, out))
-    net.auxiliary_head.register_forward_pre_hook(lambda m, inp: seen.append(inp[0]))
-    net(torch.rand(2, 1, 16, 16))
-    assert len(seen) == 1
-    read = [i for i, o in outs.items() if o is seen[0]]
+    read, head_input = cells_read_by_auxiliary_head(net, torch.rand(2, 1, 16, 16))
     assert read == [aux_cell], f"the auxiliary head reads the output of cell(s) {read}; " \
         f"DARTS puts it after cell 2*{layers}//3 = {aux_cell} (first reduction: {first_reduction})"
-    assert seen[0].shape[1] == 32 and net.auxiliary_head.features[0].in_channels == 32
+    assert head_input.shape[1] == 32 and net.auxiliary_head.features[0].in_channels == 32
 
 
 # ============================================================================ 2, 8: affine BN

@@ -22,7 +22,7 @@ from harness import options
 from harness import retrain
 from harness import run_dir
 import train
-from conftest import free_port as _free_port, rank_env
+from conftest import cells_read_by_auxiliary_head, free_port as _free_port, rank_env
 
 CLASSES = ("n01440764", "n01443537", "n01484850")       # sorted: labels 0, 1, 2
 SIZES = ((40, 30), (33, 47), (50, 50), (29, 41))         # (width, height), odd on purpose
@@ -122,16 +122,10 @@ def test_network_imagenet_auxiliary_head_reads_the_cell_two_thirds_deep(layers, 
     multiplier 2 x C 4 x 4 = 32."""
     torch.manual_seed(0)
     net = darts.NetworkImageNet(4, 10, layers, G_SMALL, auxiliary=True).train()
-    outs, seen = {}, []
-    for i, cell in enumerate(net.cells):
-        cell.register_forward_hook(lambda m, inp, out, i=i: outs.__setitem__(i, out))
-    net.auxiliary_head.register_forward_pre_hook(lambda m, inp: seen.append(inp[0]))
-    net(torch.rand(2, 3, 64, 64))
-    assert len(seen) == 1
-    read = [i for i, o in outs.items() if o is seen[0]]
+    read, head_input = cells_read_by_auxiliary_head(net, torch.rand(2, 3, 64, 64))
     assert read == [aux_cell], f"the auxiliary head reads the output of cell(s) {read}; " \
         f"DARTS puts it after cell 2*{layers}//3 = {aux_cell}"
-    assert seen[0].shape[1] == 32 and net.auxiliary_head.features[0].in_channels == 32
+    assert head_input.shape[1] == 32 and net.auxiliary_head.features[0].in_channels == 32
     assert [i for i, c in enumerate(net.cells) if c.reduction][-1] == aux_cell   # the second
 
 
