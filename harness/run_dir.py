@@ -378,11 +378,6 @@ def diverged_line(run, what, args):
                "no checkpoint was written (it diverged in its first epoch)"))
 
 
-def stop_diverged(run, what, args):
-    """Stop a diverged run with diverged_line (stderr and log.txt)."""
-    raise SystemExit(diverged_line(run, what, args))
-
-
 def _stop_together(line, device):
     """Stop with `line` -- under torchrun on every rank, with the first rank's line, when any
     rank has one (so no rank waits forever in a collective for a rank that stopped)."""

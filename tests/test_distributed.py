@@ -11,7 +11,7 @@ import pytest
 import darts
 from experiments import bionas_runs
 import train
-from conftest import free_port as _free_port, make_fake_mnist, rank_env, tiny_args
+from conftest import free_port, make_fake_mnist, rank_env, tiny_args
 
 GENOTYPE = darts.Genotype(
     normal=[("sep_conv_3x3_brsf", 0), ("dil_conv_3x3_fa", 1), ("skip_connect", 0), ("sep_conv_3x3_usf", 2)],
@@ -40,7 +40,7 @@ def test_two_ranks_stay_identical_and_rank0_checkpoint_resumes(tmp_path):
     darts.save_genotype(GENOTYPE, str(gpath))
     argv = tiny_args(tmp_path, "--train", "--genotype", str(gpath), "--epochs", "2", "--stop_after", "1",
                      "--init_channels", "4", "--run_name", "ddp")
-    ctx = mp.spawn(_worker, args=(2, _free_port(), argv, str(tmp_path)), nprocs=2, join=False)
+    ctx = mp.spawn(_worker, args=(2, free_port(), argv, str(tmp_path)), nprocs=2, join=False)
     assert ctx.join(timeout=300) or ctx.join(timeout=300), "the 2-process run did not finish"
     w0 = torch.load(tmp_path / "rank0.pt", weights_only=False)
     w1 = torch.load(tmp_path / "rank1.pt", weights_only=False)
@@ -151,7 +151,7 @@ def test_attack_table_split_over_two_ranks_equals_one_process(tmp_path):
     attack = ["--attack", "fgsm", "--checkpoint", str(tmp_path / "runs" / "m" / "checkpoint.pt"),
               "--attack-grad", "both"] + common
     train.main(attack + ["--batch_size", "48", "--run_name", "one"])
-    ctx = mp.spawn(_worker, args=(2, _free_port(), attack + ["--batch_size", "24", "--run_name", "two"],
+    ctx = mp.spawn(_worker, args=(2, free_port(), attack + ["--batch_size", "24", "--run_name", "two"],
                                   str(tmp_path)), nprocs=2, join=False)
     assert ctx.join(timeout=300) or ctx.join(timeout=300), "the 2-process attack did not finish"
 
@@ -169,7 +169,7 @@ def test_attack_table_split_over_two_ranks_equals_one_process(tmp_path):
 # ------------------------------------------------------------------ distributed search (torchrun)
 
 def _spawn(fn, tmp_path, *args):
-    ctx = mp.spawn(fn, args=(2, _free_port(), str(tmp_path)) + args, nprocs=2, join=False)
+    ctx = mp.spawn(fn, args=(2, free_port(), str(tmp_path)) + args, nprocs=2, join=False)
     assert ctx.join(timeout=600) or ctx.join(timeout=600), "the 2-process run did not finish"
 
 

@@ -22,7 +22,7 @@ from harness import options
 from harness import retrain
 from harness import run_dir
 import train
-from conftest import cells_read_by_auxiliary_head, free_port as _free_port, rank_env
+from conftest import cells_read_by_auxiliary_head, free_port, rank_env
 
 CLASSES = ("n01440764", "n01443537", "n01484850")       # sorted: labels 0, 1, 2
 SIZES = ((40, 30), (33, 47), (50, 50), (29, 41))         # (width, height), odd on purpose
@@ -224,7 +224,7 @@ def test_distributed_sampler_gives_ranks_disjoint_images(folder, tmp_path):
     Images are identified by exact equality with the deterministic (no augmentation)
     transform of every file."""
     out = str(tmp_path / "seen.pt")
-    ctx = mp.start_processes(_rank_images, args=(2, _free_port(), folder, out), nprocs=2,
+    ctx = mp.start_processes(_rank_images, args=(2, free_port(), folder, out), nprocs=2,
                              join=False, start_method="fork")      # fork: no second torch import
     assert ctx.join(timeout=120) or ctx.join(timeout=120), "the 2-process run did not finish"
     ranks = torch.load(out, weights_only=False)
