@@ -14,6 +14,7 @@ import torch
 import attacks
 import darts
 from experiments import bionas_paper
+from harness.attack_runs import attack_overrides
 from harness.data import Batches, load_dataset
 from harness.options import apply_defaults
 from harness.retrain import build_eval_model, load_checkpoint_model, train
@@ -55,7 +56,8 @@ def experiment(args, run, device):
         return attacks.evaluate_robustness(model, batches, names, grads=("exact", "feedback"),
                                            max_batches=args.attack_batches or
                                            (1 if args.quick else None),
-                                           preset=args.attack_preset, overrides=quick)
+                                           preset=args.attack_preset,
+                                           overrides=attack_overrides(args, names, quick))
 
     def attack_fn(label):
         return cached(run, label, "robustness.json", attack_run)

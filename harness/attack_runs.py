@@ -25,6 +25,20 @@ def check_args(args, mode):
     load_checkpoint(args.checkpoint, "cpu", kinds=CHECKPOINT_KINDS, hint=HINT)
 
 
+def attack_overrides(args, names, base=None):
+    """{attack: {knob: value}} from --attack_eps/--attack_alpha/--attack_steps: a flag changes
+    the attacks of `names` that have that knob in their preset, over `base`'s values."""
+    flags = {"eps": args.attack_eps, "alpha": args.attack_alpha, "steps": args.attack_steps}
+    overrides = {}
+    for name in names:
+        preset = attacks.PRESETS.get(args.attack_preset, {}).get(name)
+        keys = ("eps", "alpha", "steps") if preset is None else \
+            [k for k in preset if k in flags and name != "onepixel"]
+        overrides[name] = dict((base or {}).get(name, {}),
+                               **{k: flags[k] for k in keys if flags[k] is not None})
+    return overrides
+
+
 def attack(args, run, device):
     """Robustness table (BioNAS Table 2 layout) of a trained network, exact and/or feedback
     gradients, plus accuracy against epsilon for PGD."""
@@ -42,13 +56,7 @@ def attack(args, run, device):
                           world=world)
     names = [n.strip() for n in args.attack.split(",")]
     grads = ("exact", "feedback") if args.attack_grad == "both" else (args.attack_grad,)
-    overrides = {}
-    flags = {"eps": args.attack_eps, "alpha": args.attack_alpha, "steps": args.attack_steps}
-    for name in names:                      # a flag changes the attacks that have that knob
-        preset = attacks.PRESETS.get(args.attack_preset, {}).get(name)
-        keys = ("eps", "alpha", "steps") if preset is None else \
-            [k for k in preset if k in flags and name != "onepixel"]
-        overrides[name] = {k: flags[k] for k in keys if flags[k] is not None}
+    overrides = attack_overrides(args, names)
     run.log(f"attacks {names} ({args.attack_preset} preset, overrides {overrides}) on "
             f"{args.checkpoint}, gradients {grads}, up to {args.attack_batches or 'all'} "
             f"batches of {batches.bs}")

@@ -1,6 +1,8 @@
 """Figures of a run: alpha heatmaps, derived cells as graphs, training curves, bar charts.
 Each plot function writes `path` and returns its Figure, closed (its artists can still be read)."""
 import textwrap
+import time
+
 import numpy as np
 import torch
 
@@ -11,6 +13,7 @@ import ops
 RULE_COLORS = {"bp": "#444444", "fa": "#1f77b4", "usf": "#2ca02c", "brsf": "#d62728",
                "frsf": "#9467bd", "hebbian": "#ff7f0e", None: "#8c8c8c"}
 DPI = 110
+REDRAW_EVERY = 60.0                     # seconds between redraws of a run's per-epoch figures
 NODE_SIZE = 1900                        # scatter size of a cell-graph node, in points^2
 _WORDS = {"acc": "accuracy", "valid": "validation"}
 _LAYER_ABBREV = {"cells": "c", "edges": "e", "ops": "o", "blocks": "b", "preprocess0": "pre0",
@@ -32,6 +35,22 @@ def _save(fig, path):
     fig.savefig(path, dpi=DPI)
     _plt().close(fig)
     return fig
+
+
+class Redraw:
+    """When a loop redraws its per-epoch figures: after an epoch once REDRAW_EVERY seconds have
+    passed since the last drawing, and always after the last epoch or at a stop. A figure costs
+    about a second; the numbers it shows are written every epoch (history.json), so a run of
+    minute-long epochs redraws every epoch and a run of short ones draws at its end."""
+
+    def __init__(self, every=REDRAW_EVERY):
+        self.every, self.last = every, time.time()
+
+    def due(self, final):
+        if final or time.time() - self.last >= self.every:
+            self.last = time.time()
+            return True
+        return False
 
 
 def node_name(n, steps):

@@ -15,7 +15,7 @@ import rules
 from harness.data import (DATASETS, image_folders, imagenet_stream, load_dataset,
                           make_batches, place)
 from harness.monitor import LayerMonitor, plot_layers
-from harness.plots import plot_history
+from harness.plots import Redraw, plot_history
 from harness.run_dir import (Meter, autocast, check_model_finite, distributed, eta_after_epoch,
                              evaluate, fmt_eta, load_checkpoint, log_step, resume, rng_state)
 from harness.search import make_supernet, weight_step
@@ -126,6 +126,7 @@ def train(args, run, device, genotype=None, after=0.0):
                                       else None)
     amp, scaler = autocast(args, device)          # --amp: the weight steps; a no-op scaler else
     params = list(model.parameters())
+    redraw = Redraw()                             # the figures: at most once a minute, and at the end
     for epoch in range(start, args.epochs):
         lr = scheduler.get_last_lr()[0]
         model.drop_path_prob = args.drop_path_prob * epoch / args.epochs
@@ -175,11 +176,13 @@ def train(args, run, device, genotype=None, after=0.0):
         run.write_json(history, "history.json")
         layers = monitor.summary()
         run.write_json(layers, "layers.json")
-        plot_history(history, run.file("curves.png"), ["train_acc", "valid_acc", "test_acc",
-                                                       "train_loss", "valid_loss", "test_loss"])
-        plot_layers(layers, run.file("layers.png"),
-                    f"{os.path.basename(run.path)}: epoch {epoch + 1}")
-        if args.stop_after and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
+        stopping = bool(args.stop_after) and args.stop_after <= epoch + 1 < args.epochs
+        if redraw.due(final=stopping or epoch + 1 == args.epochs):
+            plot_history(history, run.file("curves.png"), ["train_acc", "valid_acc", "test_acc",
+                                                           "train_loss", "valid_loss", "test_loss"])
+            plot_layers(layers, run.file("layers.png"),
+                        f"{os.path.basename(run.path)}: epoch {epoch + 1}")
+        if stopping:
             run.log(f"stopping after epoch {epoch + 1} (--stop_after); continue with "
                     f"--resume {run.path}")
             return None

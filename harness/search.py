@@ -18,7 +18,7 @@ import ops
 import pc_darts
 from fused import FusedNetwork
 from harness.data import DATASETS, load_dataset, make_batches, place
-from harness.plots import plot_alphas, plot_cell, plot_history
+from harness.plots import Redraw, plot_alphas, plot_cell, plot_history
 from harness.run_dir import (Meter, all_average, all_gather, all_sum, autocast, broadcast_state,
                              check_model_finite, collectives, distributed, eta_after_epoch,
                              evaluate, fmt_eta, log_step, resume, rng_state)
@@ -173,6 +173,7 @@ def search(args, run, device, after=0.0):
     weights = list(model.weights())
     sched = getattr(searcher, "schedule", None)                  # None: EG-NAS, every step
     amp, scaler = autocast(args, device)          # --amp: the weight steps; a no-op scaler else
+    redraw = Redraw()                             # alphas.png: at most once a minute, and at the end
     for epoch in range(start, args.epochs):
         lr = scheduler.get_last_lr()[0]
         train_b.epoch = epoch
@@ -225,9 +226,11 @@ def search(args, run, device, after=0.0):
                       history=history, args=vars(args)), "checkpoint.pt")
         run.write_json(history, "history.json")
         write_genotype(genotype, run, args.search)
-        plot_alphas(wn, wr, candidates, args.nodes, run.file("alphas.png"),
-                    f"{args.search} search, epoch {epoch + 1}", genotype=genotype)
-        if args.stop_after and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
+        stopping = bool(args.stop_after) and args.stop_after <= epoch + 1 < args.epochs
+        if redraw.due(final=stopping or epoch + 1 == args.epochs):
+            plot_alphas(wn, wr, candidates, args.nodes, run.file("alphas.png"),
+                        f"{args.search} search, epoch {epoch + 1}", genotype=genotype)
+        if stopping:
             run.log(f"stopping after epoch {epoch + 1} (--stop_after); continue with "
                     f"--resume {run.path}")
             return None

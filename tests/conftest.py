@@ -4,15 +4,55 @@ with `from conftest import ...` (tests/ is on sys.path while pytest runs).
 
 Runs the tests on one thread: their tensors are tiny, and two OpenMP threads on a 2-core
 machine that is doing anything else can slow torch down by 10-100x. (pytest.ini puts the
-project root on sys.path, so the concept files and the harness import as in train.py.)"""
+project root on sys.path, so the concept files and the harness import as in train.py.)
+
+Renders each plotting function's figure once per test process: later figures drawn by the same
+function are written as a 1x1 stub PNG after the figure is built (every plot call runs with its
+real arguments) but not rasterized -- rasterizing costs ~1 s a figure and an end-to-end test's
+sub-runs draw dozens of the same kind. The figures themselves are checked, rendered, by
+tests/test_plots.py (marked `real_figures`: every savefig real)."""
 import gzip
 import os
 import socket
+import struct
+import sys
+import zlib
 
 import numpy as np
+import pytest
 import torch
 
 torch.set_num_threads(1)
+
+_RENDERED = set()                      # (file, function) of the plot functions rendered so far
+
+
+def _stub_png(path):
+    """A valid 1x1 grey PNG, written from the format's definition."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(b"\x00\x80")) + chunk(b"IEND", b""))
+
+
+@pytest.fixture(autouse=True)
+def _figures_rendered_once_per_function(request, monkeypatch):
+    if request.node.get_closest_marker("real_figures"):
+        return
+    from matplotlib.figure import Figure
+    real = Figure.savefig
+
+    def savefig(fig, fname, *args, **kwargs):
+        f = sys._getframe(1)                   # the plot function: the first caller outside
+        while f and (f.f_code.co_name == "_save" or "matplotlib" in f.f_code.co_filename):
+            f = f.f_back                       # matplotlib and the shared _save helpers
+        key = (f.f_code.co_filename, f.f_code.co_name) if f else None
+        if key in _RENDERED and isinstance(fname, (str, os.PathLike)):
+            return _stub_png(fname)
+        _RENDERED.add(key)
+        return real(fig, fname, *args, **kwargs)
+    monkeypatch.setattr(Figure, "savefig", savefig)
 
 
 def write_idx(path, array):
@@ -43,13 +83,16 @@ def make_fake_mnist(root, n_train=96, n_test=48, seed=0):
 def tiny_args(tmp_path, *extra):
     """The command line of a tiny run on 96 + 16 generated images (64 of them trained on, 4
     steps of 16 an epoch; the 16 test images one evaluation batch): a 3-layer, 2-node,
-    2-channel network."""
+    2-channel network over 8 candidates (the four conv ops in brsf, whose per-step draws make
+    the random-generator state matter; skip_connect in usf; the pools; none) -- a test of the
+    22-candidate space passes its --rules and --skip_rules."""
     root = str(tmp_path / "data")
     if not os.path.exists(root):
         make_fake_mnist(root, n_test=16)
     return ["--dataset", "fashion-mnist", "--data", root, "--save", str(tmp_path / "runs"),
             "--subset", "64", "--batch_size", "16", "--init_channels", "2", "--layers", "3",
-            "--nodes", "2", "--report_freq", "1", "--seed", "5", *extra]
+            "--nodes", "2", "--report_freq", "1", "--seed", "5", "--rules", "brsf", "--skip_rules", "usf",
+            *extra]
 
 
 def free_port():
@@ -64,6 +107,36 @@ def rank_env(rank, world, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+
+_RENDERED = set()                      # (file, function) of the plot functions rendered so far
+
+
+def _stub_png(path):
+    """A valid 1x1 grey PNG, written from the format's definition."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(b"\x00\x80")) + chunk(b"IEND", b""))
+
+
+@pytest.fixture(autouse=True)
+def _figures_rendered_once_per_function(request, monkeypatch):
+    if request.node.get_closest_marker("real_figures"):
+        return
+    from matplotlib.figure import Figure
+    real = Figure.savefig
+
+    def savefig(fig, fname, *args, **kwargs):
+        f = sys._getframe(1)                   # the plot function: the first caller outside
+        while f and (f.f_code.co_name == "_save" or "matplotlib" in f.f_code.co_filename):
+            f = f.f_back                       # matplotlib and the shared _save helpers
+        key = (f.f_code.co_filename, f.f_code.co_name) if f else None
+        if key in _RENDERED and isinstance(fname, (str, os.PathLike)):
+            return _stub_png(fname)
+        _RENDERED.add(key)
+        return real(fig, fname, *args, **kwargs)
+    monkeypatch.setattr(Figure, "savefig", savefig)
 
 
 def cells_read_by_auxiliary_head(net, x):

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from experiments import bionas_paper as BE
 from experiments import bionas_runs
 from harness import monitor
+import attacks
 import darts
 from harness import data
 import resnet
@@ -303,7 +304,7 @@ def test_experiment_search_vs_random_searches_per_seed(tmp_path, fake):
 
 
 @pytest.mark.slow
-def test_experiment_random_rules_and_robustness_cli(tmp_path, fake):
+def test_experiment_random_rules_and_robustness_cli(tmp_path, fake, monkeypatch):
     flags, gpath = fake
     rows = train.main(["--experiment", "random-rules", "--genotype", gpath, "--seeds", "4,5", "--run_name", "rr"] + flags)
     assert [r["variant"] for r in rows] == ["searched", "random-4", "random-5"]
@@ -311,8 +312,12 @@ def test_experiment_random_rules_and_robustness_cli(tmp_path, fake):
         drawn = darts.random_rules(GENOTYPE, s, ("fa", "usf", "brsf", "frsf"), ("usf", "brsf", "frsf"))
         want = {darts.ops.parse_candidate(n)[1] for n, _ in drawn.normal + drawn.reduce} - {None}
         assert set(r["rules"].split()) == want
+    pgd_steps = []                     # --attack_steps reaches the experiment's attacks
+    pgd = attacks.ATTACKS["pgd"]
+    monkeypatch.setitem(attacks.ATTACKS, "pgd", lambda *a, **k: pgd_steps.append(k["steps"]) or pgd(*a, **k))
     rows = train.main(["--experiment", "robustness", "--genotype", gpath, "--attack", "fgsm,pgd",
-                       "--run_name", "rb"] + flags)
+                       "--attack_steps", "2", "--run_name", "rb"] + flags)
+    assert pgd_steps and set(pgd_steps) == {2}
     models = ["searched", "resnet56-fa", "resnet56-usf", "resnet56-frsf", "resnet56-brsf", "resnet20-bp"]
     assert [(r["model"], r["grad"]) for r in rows if r["grad"] != "paper"] == \
         [(m, g) for m in models for g in ("exact", "feedback")]

@@ -237,17 +237,18 @@ class _TwoShards(torch.nn.Module):
         return (first + self.net.loss(x[h:], y[h:])) / 2
 
 
-def _search_worker(rank, world, port, out, unrolled, reduce_alpha):
+def _search_worker(rank, world, port, out, unrolled, reduce_alphas):
     _env(rank, world, port)
     from harness import run_dir
-    model = _supernet()
     h = 8
     shard = [(x[rank * h:(rank + 1) * h], y[rank * h:(rank + 1) * h],
               xv[rank * h:(rank + 1) * h], yv[rank * h:(rank + 1) * h])
              for x, y, xv, yv in _search_batches()]
-    res = _search_steps(model, model, unrolled, shard,
-                        run_dir.all_average if reduce_alpha else None, run_dir.all_average)
-    torch.save(res, os.path.join(out, f"search{rank}.pt"))
+    for reduce_alpha in reduce_alphas:
+        model = _supernet()
+        res = _search_steps(model, model, unrolled, shard,
+                            run_dir.all_average if reduce_alpha else None, run_dir.all_average)
+        torch.save(res, os.path.join(out, f"search{rank}-{reduce_alpha}.pt"))
 
 
 @pytest.mark.slow
@@ -256,9 +257,10 @@ def test_two_rank_search_step_is_one_process_on_the_union(tmp_path, unrolled):
     model = _supernet()
     ref_a, ref_w = _search_steps(model, _TwoShards(model), unrolled, _search_batches(),
                                  None, lambda grads: grads)
-    for reduce_alpha in (True, False) if not unrolled else (True,):
-        _spawn(_search_worker, tmp_path, unrolled, reduce_alpha)
-        (a0, w0), (a1, w1) = (torch.load(tmp_path / f"search{r}.pt") for r in (0, 1))
+    reduce_alphas = (True, False) if not unrolled else (True,)
+    _spawn(_search_worker, tmp_path, unrolled, reduce_alphas)
+    for reduce_alpha in reduce_alphas:
+        (a0, w0), (a1, w1) = (torch.load(tmp_path / f"search{r}-{reduce_alpha}.pt") for r in (0, 1))
         gap = max((a - r).abs().max().item() for a, r in zip(a0, ref_a))
         if reduce_alpha:
             for a, b in zip(a0 + w0, a1 + w1):

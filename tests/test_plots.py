@@ -19,6 +19,8 @@ import darts  # noqa: E402
 import ops  # noqa: E402
 from harness import plots  # noqa: E402
 
+pytestmark = pytest.mark.real_figures      # the figures rendered, every one
+
 CELL_GENOTYPES = [
     darts.Genotype(   # 4 nodes, edges from both inputs into later nodes (labels pass by nodes)
         normal=[("sep_conv_5x5_fa", 0), ("skip_connect_brsf", 1), ("sep_conv_3x3_frsf", 0),
@@ -226,3 +228,17 @@ def test_layer_figure_of_a_supernet_names_a_readable_subset(tmp_path):
     assert 20 <= len(labels) < n and labels[0].get_text() == "stem0"
     boxes = [t.get_window_extent() for t in labels]
     assert not any(a.overlaps(b) for a, b in zip(boxes, boxes[1:]))          # no label over another
+
+
+def test_per_epoch_figures_are_redrawn_once_a_minute_and_always_at_the_end(monkeypatch):
+    """Catches: the last epoch (or a stop) not drawn when its figure is not yet due; a throttle
+    that never redraws during a long run; a clock not reset by a drawing."""
+    clock = [1000.0]
+    monkeypatch.setattr(plots.time, "time", lambda: clock[0])
+    redraw = plots.Redraw()
+    drawn = []
+    for epoch, seconds in enumerate([20, 20, 25, 10, 70, 5]):     # epoch lengths
+        clock[0] += seconds
+        drawn.append(redraw.due(final=epoch == 5))
+    # 20, 40, 65 s since the start -> draw at epoch 2; 10 s later no; 80 s later yes; last: always
+    assert drawn == [False, False, True, False, True, True]
