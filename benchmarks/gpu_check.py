@@ -35,7 +35,7 @@ the GPU does.
      eval mode, exact gradients and (BioNAS genotype) feedback gradients.
    Rows stop being measured once --budget seconds have passed (the rest say "skipped").
 --tiny shrinks every size of the table so that it runs on a CPU in under a minute (the run
-checks take ~6 minutes of the 2-core CPU). Exit status: pytest's when the suite fails, else 1 when
+checks take 6-7 minutes of a 2-core CPU). Exit status: pytest's when the suite fails, else 1 when
 a run check fails, else 0.
 """
 import argparse

@@ -83,14 +83,17 @@ def fake_fashion_mnist(root, n_train=96, n_test=48, seed=0):
     return root
 
 
-def last_error(text):
+def last_error(stderr, stdout=""):
     """The error's last line in a command's output: the last `error: ...` or `...Error: ...`
-    line (torchrun's own summary skipped), else the last non-empty line."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    line (a rank's too; torchrun's own summary skipped), else the first sign of a process that
+    died without one (an abort, a signal), else stderr's (or stdout's) last line."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     errors = [line for line in lines if re.search(r"(^|\]:\s*)(error:|[\w.]*(Error|Exception)\b)", line)
               and "ChildFailedError" not in line and "errors.html" not in line]
-    pick = errors or [line for line in lines if not set(line) <= set("=-")] or ["no output"]
-    return pick[-1][:300]
+    died = [line for line in lines if re.search(r"terminate called|Segmentation fault|core dumped|"
+                                                r"\(SIG(ABRT|SEGV|KILL|BUS)\)", line)]
+    rest = [line for line in lines if not set(line) <= set("=-")]
+    return (errors[-1:] or died[:1] or rest[-1:] or stdout.strip().splitlines()[-1:] or ["no output"])[0][:300]
 
 
 class Checks:
@@ -105,7 +108,7 @@ class Checks:
         try:
             p = subprocess.run(cmd, cwd=ROOT, env=self.env, capture_output=True, text=True,
                                timeout=self.timeout)
-            problem = last_error(p.stderr + "\n" + p.stdout) if p.returncode else expect()
+            problem = last_error(p.stderr, p.stdout) if p.returncode else expect()
         except subprocess.TimeoutExpired:
             problem = f"did not finish in {self.timeout:.0f} s"
         except (OSError, ValueError, KeyError) as e:
