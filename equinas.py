@@ -381,7 +381,7 @@ def relax_network(net, layer, subgroup):
 
 # --- Training: resumable mini-batch streams, evaluation ------------------------------------------
 
-def _net(spec, model=None, device="cpu"):
+def _net(spec, model=None, device=None):
     net = EquiCNN.from_spec(spec).to(device)
     if model is not None:
         net.load_state_dict(model)
@@ -413,13 +413,13 @@ def train_steps(net, x, y, optimizer, start, stop, batch_size=64, seed=0, z_opti
     total = 0.0
     for step in range(start, stop):
         if z_optimizer is not None:
-            idx = batch_indices(len(x), batch_size, seed + 1, step)
+            idx = batch_indices(len(x), batch_size, seed + 1, step).to(x.device)
             zs = [p for g in z_optimizer.param_groups for p in g["params"]]
             loss = F.cross_entropy(net(x[idx]), y[idx])
             for p, g in zip(zs, torch.autograd.grad(loss, zs)):
                 p.grad = g
             z_optimizer.step()
-        idx = batch_indices(len(x), batch_size, seed, step)
+        idx = batch_indices(len(x), batch_size, seed, step).to(x.device)
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(net(x[idx]), y[idx]) + net.penalty()
         if not torch.isfinite(loss):
@@ -433,7 +433,8 @@ def train_steps(net, x, y, optimizer, start, stop, batch_size=64, seed=0, z_opti
 @torch.no_grad()
 def accuracy(net, x, y, batch_size=500):
     net.eval()
-    correct = sum(int((net(as_float(x[i:i + batch_size])).argmax(1) == y[i:i + batch_size]).sum())
+    dev = next(net.parameters()).device
+    correct = sum(int((net(as_float(x[i:i + batch_size]).to(dev)).argmax(1) == y[i:i + batch_size].to(dev)).sum())
                   for i in range(0, len(x), batch_size))
     return correct / max(len(x), 1)
 
@@ -444,24 +445,25 @@ def recalibrate_bn(net, x, batch_size=200):
     the average over batches of x with the weights fixed. Only evaluation changes; it removes the
     lag of the running statistics behind fast-moving weights in short CPU-scale runs."""
     bns = [m for m in net.modules() if isinstance(m, (FieldBatchNorm, nn.BatchNorm1d))]
-    momenta = [m.momentum for m in bns]
+    momenta, dev = [m.momentum for m in bns], next(net.parameters()).device
     net.train()
     for k, i in enumerate(range(0, len(x) - 1, batch_size)):     # a last single image is skipped
         for m in bns:
             m.momentum = 1.0 / (k + 1)
-        net(as_float(x[i:i + batch_size]))
+        net(as_float(x[i:i + batch_size]).to(dev))
     for m, mom in zip(bns, momenta):
         m.momentum = mom
 
 
 def fit(spec, train_x, train_y, epochs, optimizer="adam", lr=0.01, z_lr=None, batch_size=64,
-        seed=0, valid=None, state=None, on_epoch=None, log=None, device="cpu", bn_images=0):
+        seed=0, valid=None, state=None, on_epoch=None, log=None, device=None, bn_images=0):
     """Train EquiCNN.from_spec(spec) (initialized from `seed`) for `epochs` (may be fractional),
     with a Z step before every Psi step when z_lr is given (Algorithm 2). After every epoch,
     on_epoch(state) receives a dict to torch.save; fit(..., state=torch.load(path)) resumes it
     and gives the same result as an uninterrupted run. Returns (net, state); state["history"]
     has per epoch the training loss, validation accuracy (valid = (x, y); BatchNorm statistics
-    first recalibrated on `bn_images` training images if > 0) and z per layer."""
+    first recalibrated on `bn_images` training images if > 0) and z per layer; on `device` (None: train_x's)."""
+    device = device or train_x.device
     x, y = as_float(train_x).to(device), train_y.to(device)
     torch.manual_seed(seed)
     net = _net(state["spec"] if state else spec, device=device)
@@ -497,7 +499,7 @@ def fit(spec, train_x, train_y, epochs, optimizer="adam", lr=0.01, z_lr=None, ba
 
 def search_differentiable(train_x, train_y, epochs=100, lr=0.01, z_lr=0.01, batch_size=64, seed=0,
                           groups=GROUPS, layers=8, fields=16, kernel_size=5, hidden=64, mean=0.0,
-                          std=1.0, valid=None, state=None, on_epoch=None, log=None, device="cpu",
+                          std=1.0, valid=None, state=None, on_epoch=None, log=None, device=None,
                           bn_images=0):
     """EquiNAS_D (Algorithm 2): every layer [G]-mixed over `groups`; alternate a Z step and a Psi
     step on independent batches; separate Adam optimizers (lr 0.01 each, Sec. 4.5), batch 64; no
@@ -540,17 +542,19 @@ def children(net):
 def search_evolutionary(train_x, train_y, valid_x, valid_y, generations=50, parent_size=5,
                         epochs_per_generation=0.5, lr=0.1, batch_size=64, seed=0, group="D4",
                         layers=8, fields=16, kernel_size=5, hidden=64, mean=0.0, std=1.0,
-                        state=None, on_generation=None, log=None, device="cpu", bn_images=0):
+                        state=None, on_generation=None, log=None, device=None, bn_images=0):
     """EquiNAS_E (Algorithm 1): one all-`group` network is trained; then every generation adds each
     parent's children (relaxation morphism, `children`), trains every member (parents included)
     for `epochs_per_generation` with plain SGD (lr 0.1, no momentum: nothing to carry across a
     morphism), and keeps `select` of (validation accuracy, parameter count). All members of a
     generation see the same batches: half-epoch g of the stream for round g. bn_images > 0:
-    BatchNorm statistics recalibrated on that many training images before validation.
+    BatchNorm statistics recalibrated on that many training images before validation. On `device`
+    (None: train_x's).
 
     After every generation on_generation(state) receives a dict to torch.save; passing it back as
     `state` resumes exactly. state["population"]: per member "id", "parent", "spec", "model"
     (state_dict), "valid_acc", "params"; state["history"]: one row per member per round."""
+    device = device or train_x.device
     x, y = as_float(train_x).to(device), train_y.to(device)
     vx, vy = as_float(valid_x).to(device), valid_y.to(device)
     per = round(epochs_per_generation * max(len(x) // batch_size, 1))
@@ -595,9 +599,10 @@ def search_evolutionary(train_x, train_y, valid_x, valid_y, generations=50, pare
     return state
 
 
-def population(state, device="cpu"):
-    """The networks of a search_evolutionary state, with their records."""
-    return [(_net(ind["spec"], ind["model"], device), ind) for ind in state["population"]]
+def population(state, device=None):
+    """The networks of a search_evolutionary state (on `device`; None: their weights'), with their records."""
+    return [(_net(ind["spec"], ind["model"], device or next(iter(ind["model"].values())).device), ind)
+            for ind in state["population"]]
 
 
 if __name__ == "__main__":

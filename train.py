@@ -59,7 +59,7 @@ def main(argv=None):
             if mode in ("search", "train") and resumed_state(args, mode, run) is None:
                 run.log(f"{run.path} has finished all {args.epochs} epochs: nothing to do (give "
                         f"--epochs N > {args.epochs} to train it longer)")
-                return None
+                return leave_group(None)
             run.write_json(vars(args), "args.json")          # with the --epochs, ... given now
         else:
             run = new_run(args, mode)
@@ -68,7 +68,7 @@ def main(argv=None):
         run_fn = RUNNERS[mode]
         if mode == "experiment" and args.experiment in THESIS_EXPERIMENTS:
             run_fn = thesis_runs.thesis_experiment
-        return run_fn(args, run, device)
+        return leave_group(run_fn(args, run, device))
     except KeyboardInterrupt:
         msg = "interrupted"
         if run is not None:
@@ -89,6 +89,16 @@ def main(argv=None):
     finally:
         if run is not None:
             run.close()
+
+
+def leave_group(out):
+    """`out`, once this process has left its process group, if it has one: a rank that ends
+    without destroy_process_group can abort at exit (gloo: 'terminate called without an active
+    exception') while its group's threads are torn down."""
+    if collectives():
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    return out
 
 
 def prepare(args, argv):

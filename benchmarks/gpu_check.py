@@ -1,11 +1,20 @@
-"""One-shot GPU check: the CUDA suite, then one table of what the GPU does.
+"""One-shot GPU check: the CUDA suite, train.py's runs on the GPU(s), then one table of what
+the GPU does.
 
-    python benchmarks/gpu_check.py [--device cuda:0]      # at most ~5 minutes on one GPU
-    python benchmarks/gpu_check.py --device cpu --tiny    # end to end at toy sizes (< 1 minute)
+    python benchmarks/gpu_check.py [--device cuda:0] [--data DIR]   # ~5 minutes + the runs
+    python benchmarks/gpu_check.py --device cpu --tiny               # end to end on the CPU
 
 1. `pytest tests/test_cuda.py` with BIONAS_TEST_DEVICE=--device (every layer, step, attack and
    module on the device against the CPU; its summary line is printed).
-2. One markdown table, each row timed on the device after warm-up (median of --repeats,
+2. The run checks (benchmarks/gpu_runs.py; --no-runs skips them): train.py end to end at toy
+   sizes, one line each, `PASS name` or `FAIL name: <the error's last line>`. Under torchrun
+   with NCCL (gloo with --device cpu) on 1 GPU and on all visible GPUs (2 CPU ranks),
+   BIONAS_COLLECTIVES_AT_WORLD_1=1: the DARTS search first and second order, the EG-NAS search
+   through one exploration, a retraining stopped after epoch 1, --attack on it, a retraining
+   with --amp fp16, --resume of the stopped one; in one process on the device: --neurogenesis,
+   --dyno, --equinas (both), every thesis --experiment, and one spread by --gpus. Data:
+   --data DIR (Fashion-MNIST), else generated files.
+3. One markdown table, each row timed on the device after warm-up (median of --repeats,
    torch.cuda.synchronize around each timing; peak memory = torch.cuda.max_memory_allocated
    over the timed steps, the model, its optimizer state and the batch included):
    - rules: forward+backward of a conv layer at a representative size (3x3, 64 -> 64
@@ -25,8 +34,9 @@
    - attack: images/s of PGD-10 (eps 8/255, step 2/255, random start) on those networks in
      eval mode, exact gradients and (BioNAS genotype) feedback gradients.
    Rows stop being measured once --budget seconds have passed (the rest say "skipped").
---tiny shrinks every size so the whole check runs on a CPU in under a minute. Exit status:
-pytest's when the suite fails, else 0.
+--tiny shrinks every size of the table so that it runs on a CPU in under a minute (the run
+checks take 6-7 minutes of a 2-core CPU). Exit status: pytest's when the suite fails, else 1 when
+a run check fails, else 0.
 """
 import argparse
 import gc
@@ -50,6 +60,7 @@ from harness import retrain  # noqa: E402
 import rules  # noqa: E402
 from harness import search  # noqa: E402
 from darts_bench import SPACES  # noqa: E402
+from gpu_runs import run_checks  # noqa: E402
 from rules_bench import step_time  # noqa: E402
 
 DARTS_V2 = darts.DARTS_V2
@@ -253,6 +264,9 @@ def main():
     ap.add_argument("--budget", type=float, default=270.0,
                     help="seconds after which the remaining rows are skipped")
     ap.add_argument("--no-tests", action="store_true", help="skip the CUDA suite")
+    ap.add_argument("--no-runs", action="store_true", help="skip the run checks")
+    ap.add_argument("--data", help="Fashion-MNIST directory of the run checks (default: "
+                    "generated files)")
     ap.add_argument("--pytest-args", default="", help="extra pytest arguments, e.g. \"-k rule\"")
     args = ap.parse_args()
     dev = device_or_exit(args.device)
@@ -265,6 +279,9 @@ def main():
         name = f"CPU, {torch.get_num_threads()} thread(s)"
     code, summary = (0, "not run (--no-tests)") if args.no_tests else \
         run_tests(dev, args.pytest_args.split(), timeout=max(args.budget - 60, 60))
+    t_runs = time.time()
+    failed_runs = 0 if args.no_runs else run_checks(dev, args.data)
+    clock.start += time.time() - t_runs          # the run checks do not use the table's budget
     bionas = darts.load_genotype(args.genotype) if args.genotype else \
         darts.random_rules(DARTS_V2, 0)
     bionas_name = os.path.basename(args.genotype) if args.genotype else \
@@ -334,12 +351,13 @@ def main():
 
     print(f"\n{name}, torch {torch.__version__}, {'tiny sizes' if args.tiny else 'paper sizes'}, "
           f"median of {repeats} timed runs after a warm-up; CUDA suite: {summary}; "
+          f"run checks: {'not run' if args.no_runs else f'{failed_runs} failed'}; "
           f"{time.time() - clock.start:.0f} s\n")
     print("| measurement | configuration | time | ratio / throughput | peak allocated (MiB) |")
     print("|---|---|---:|---:|---:|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
-    return 0 if code in (0, 5) else code
+    return code if code not in (0, 5) else 1 if failed_runs else 0
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ rotMNIST recipe (`rotate_images`), or, for Fig. 12, transformed by exactly one g
 (`augment_by_group`). `run(name, data, out_dir, ...)` writes NAME.md (means ± std beside the
 thesis's numbers), NAME.csv (one row per method and seed) and NAME.png into out_dir; every
 finished sub-run (method, seed) is kept in out_dir/NAME.runs/ and an unfinished search is
-checkpointed there after every generation or epoch, so calling run() again resumes.
+checkpointed there after every generation or epoch, so calling run() again resumes. Every
+network and batch is on run()'s `device`; with `share`, a process trains only the sub-runs that
+share(key) assigns it and writes no report (train.py's --gpus: one such process per device).
 """
 import math
 import os
@@ -92,14 +94,22 @@ def prepare(data, n_train, n_test, transform=None, valid_fraction=0.1, seed=0):
                 mean=float(xtr[nv:].mean()), std=float(xtr[nv:].std()))
 
 
+def on_device(d, device):
+    """prepare()'s images and labels moved to `device`."""
+    return dict(d, **{k: tuple(t.to(device) for t in d[k]) for k in ("train", "valid", "test")})
+
+
 # ----------------------------------------------------------------------------------------
 # Sub-runs: kept in NAME.runs/KEY.pt (a row when done, a checkpoint while running)
 # ----------------------------------------------------------------------------------------
 
-def _subrun(runs, key, work, log):
-    """work(state, checkpoint) -> (row, extra); cached in runs/key.pt, resumed from its checkpoint."""
+def _subrun(runs, key, work, log, share=None):
+    """work(state, checkpoint) -> (row, extra); cached in runs/key.pt, resumed from its checkpoint.
+    (None, None) when `share` gives the key to another process."""
+    if share is not None and not share(key):
+        return None, None
     path = os.path.join(runs, key + ".pt")
-    saved = torch.load(path, weights_only=True) if os.path.exists(path) else {}
+    saved = torch.load(path, weights_only=True, map_location="cpu") if os.path.exists(path) else {}
     if "row" in saved:
         log(f"{key}: done earlier")
         return saved["row"], saved["extra"]
@@ -130,10 +140,10 @@ def _spec(arch, d, sz):
     return {"arch": [arch] * cfg.pop("layers"), "config": dict(cfg, in_channels=1, classes=10)}
 
 
-def _baseline(d, sz, name, seed, epochs, optimizer, lr, log):
+def _baseline(d, sz, name, seed, epochs, optimizer, lr, device):
     def work(state, checkpoint):
         net, _ = fit(_spec(BASELINES[name], d, sz), *d["train"], epochs, optimizer, lr, seed=seed,
-                     state=state, on_epoch=checkpoint)
+                     state=state, on_epoch=checkpoint, device=device)
         err, acc = _evaluate(net, d, sz)
         return dict(method=name, seed=seed, test_error=err, valid_acc=acc, params=net.num_params(),
                     groups="-".join(g or "mix" for g in net.groups())), {}
@@ -144,7 +154,7 @@ def _baseline(d, sz, name, seed, epochs, optimizer, lr, log):
 # The experiments
 # ----------------------------------------------------------------------------------------
 
-def experiment_table3(d, sz, seeds, runs, log=print):
+def experiment_table3(d, sz, seeds, runs, log=print, device=None, share=None):
     """Table 3 (Sec. 4.5.1): EquiNAS_E (`generations` of 0.5 epoch, parent size 5, SGD 0.1) and
     the C1, C4, D4, RPP baselines trained for the same (generations + 1) / 2 epochs with SGD 0.1.
     EquiNAS_E's row: the final population's member with the best validation accuracy (its mean
@@ -155,25 +165,25 @@ def experiment_table3(d, sz, seeds, runs, log=print):
             st = search_evolutionary(*d["train"], *d["valid"], generations=sz["generations"],
                                      parent_size=sz["parent_size"], seed=seed, state=state,
                                      on_generation=checkpoint, log=log, bn_images=sz["bn_images"],
-                                     **_net_config(d, sz))
+                                     device=device, **_net_config(d, sz))
             pop = [(net.groups(), ind["params"], ind["valid_acc"], _evaluate(net, d, sz)[0])
-                   for net, ind in population(st)]
+                   for net, ind in population(st, device)]
             best = max(pop, key=lambda p: p[2])
             return (dict(method="EquiNAS_E", seed=seed, test_error=best[3], valid_acc=round(100 * best[2], 2),
                          params=best[1], groups="-".join(best[0]),
                          population_test_error=round(statistics.mean(p[3] for p in pop), 2)),
                     dict(history=st["history"], population=pop))
-        row, extra = _subrun(runs, f"EquiNAS_E-seed{seed}", work, log)
+        row, extra = _subrun(runs, f"EquiNAS_E-seed{seed}", work, log, share)
         rows.append(row)
         extras[seed] = extra
         epochs = (sz["generations"] + 1) * 0.5
         for name in BASELINES:
             rows.append(_subrun(runs, f"{name}-sgd-seed{seed}",
-                                _baseline(d, sz, name, seed, epochs, "sgd", 0.1, log), log)[0])
-    return rows, extras
+                                _baseline(d, sz, name, seed, epochs, "sgd", 0.1, device), log, share)[0])
+    return [r for r in rows if r], {s: e for s, e in extras.items() if e is not None}
 
 
-def experiment_table4(d, sz, seeds, runs, log=print):
+def experiment_table4(d, sz, seeds, runs, log=print, device=None, share=None):
     """Table 4 (Sec. 4.5.2): EquiNAS_D (every layer [G]-mixed, Adam 0.01 for Psi and Z, batch 64)
     and the C1, C4, D4, RPP baselines with Adam 0.01, `epochs_d` epochs each. Returns (rows,
     {seed: z history})."""
@@ -181,18 +191,18 @@ def experiment_table4(d, sz, seeds, runs, log=print):
     for seed in seeds:
         def work(state, checkpoint):
             net, st = search_differentiable(*d["train"], epochs=sz["epochs_d"], seed=seed, state=state,
-                                            on_epoch=checkpoint, **_net_config(d, sz))
+                                            on_epoch=checkpoint, device=device, **_net_config(d, sz))
             final, (err, acc) = net.z(), _evaluate(net, d, sz)
             return (dict(method="EquiNAS_D", seed=seed, test_error=err, valid_acc=acc, params=net.num_params(),
                          groups="-".join(GROUPS[max(range(len(z)), key=z.__getitem__)] for z in final)),
                     dict(z=[(h["epoch"], h["z"]) for h in st["history"]]))
-        row, extra = _subrun(runs, f"EquiNAS_D-seed{seed}", work, log)
+        row, extra = _subrun(runs, f"EquiNAS_D-seed{seed}", work, log, share)
         rows.append(row)
         extras[seed] = extra
         for name in BASELINES:
             rows.append(_subrun(runs, f"{name}-adam-seed{seed}",
-                                _baseline(d, sz, name, seed, sz["epochs_d"], "adam", 0.01, log), log)[0])
-    return rows, extras
+                                _baseline(d, sz, name, seed, sz["epochs_d"], "adam", 0.01, device), log, share)[0])
+    return [r for r in rows if r], {s: e for s, e in extras.items() if e is not None}
 
 
 def supergroup_mass(z, group):
@@ -200,50 +210,56 @@ def supergroup_mass(z, group):
     return sum(w for g, w in zip(GROUPS, z) if set(ELEMENTS[group]) <= set(ELEMENTS[g]))
 
 
-def experiment_fig12(data, sz, seed, runs, log=print):
+def experiment_fig12(data, sz, seed, runs, log=print, device=None, share=None):
     """Fig. 12: EquiNAS_D on Fashion-MNIST transformed by exactly each group's action, one trial
     per group; the z of each layer over training. Row per group: test error, the dominant group
     per layer, and the z mass on groups containing the augmentation group, at init and at the
     end (mean over layers). Returns (rows, {group: z history})."""
     rows, extras = [], {}
     for A in GROUPS:
-        d = prepare(data, sz["fig12_train"], sz["n_test"], lambda x, s, A=A: augment_by_group(x, A, s)[0])
+        d = on_device(prepare(data, sz["fig12_train"], sz["n_test"],
+                              lambda x, s, A=A: augment_by_group(x, A, s)[0]), device)
 
         def work(state, checkpoint):
             net, st = search_differentiable(*d["train"], epochs=sz["fig12_epochs"], seed=seed, state=state,
-                                            on_epoch=checkpoint, **_net_config(d, sz))
+                                            on_epoch=checkpoint, device=device, **_net_config(d, sz))
             hist = [(h["epoch"], h["z"]) for h in st["history"]]
             mass = [statistics.mean(supergroup_mass(z, A) for z in zs) for _, zs in (hist[0], hist[-1])]
             return (dict(method=f"augmented {A}", seed=seed, n_train=len(d["train"][0]),
                          test_error=_evaluate(net, d, sz)[0],
                          dominant="-".join(GROUPS[max(range(len(z)), key=z.__getitem__)] for z in hist[-1][1]),
                          mass_init=round(mass[0], 3), mass_final=round(mass[1], 3)), dict(z=hist))
-        row, extra = _subrun(runs, f"fig12-{A}-seed{seed}", work, log)
-        rows.append(row)
-        extras[A] = extra
+        row, extra = _subrun(runs, f"fig12-{A}-seed{seed}", work, log, share)
+        if row is not None:
+            rows.append(row)
+            extras[A] = extra
     return rows, extras
 
 
 def mixed_layer_cost(fields=16, size=28, batch=64, kernel_size=5, group="D4", groups=GROUPS, repeats=5,
-                     seed=0):
+                     seed=0, device=None):
     """Seconds of one forward+backward of a MixedGroupConv2d over `groups` and of a GroupConv2d of
-    `group` with the same expanded width (fields·8 channels in and out), on one thread, timed in
-    alternation, median of `repeats`. Eq. 12 makes the mixed layer one convolution: the ratio
-    should stay near 1 when the convolution dominates."""
+    `group` with the same expanded width (fields·8 channels in and out), on one thread (or on the
+    CUDA `device`, synchronized around each), timed in alternation, median of `repeats`. Eq. 12
+    makes the mixed layer one convolution: the ratio should stay near 1 when the convolution
+    dominates."""
+    sync = torch.cuda.synchronize if torch.device(device or "cpu").type == "cuda" else lambda: None
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         torch.manual_seed(seed)
         m = 8 // len(ELEMENTS[group])
-        layers = {"single": GroupConv2d(group, fields * m, fields * m, kernel_size, frame="D4"),
-                  "mixed": MixedGroupConv2d(fields, fields, kernel_size, groups)}
-        x = torch.randn(batch, fields * 8, size, size)
+        layers = {"single": GroupConv2d(group, fields * m, fields * m, kernel_size, frame="D4").to(device),
+                  "mixed": MixedGroupConv2d(fields, fields, kernel_size, groups).to(device)}
+        x = torch.randn(batch, fields * 8, size, size, device=device)
         times = {k: [] for k in layers}
         for r in range(repeats + 1):
             for k, layer in layers.items():
+                sync()
                 t = time.perf_counter()
                 layer.zero_grad()
                 layer(x).square().mean().backward()
+                sync()
                 if r:                                             # the first round warms up
                     times[k].append(time.perf_counter() - t)
     finally:
@@ -364,12 +380,15 @@ def _plot_z_grid(histories, path, title, first=None):
     plt.close(fig)
 
 
-def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None, rotate=True):
+def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None, rotate=True, device=None,
+        share=None):
     """Run experiment `name` (EXPERIMENTS) and write NAME.md, NAME.csv, NAME.png into out_dir.
 
     data: (train_x, train_y, test_x, test_y), images (N, 1, 28, 28) uint8 or float [0, 1] (e.g.
     harness.data.load_dataset("fashion-mnist", root)); rotate=False when they are rotated already
-    (rotMNIST). sizes: overrides of SIZES[quick]. Returns the per-seed rows."""
+    (rotMNIST). sizes: overrides of SIZES[quick]. Networks and batches on `device` (None: the CPU).
+    share(key) -> bool: train only the sub-runs it assigns, write no report (module docstring).
+    Returns the per-seed rows."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown EquiNAS experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
     if not seeds:
@@ -378,14 +397,17 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
     stem, runs = os.path.join(out_dir, name), os.path.join(out_dir, name + ".runs")
     os.makedirs(runs, exist_ok=True)
     scale = "quick" if quick else "full"
+    if name == "equinas-cost" and share is not None:     # a timing: measured by the report's process
+        return []
     if name == "equinas-cost":
-        rows = [mixed_layer_cost(f, s, b, sz["kernel_size"], g, repeats=sz["cost_repeats"])
+        rows = [mixed_layer_cost(f, s, b, sz["kernel_size"], g, repeats=sz["cost_repeats"], device=device)
                 for f, s, b in sz["cost"] for g in ("C1", "D4")]
         for r in rows:
             log(f"cost: {r}")
         text = (f"Cost of a [G]-mixed layer over {', '.join(GROUPS)} (Eq. 12: one convolution of the "
                 f"summed filters) against one group layer of the same expanded width, forward + "
-                f"backward, one thread, median of {sz['cost_repeats']} ({scale})\n\n"
+                f"backward, {'one thread' if torch.device(device or 'cpu').type == 'cpu' else device}, "
+                f"median of {sz['cost_repeats']} ({scale})\n\n"
                 + md_table(["channels", "size", "batch", "single group", "single ms", "mixed ms", "mixed / single"],
                       [[r["channels"], r["size"], r["batch"], r["group"], round(1000 * r["single_s"], 1),
                         round(1000 * r["mixed_s"], 1), round(r["ratio"], 2)] for r in rows]))
@@ -394,7 +416,9 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
                   {"mixed / single": [r["ratio"] for r in rows]}, stem + ".png", "time ratio",
                   f"[G]-mixed vs single group layer ({scale}); target ≤ 1.2")
     elif name == "equinas-fig12":
-        rows, extras = experiment_fig12(data, sz, seeds[0], runs, log)
+        rows, extras = experiment_fig12(data, sz, seeds[0], runs, log, device, share)
+        if share is not None:
+            return rows
         text = (f"Fig. 12 ({scale}): EquiNAS_D on Fashion-MNIST transformed by each group's action, "
                 f"seed {seeds[0]}, {sz['fig12_epochs']} epochs, {rows[0]['n_train']} training images; 'z on ⊇A' is "
                 f"the mean over layers of the z mass on groups containing the augmentation group A"
@@ -408,9 +432,12 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
                      f"Fig. 12 analogue ({scale}): z per layer over epochs, rows = augmentation group")
     else:
         transform = (lambda x, s: rotate_images(x, s)) if rotate else None
-        d = prepare(data, sz["n_train"], sz["n_test"], transform)
+        d = on_device(prepare(data, sz["n_train"], sz["n_test"], transform), device)
+        rows, extras = (experiment_table3 if name == "equinas-table3" else experiment_table4)(
+            d, sz, seeds, runs, log, device, share)
+        if share is not None:
+            return rows
         if name == "equinas-table3":
-            rows, extras = experiment_table3(d, sz, seeds, runs, log)
             what = (f"{sz['generations']} generations of 0.5 epoch, parent size {sz['parent_size']}, "
                     f"baselines {(sz['generations'] + 1) / 2} epochs, SGD 0.1")
             e_rows = [[r["seed"], r["test_error"], r["population_test_error"], r["groups"], f"{r['params']:,}"]
@@ -421,7 +448,6 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
                            "its groups per layer", "params"], e_rows))
             _plot_table3(rows, extras, stem + ".png", f"Table 3 analogue ({scale}), rotated Fashion-MNIST")
         else:
-            rows, extras = experiment_table4(d, sz, seeds, runs, log)
             what = f"{sz['epochs_d']} epochs, Adam 0.01 (Psi and Z), batch 64"
             d_rows = [[r["seed"], r["test_error"], r["groups"]] for r in rows if r["method"] == "EquiNAS_D"]
             text = (_summary(rows, PAPER_TABLE4, f"Table 4 ({scale}) on rotated Fashion-MNIST: "

@@ -27,6 +27,11 @@ bit-identically; transfer keeps each pretrained source model (pretrain-MODEL-sSE
 NAME.runs/config.json holds what shapes a single run (the sizes below marked *, the data's
 fingerprint): a call with others is refused. Seeds, strategies, n_f values, depths, presets and
 models only name runs (their keys), so a later call may add some and reuses every finished one.
+
+Devices: every network and data tensor is on run()'s `device`. With `share`, a process trains only
+the single runs share(group) assigns it (a group: one run, or for transfer a model and seed, which
+share a pretrained source) and writes no report: train.py's --gpus starts one such process per
+device, then calls run() once more, which finds every run finished and writes the report.
 """
 import math
 import os
@@ -70,6 +75,26 @@ THESIS_TABLE9 = {"NORTH-Select": 5.97, "NORTH-Random": 5.77, "NORTH-Weight": 10.
 
 def _quiet(*_):
     pass
+
+
+def _sync(device):
+    """Wait for the CUDA `device`'s queued work (before reading a clock); nothing on the CPU."""
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class SharedRuns(Runs):
+    """Runs whose single runs are trained only if share(group) says so (group: the key unless
+    given); the others are skipped with no rows."""
+
+    def __init__(self, *args, share=None, **kw):
+        super().__init__(*args, **kw)
+        self.share = share
+
+    def __call__(self, key, work, describe, group=None):
+        if self.share is not None and not self.share(group or key):
+            return []
+        return super().__call__(key, work, describe)
 
 
 def generated_data(n_f, samples=5000, features=64, noise=0.1, test_share=0.1, seed=1337):
@@ -185,7 +210,7 @@ COST_MODELS = {  # initial, medium (standard) and maximum widths, batch, buffer 
     "cnn": dict(widths=[8, 16, 32], medium=[32, 64, 128], max=[64, 128, 256], batch=128, buffer=128, steps=60)}
 
 
-def trigger_cost(data, model="mlp", strategies=STRATEGIES, steps=None, chunk=10, seed=1, log=_quiet):
+def trigger_cost(data, model="mlp", strategies=STRATEGIES, steps=None, chunk=10, seed=1, log=_quiet, device=None):
     """Table 9 at CPU scale, side by side in one process: mini-batches of every strategy (its
     trigger and growth at every step, as Algorithm 4) and of the Small / Medium / Big static
     networks, in `chunk`-step turns so that all share the machine's state. "mlp": the MNIST MLP
@@ -193,7 +218,8 @@ def trigger_cost(data, model="mlp", strategies=STRATEGIES, steps=None, chunk=10,
     first epoch). "cnn": a quarter-width CNN (conv 8-16-32 on 28x28, max 2x the 32-64-128
     'standard', batch and buffer 128, 100 candidates, 60 steps), the analogue of Table 9's VGG-11;
     strategies for dense layers only are skipped. Rows: seconds per mini-batch and its ratio to
-    Small Static, split into step / trigger / initialization, and the ratio without the growth work."""
+    Small Static, split into step / trigger / initialization, and the ratio without the growth work.
+    Networks on `device` (the data's); on a GPU the clock is read after the device finishes."""
     cfg, (xtr, ytr, _, _) = COST_MODELS[model], data
     steps, n_out = steps or cfg["steps"], int(ytr.max()) + 1
     names = ["Small Static"] + [s for s in strategies if model == "mlp" or s not in DENSE_ONLY] + ["Medium Static",
@@ -203,6 +229,7 @@ def trigger_cost(data, model="mlp", strategies=STRATEGIES, steps=None, chunk=10,
         torch.manual_seed(seed)
         w = {"Medium Static": cfg["medium"], "Big Static": cfg["max"]}.get(name, cfg["widths"])
         net = GrowableMLP(xtr.shape[1], w, n_out) if model == "mlp" else GrowableCNN((1, 28, 28), w, n_out)
+        net = net.to(device)
         ng = Neurogenesis(net, torch.optim.Adam(net.parameters(), 3e-4), name if name in STRATEGIES else STRATEGIES[2],
                           cfg["max"], None if name in STRATEGIES else "static", buffer_size=cfg["buffer"], seed=seed)
         ng.start(xtr[:cfg["buffer"]])
@@ -210,9 +237,11 @@ def trigger_cost(data, model="mlp", strategies=STRATEGIES, steps=None, chunk=10,
     batches = _batches(len(xtr), cfg["batch"], seed, 0)
     for s0 in range(0, steps, chunk):
         for name, run in runs.items():
+            _sync(device)
             t0 = time.perf_counter()
             for idx in batches[s0 % len(batches):][:min(chunk, steps - s0)]:
                 run[0].step(xtr[idx], ytr[idx])
+            _sync(device)
             run[1] += time.perf_counter() - t0
         log(f"  trigger cost ({model}): {min(s0 + chunk, steps)}/{steps} steps")
     base, rows = runs["Small Static"][1] / steps, []
@@ -231,19 +260,19 @@ def trigger_cost(data, model="mlp", strategies=STRATEGIES, steps=None, chunk=10,
 # The experiments: each a list of single runs through Runs
 # ----------------------------------------------------------------------------------------
 
-def experiment_generated(sz, seeds, runs):
+def experiment_generated(sz, seeds, runs, device=None):
     """Sec. 6.3.2: every strategy on every n_f and depth; epochs (20 + 4 n_f) x hidden layers
     (the authors' code's 'convergence'), or sz["epochs_per_layer"] x hidden layers."""
     rows = []
     for n_f in sz["n_fs"]:
-        data = generated_data(n_f, sz["samples"])
+        data = tuple(t.to(device) for t in generated_data(n_f, sz["samples"]))
         for depth in sz["hidden"]:
             ep = (sz["epochs_per_layer"] or 20 + 4 * n_f) * depth
             for strategy in sz["strategies"]:
                 for seed in seeds:
                     def work(state, checkpoint):
                         torch.manual_seed(seed)
-                        model = GrowableMLP(64, [4] * depth, 2, max_widths=512)
+                        model = GrowableMLP(64, [4] * depth, 2, max_widths=512).to(device)
                         res = train_growing(model, strategy, data, epochs=ep, batch_size=128, max_widths=512,
                                             buffer_size=1024, seed=seed, state=state,
                                             on_epoch=lambda e, s: checkpoint(s))
@@ -256,13 +285,13 @@ def experiment_generated(sz, seeds, runs):
     return rows
 
 
-def experiment_pareto(data, sz, seeds, runs, log=_quiet):
+def experiment_pareto(data, sz, seeds, runs, log=_quiet, device=None):
     """Sec. 6.3.3: MLP 784 -> [64, 64] -> 10 (max 784; Adam 3e-4, batch 512, sz["epochs"]
     epochs, buffer 1568) on sz["images"] training images; dynamic strategies, the Linear and
     Batched presets to 256 with every initialization (sz["presets"]), and Small / Medium / Big
     static (64, 256, 784)."""
     xtr, ytr, xte, yte = as_flat(data)
-    xtr, ytr = xtr[:sz["images"]], ytr[:sz["images"]]
+    xtr, ytr, xte, yte = (t.to(device) for t in (xtr[:sz["images"]], ytr[:sz["images"]], xte, yte))
     confs = [(s, None) for s in sz["strategies"]]
     confs += [(s, p) for p in (SCHEDULES if sz["presets"] else ()) for s in sz["strategies"]]
     confs += [(None, w) for w in (64, 256, 784)]
@@ -274,7 +303,7 @@ def experiment_pareto(data, sz, seeds, runs, log=_quiet):
             def work(state, checkpoint):
                 torch.manual_seed(seed)
                 start = [extra] * 2 if strategy is None else [64, 64]
-                model = GrowableMLP(xtr.shape[1], start, int(ytr.max()) + 1, max_widths=784)
+                model = GrowableMLP(xtr.shape[1], start, int(ytr.max()) + 1, max_widths=784).to(device)
                 res = train_growing(model, strategy, (xtr, ytr, xte, yte), epochs=sz["epochs"],
                                     schedule=extra if strategy else None,
                                     final_widths=[256, 256] if extra in SCHEDULES else None, seed=seed, state=state,
@@ -303,7 +332,7 @@ def pretrain(model, data, seed=1, epochs=2, batch_size=64, lr=1e-3):
     return model
 
 
-def experiment_transfer(data, sz, seeds, runs, source_phi=False, log=_quiet):
+def experiment_transfer(data, sz, seeds, runs, source_phi=False, log=_quiet, device=None):
     """Ch. 7 at CPU scale: each model pretrained on sz["source_images"] images of classes 0-4
     (sz["pretrain_epochs"], Adam 1e-3, batch 64), its head reinitialized (as for Galaxy10), then
     transferred for sz["iterations"] iterations x 64 to classes 5-9 (near) and to classes 5-9
@@ -311,10 +340,10 @@ def experiment_transfer(data, sz, seeds, runs, source_phi=False, log=_quiet):
     unless source_phi. (A run takes minutes: cached whole, no checkpoint within it.)"""
     xtr, ytr, xte, yte = as_flat(data)
 
-    def part(lo, perm=None):
+    def part(lo, perm=None):                     # cut on the CPU, then moved to the device
         a, b = (ytr >= lo) & (ytr < lo + 5), (yte >= lo) & (yte < lo + 5)
         xa, xb = (xtr[a], xte[b]) if perm is None else (xtr[a][:, perm], xte[b][:, perm])
-        return xa, ytr[a] - lo, xb, yte[b] - lo
+        return tuple(t.to(device) for t in (xa, ytr[a] - lo, xb, yte[b] - lo))
     source = part(0)
     source = (source[0][:sz["source_images"]], source[1][:sz["source_images"]], *source[2:])
     rows = []
@@ -324,14 +353,14 @@ def experiment_transfer(data, sz, seeds, runs, source_phi=False, log=_quiet):
         for name in sz["models"]:
             def make():
                 torch.manual_seed(seed)
-                src = pretrain(TRANSFER_MODELS[name](5), source, seed, epochs=sz["pretrain_epochs"])
+                src = pretrain(TRANSFER_MODELS[name](5).to(device), source, seed, epochs=sz["pretrain_epochs"])
                 log(f"  {name} pretrained on {len(source[0])} images of classes 0-4: test "
                     f"{100 * accuracy(src, source[2], source[3]):.2f}%")
                 return src.state_dict()
             for target, tdata in targets:
                 for method in ("dyno", "static"):
                     def work(state, checkpoint):
-                        model = TRANSFER_MODELS[name](5)
+                        model = TRANSFER_MODELS[name](5).to(device)
                         model.load_state_dict(runs.cached(f"pretrain-{name}-s{seed}", make))
                         torch.manual_seed(seed)
                         torch.nn.init.xavier_uniform_(model.head.weight)
@@ -347,7 +376,7 @@ def experiment_transfer(data, sz, seeds, runs, source_phi=False, log=_quiet):
                                      flops_curve=[(s_, round(f / 1e6, 3)) for s_, f in res["flops_curve"]])]
                     rows += runs(f"{name}-{target.split(':')[0]}-{method}-s{seed}", work, lambda r: (
                         f"{name}, {target}, {method}, seed {seed}: test {r[0]['test_accuracy']}%, "
-                        f"{r[0]['mflops']} MFLOPs, widths {r[0]['widths']}"))
+                        f"{r[0]['mflops']} MFLOPs, widths {r[0]['widths']}"), group=f"{name}-s{seed}")
     return rows
 
 
@@ -510,10 +539,11 @@ REPORTS = {  # NAME.md's summary keys and fields, and its title
                  "lower accuracy, clearly fewer FLOPs, more change for the larger shift")}
 
 
-def run(name, data, out_dir, seeds=(1, 2, 3), quick=False, log=print, sizes=None):
+def run(name, data, out_dir, seeds=(1, 2, 3), quick=False, log=print, sizes=None, device=None, share=None):
     """Run experiment `name` (EXPERIMENTS), write NAME.md (mean +- std over seeds), NAME.csv
     (every run) and NAME.png into out_dir; return the per-run rows. sizes: overrides of
-    SIZES[quick]. Interrupted, the same call again continues (module docstring: Resume)."""
+    SIZES[quick]. Interrupted, the same call again continues (module docstring: Resume). device,
+    share(group) -> bool: the module docstring's Devices."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown neurogenesis experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
     if name != "generated" and data is None:
@@ -532,26 +562,36 @@ def run(name, data, out_dir, seeds=(1, 2, 3), quick=False, log=print, sizes=None
              "pareto": (len(sz["strategies"]) * (1 + len(SCHEDULES) * bool(sz["presets"])) + 3) * len(seeds),
              "transfer": 4 * len(sz["models"]) * len(seeds), "trigger-cost": len(COST_MODELS)}[name]
     if name == "trigger-cost":
-        runs, flat = Runs(stem + ".runs", config, total, log), as_flat(data)
+        runs = SharedRuns(stem + ".runs", config, total, log, share=share)
+        flat = tuple(t.to(device) for t in as_flat(data))
         rows = [r for model in COST_MODELS for r in runs(
-            model, lambda state, checkpoint: trigger_cost(flat, model, sz["strategies"], sz["cost_steps"], log=log),
+            model, lambda state, checkpoint: trigger_cost(flat, model, sz["strategies"], sz["cost_steps"], log=log,
+                                                          device=device),
             lambda rs: f"trigger cost of the {rs[0]['model']}: {len(rs)} rows")]
-        title = (f"Table 9 ({scale}, CPU, 1 thread): seconds per mini-batch incl. trigger and growth every step, first "
+        if share is not None:
+            return rows
+        where = "CPU, 1 thread" if torch.device(device or "cpu").type == "cpu" else str(device)
+        title = (f"Table 9 ({scale}, {where}): seconds per mini-batch incl. trigger and growth every step, first "
                  f"steps of training, MLP 784-[64,64]-10 (batch 512) and CNN 8-16-32 (batch 128); thesis: VGG-11, V100")
         write_table(rows, [(k, lambda r, k=k: r[k]) for k in rows[0]], stem, title)
-        _plot_cost(rows, stem + ".png", f"Table 9 ({scale}, CPU, first steps): seconds per mini-batch / Small Static")
+        _plot_cost(rows, stem + ".png",
+                   f"Table 9 ({scale}, {where.split(',')[0]}, first steps): seconds per mini-batch / Small Static")
         return rows
     keys, fields, title = REPORTS[name]
     title = title.format(scale)
-    runs = Runs(stem + ".runs", config, total, log, lambda rs: _report(rs, stem, keys, fields, title + " (partial)"))
+    runs = SharedRuns(stem + ".runs", config, total, log, None if share else
+                      lambda rs: _report(rs, stem, keys, fields, title + " (partial)"), share=share)
     if name == "generated":
-        rows = experiment_generated(sz, seeds, runs)
-        _plot_generated(rows, stem + ".png")
+        rows = experiment_generated(sz, seeds, runs, device)
     elif name == "pareto":
-        rows = experiment_pareto(data, sz, seeds, runs, log)
-        _plot_pareto(rows, stem + ".png", title.split(";")[0])
+        rows = experiment_pareto(data, sz, seeds, runs, log, device)
     else:
-        rows = experiment_transfer(data, sz, seeds, runs, log=log)
-        _plot_transfer(rows, stem + ".png", title.split(";")[0])
+        rows = experiment_transfer(data, sz, seeds, runs, log=log, device=device)
+    if share is not None:
+        return rows
+    if name == "generated":
+        _plot_generated(rows, stem + ".png")
+    else:
+        (_plot_pareto if name == "pareto" else _plot_transfer)(rows, stem + ".png", title.split(";")[0])
     _report(rows, stem, keys, fields, title)
     return rows

@@ -11,12 +11,16 @@
                               every generation / epoch, --resume
     --experiment north-* | dyno-transfer | equinas-*
                               the thesis's experiments (thesis_neurogenesis.py,
-                              thesis_equinas.py), resumable: finished single runs are kept
+                              thesis_equinas.py), resumable: finished single runs are kept;
+                              --gpus D1,D2,...: their single runs spread over the devices
+
+Every run puts its networks and data on --gpu N (harness.run_dir.pick_device; the CPU without).
 
 The systems themselves are neurogenesis.py, dyno.py and equinas.py; this file only checks the
 flags (check_args, before the run directory is made), loads the data, writes the run directory
 and calls them.
 """
+import argparse
 import os
 import time
 
@@ -24,7 +28,7 @@ import torch
 
 from harness.data import load_dataset
 from harness.presets import THESIS_EXPERIMENTS
-from harness.run_dir import fmt_eta
+from harness.run_dir import Run, fmt_eta, pick_device, run_on_devices
 
 MNIST_LIKE = ("mnist", "fashion-mnist")         # the thesis's MLPs read 28x28 grey images
 
@@ -47,6 +51,19 @@ def parse_sizes(text):
         except ValueError:
             raise SystemExit(f"error: --sizes {text!r}: expected KEY=NUMBER[,KEY=NUMBER...] "
                              f"(lists as 2/4/8), got {item!r}") from None
+    return out
+
+
+def shaped(sizes, defaults):
+    """--sizes values nested as deep as the knobs' defaults: n_fs=8 -> [8] (a list of one),
+    cost=4/28/64 -> [[4, 28, 64]] (one configuration)."""
+    def depth(v):
+        return 1 + depth(v[0]) if isinstance(v, (list, tuple)) and v else 0
+    out = {}
+    for k, v in sizes.items():
+        for _ in range(depth(defaults.get(k)) - depth(v)):
+            v = [v]
+        out[k] = v
     return out
 
 
@@ -175,39 +192,41 @@ def dyno_run(args, run, device):
 
 def equinas_run(args, run, device):
     """--equinas evolutionary|differentiable on rotated Fashion-MNIST at thesis_equinas'
-    SIZES (quick or full): EquiNAS_E checkpoints every generation, EquiNAS_D every epoch."""
+    SIZES (quick or full), on `device`: EquiNAS_E checkpoints every generation, EquiNAS_D every
+    epoch. --epochs: EquiNAS_D's epochs, EquiNAS_E's generations; --learning_rate: of Psi (SGD
+    for E, Adam for D; Z keeps Adam 0.01); --batch_size: both (unset: Sec. 4.5's values)."""
     import equinas as E
     from experiments import thesis_equinas as X
-    if device.type != "cpu":
-        run.log(f"note: --equinas runs on the CPU (thesis_equinas builds its networks "
-                f"there); {device} is not used")
     sz = X.SIZES[bool(args.quick)]
-    d = X.prepare(load_dataset(args.dataset, args.data), sz["n_train"], sz["n_test"],
-                  lambda x, s: X.rotate_images(x, s))
+    d = X.on_device(X.prepare(load_dataset(args.dataset, args.data), sz["n_train"], sz["n_test"],
+                              lambda x, s: X.rotate_images(x, s)), device)
     cfg = dict(fields=sz["fields"], layers=sz["layers"], kernel_size=sz["kernel_size"],
-               hidden=sz["hidden"], mean=d["mean"], std=d["std"])
-    state = None
+               hidden=sz["hidden"], mean=d["mean"], std=d["std"], device=device, log=run.log,
+               bn_images=sz["bn_images"], seed=args.seed, state=None)
+    cfg.update({k: v for k, v in (("lr", args.learning_rate), ("batch_size", args.batch_size))
+                if v is not None})
     if args.resume and os.path.exists(run.file("checkpoint.pt")):
-        state = torch.load(run.file("checkpoint.pt"), weights_only=False)["state"]
+        cfg["state"] = torch.load(run.file("checkpoint.pt"), weights_only=False,
+                                  map_location="cpu")["state"]
         run.log("resumed from the last checkpoint")
     save = lambda st: run.save(dict(kind="equinas", state=st, args=vars(args)),  # noqa: E731
                                "checkpoint.pt")
-    run.log(f"EquiNAS ({args.equinas}, {'quick' if args.quick else 'full'}): "
+    evolutionary = args.equinas == "evolutionary"
+    budget = args.epochs or sz["generations" if evolutionary else "epochs_d"]
+    shown = {k: v for k, v in cfg.items() if k not in ("log", "state", "device")}
+    run.log(f"EquiNAS ({args.equinas}, {'quick' if args.quick else 'full'}) on {device}: "
             f"{len(d['train'][0])} rotated training images, {len(d['valid'][0])} validation, "
-            f"{len(d['test'][0])} test; {cfg}")
+            f"{len(d['test'][0])} test; {budget} {'generations' if evolutionary else 'epochs'}; "
+            f"{shown}")
     t0 = time.time()
-    if args.equinas == "evolutionary":
-        st = E.search_evolutionary(*d["train"], *d["valid"], generations=sz["generations"],
-                                   parent_size=sz["parent_size"], seed=args.seed, state=state,
-                                   on_generation=save, log=run.log, bn_images=sz["bn_images"], **cfg)
-        pop = [(net, ind) for net, ind in E.population(st)]
-        net, best = max(pop, key=lambda p: p[1]["valid_acc"])
-        history = st["history"]
+    if evolutionary:
+        st = E.search_evolutionary(*d["train"], *d["valid"], generations=budget,
+                                   parent_size=sz["parent_size"], on_generation=save, **cfg)
+        net, best = max(E.population(st, device), key=lambda p: p[1]["valid_acc"])
     else:
-        net, st = E.search_differentiable(*d["train"], epochs=sz["epochs_d"], seed=args.seed,
-                                          valid=d["valid"], state=state, on_epoch=save,
-                                          log=run.log, bn_images=sz["bn_images"], **cfg)
-        history = st["history"]
+        net, st = E.search_differentiable(*d["train"], epochs=budget, valid=d["valid"],
+                                          on_epoch=save, **cfg)
+    history = st["history"]
     if sz["bn_images"]:
         E.recalibrate_bn(net, d["train"][0][:sz["bn_images"]])
     acc = E.accuracy(net, *d["test"])
@@ -225,27 +244,59 @@ def equinas_run(args, run, device):
     return out
 
 
-def thesis_experiment(args, run, device=None):
-    """--experiment NAME of the thesis's systems, in the run directory; a second call with
-    the same run directory (--resume RUN) skips the single runs that finished. They run on the
-    CPU: `device` is not used."""
-    if getattr(args, "gpu", None) is not None:
-        run.log("note: the thesis experiments run on the CPU (their drivers build every network "
-                "there); --gpu is not used")
+def thesis_experiment(args, run, device):
+    """--experiment NAME of the thesis's systems, in the run directory, every network on
+    `device`; a second call with the same run directory (--resume RUN) skips the single runs
+    that finished. --gpus D1,D2,...: first one process per device trains the single runs
+    shares() deals it, then this process writes the report (equinas-cost, a timing, is measured
+    here, on `device`)."""
     module, name = THESIS_EXPERIMENTS[args.experiment]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    sizes = parse_sizes(args.sizes) if getattr(args, "sizes", None) else None
     t0 = time.time()
-    if module == "neurogenesis":
-        from experiments import thesis_neurogenesis as NX
-        data = None if name == "generated" else load_dataset(args.dataset or "fashion-mnist",
-                                                             args.data)
-        rows = NX.run(name, data, run.path, seeds=seeds, quick=args.quick, log=run.log,
-                      sizes=sizes)
-    else:
-        from experiments import thesis_equinas as X
-        rows = X.run(name, load_dataset(args.dataset or "fashion-mnist", args.data), run.path,
-                     seeds=seeds, quick=args.quick, log=run.log, sizes=sizes)
+    if args.gpus:
+        devices = [None if d == "cpu" else int(d) for d in args.gpus.split(",")]
+        if module == "neurogenesis":       # config.json written (or checked) before the processes
+            drive(args, run, device, share=lambda group: False)
+        run.log(f"--gpus {args.gpus}: the single runs of {args.experiment} dealt to "
+                f"{len(devices)} processes, one per device")
+        run_on_devices([(f"{args.experiment} share {i + 1}/{len(devices)}",
+                         (vars(args), run.path, i, len(devices))) for i in range(len(devices))],
+                       devices, thesis_job, run.log)
+    rows = drive(args, run, device)
     with open(run.file(name + ".md")) as f:
         run.log(f"{args.experiment} done in {time.time() - t0:.0f}s\n" + f.read())
     return rows
+
+
+def drive(args, run, device, share=None):
+    """The experiment driver's run() (thesis_neurogenesis or thesis_equinas) in the run
+    directory on `device`: every single run, or with share(group) -> bool only those it gives
+    this process (and no report)."""
+    module, name = THESIS_EXPERIMENTS[args.experiment]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    data = None if name == "generated" else load_dataset(args.dataset or "fashion-mnist", args.data)
+    if module == "neurogenesis":
+        from experiments import thesis_neurogenesis as driver
+    else:
+        from experiments import thesis_equinas as driver
+    sizes = shaped(parse_sizes(args.sizes), driver.SIZES[False]) if getattr(args, "sizes", None) \
+        else None
+    return driver.run(name, data, run.path, seeds=seeds, quick=args.quick, log=run.log,
+                      sizes=sizes, device=device, share=share)
+
+
+def shares(index, count):
+    """share(group) of process `index` of `count`: the groups, in the order the driver meets
+    them (the same in every process), dealt round-robin."""
+    seen = {}
+    return lambda group: seen.setdefault(group, len(seen)) % count == index
+
+
+def thesis_job(args_dict, run_path, index, count, gpu):
+    """Process `index` of --gpus's `count`: its share of the single runs on device `gpu`."""
+    args = argparse.Namespace(**dict(args_dict, gpu=gpu))
+    cpu_slots = args.gpus.split(",").count("cpu")
+    if gpu is None and cpu_slots > 1:    # CPU slots share the cores instead of oversubscribing
+        torch.set_num_threads(max(1, torch.get_num_threads() // cpu_slots))
+    run = Run(run_path)                  # the parent holds the lock; log lines are appended
+    drive(args, run, pick_device(gpu), share=shares(index, count))
+    run.close()

@@ -220,7 +220,8 @@ def build_parser():
                    "pretrained on classes 0-4 to classes 5-9 (near) or 5-9 with permuted pixels "
                    "(far) by DYNO and by static fine-tuning")
     m.add_argument("--equinas", choices=["evolutionary", "differentiable"],
-                   help="thesis ch. 4: EquiNAS_E or EquiNAS_D on rotated Fashion-MNIST")
+                   help="thesis ch. 4: EquiNAS_E or EquiNAS_D on rotated Fashion-MNIST (--epochs: "
+                   "D's epochs, E's generations; --learning_rate, --batch_size: of Psi)")
     m.add_argument("--experiment", choices=list(BIONAS_EXPERIMENTS) + list(THESIS_EXPERIMENTS),
                    help="a BioNAS analysis: " + "; ".join(f"{k}: {v}" for k, v in
                                                            EXPERIMENT_HELP.items()))
@@ -245,8 +246,9 @@ def build_parser():
           "resizing to 256/224 of it)")
     d.add_argument("--gpu", type=NONNEG_INT, help="CUDA device index (default: the CPU)")
     d.add_argument("--gpus", metavar="D1,D2,...",
-                   help="--experiment: run its searches and retrainings concurrently, one per "
-                   "listed device (CUDA indices; 'cpu' for a CPU slot), e.g. 0,1,2,3")
+                   help="--experiment: run its sub-runs (searches and retrainings; a thesis "
+                   "experiment's single runs) concurrently, one per listed device (CUDA indices; "
+                   "'cpu' for a CPU slot), e.g. 0,1,2,3")
     d.add_argument("--amp", choices=["bf16", "fp16"],
                    help="mixed precision of the weight steps, fp16 with a GradScaler "
                         "(default: off, float32)")
@@ -479,8 +481,8 @@ def check_args(args, mode):
                              "individuals set every candidate's weight)")
     if args.gpus is not None:
         devs = args.gpus.split(",")
-        if mode != "experiment" or args.experiment in THESIS_EXPERIMENTS:
-            raise SystemExit("error: --gpus spreads the sub-runs of a BioNAS --experiment over "
+        if mode != "experiment":
+            raise SystemExit("error: --gpus spreads the sub-runs of an --experiment over "
                              "devices; a single run takes --gpu N (or torchrun for several)")
         if not all(d == "cpu" or d.isdigit() for d in devs):
             raise SystemExit(f"error: --gpus {args.gpus!r}: give CUDA indices or 'cpu' separated "
