@@ -108,36 +108,6 @@ def rank_env(rank, world, port):
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
 
-_RENDERED = set()                      # (file, function) of the plot functions rendered so far
-
-
-def _stub_png(path):
-    """A valid 1x1 grey PNG, written from the format's definition."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0))
-                + chunk(b"IDAT", zlib.compress(b"\x00\x80")) + chunk(b"IEND", b""))
-
-
-@pytest.fixture(autouse=True)
-def _figures_rendered_once_per_function(request, monkeypatch):
-    if request.node.get_closest_marker("real_figures"):
-        return
-    from matplotlib.figure import Figure
-    real = Figure.savefig
-
-    def savefig(fig, fname, *args, **kwargs):
-        f = sys._getframe(1)                   # the plot function: the first caller outside
-        while f and (f.f_code.co_name == "_save" or "matplotlib" in f.f_code.co_filename):
-            f = f.f_back                       # matplotlib and the shared _save helpers
-        key = (f.f_code.co_filename, f.f_code.co_name) if f else None
-        if key in _RENDERED and isinstance(fname, (str, os.PathLike)):
-            return _stub_png(fname)
-        _RENDERED.add(key)
-        return real(fig, fname, *args, **kwargs)
-    monkeypatch.setattr(Figure, "savefig", savefig)
-
 
 def cells_read_by_auxiliary_head(net, x):
     """(indices of the cells whose output the auxiliary head reads, that input): forward hooks
