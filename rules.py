@@ -392,7 +392,7 @@ class MultiRuleConv2d(nn.Conv2d):
                              f"{len(self.rules)} blocks of bp / fa / usf / brsf / frsf")
         self.exact, self.block = False, out_channels // len(self.rules)
         self.register_buffer("weight_backward", torch.zeros_like(self.weight))
-        self._brsf, self._kept = [], []                # (block, bound); (block, fa or bp)
+        self._bounds, self._brsf, self._kept = [], [], []    # (block, bound); (block, fa or bp)
         for r, rule in enumerate(self.rules):          # each block as its own RuleConv2d
             one = RuleConv2d(self.weight.shape[1], self.block, self.kernel_size, bias=False,
                              rule=rule, init=init)              # a block's shape and fans
@@ -402,6 +402,7 @@ class MultiRuleConv2d(nn.Conv2d):
                 self.weight_backward[sl] = one.weight_backward
                 if self.bias is not None:
                     self.bias[sl] = 0.0
+            self._bounds.append(one._bound)
             if rule == "brsf":
                 self._brsf.append((sl, one._bound))
             elif rule in ("fa", "bp"):
@@ -421,9 +422,11 @@ class MultiRuleConv2d(nn.Conv2d):
         if self.exact or all(r == "bp" for r in self.rules):
             return routed_conv(lambda x_, s, p, d: F.conv2d(x_, self.weight, self.bias, s, p, d,
                                                             self.groups), x, self)
-        if self.training:               # in place: the B formed below is this forward's own
+        if self.training and self._brsf:       # a new tensor: a caller's copy of the last draw
+            wb = self.weight_backward.clone()  # stays as it was
             for sl, bound in self._brsf:
-                self.weight_backward[sl] = _uniform(self.weight_backward[sl], bound)
+                wb[sl] = _uniform(wb[sl], bound)
+            self._buffers["weight_backward"] = wb
         B = self.feedback_matrix() if torch.is_grad_enabled() else self.weight
         if _unrouted(self) and not torch.is_autocast_enabled(x.device.type):
             return FeedbackConv2dFunction.apply(x, self.weight, self.bias, B, "fa", self.stride,

@@ -2,23 +2,25 @@
 and the --quick search's and retraining's step times.
 
     python benchmarks/rules_bench.py [--sizes darts,quick-search,...] [--processes 3] [--check]
-    python benchmarks/rules_bench.py --steps [--against DIR]   # DIR: another checkout
+    python benchmarks/rules_bench.py --steps --against DIR     # DIR: the previous code
 
 Table: bias-free convolutions as DARTS's ops use them (depthwise 3x3 and 5x5, dilated depthwise
 3x3 and 5x5 at dilation 2, pointwise 1x1) at the sizes of the issue's layer (N 32, C 16,
 32x32), the --quick search and retraining, and the paper's search and retraining; both memory
 formats. Every cell runs in --processes fresh processes (one thread); each times bp and every
-rule round-robin in a shuffled order for --repeats rounds after a warm-up, on a new input and
-incoming gradient per round placed at a random offset (a big tensor's address decides whether
-oneDNN's loads and stores alias in the cache, a 1-4x effect that would otherwise be a lottery
-fixed per process). A rule's ratio is the median over rounds of its time / bp's (CPU time of
+rule round-robin in a shuffled order (up to --repeats rounds or 10 s) after a warm-up, on a new
+input and incoming gradient per round placed at a random offset (a big tensor's address decides
+whether oneDNN's loads and stores alias in the cache, a 1-4x effect that would otherwise be a
+lottery fixed per process). A rule's ratio is the median over rounds of its time / bp's (CPU time of
 the thread, so other processes on the machine do not count); the cell shows the median over
 processes. Biotorch's layers (Sanfiz & Akrout 2021) are timed alongside when `import biotorch`
-works. --check exits 1 if a ratio exceeds its target (brsf 1.25, the other rules 1.10).
+works. --check exits 1 if a ratio exceeds its target (brsf 1.25, the other rules 1.10);
+--code DIR times DIR's rules.py instead of this checkout's.
 
---steps: the --quick search's step (Architect.step + the weight step) and its retraining's SGD
-step, built by the harness from train.py's own flags, in fresh processes; --against DIR times
-the same steps with DIR's code (e.g. `git archive main | tar -x -C DIR`), interleaved.
+--steps --against DIR: the --quick search's step (Architect.step + the weight step) and its
+retraining's SGD step, built by the harness from train.py's own flags, stepped alternately with
+a copy whose rule convolutions run DIR's rules.py (e.g. `git archive main | tar -x -C DIR`), in
+--processes fresh processes.
 """
 import argparse
 import json
@@ -177,9 +179,26 @@ def table(sizes, layers, processes, repeats, check, root=ROOT):
 
 # ---------------------------------------------------------------- --quick step times
 
-def steps_worker(kind, repeats):
-    """Median seconds of a --quick search step ("search") or retraining step ("retrain"),
-    built as train.py --search darts --quick builds them; this process's code (sys.path)."""
+def _against_rules(model, path):
+    """A copy of `model` whose rule convolutions run `path`'s rules.py (the same weights,
+    buffers and attributes, the classes of that file)."""
+    import copy
+    import importlib.util
+    import rules
+    spec = importlib.util.spec_from_file_location("rules_against", path)
+    other = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(other)
+    model = copy.deepcopy(model)
+    for m in model.modules():
+        if type(m) in (rules.RuleConv2d, rules.MultiRuleConv2d):
+            m.__class__ = getattr(other, type(m).__name__)
+    return model
+
+
+def steps_worker(kind, repeats, against):
+    """Median ms of CPU time of a --quick search step ("search": Architect.step and the weight
+    step) or retraining step ("retrain"), built as train.py --search darts --quick builds them,
+    and the same model with `against`'s rules.py, stepped alternately in this process."""
     torch.set_num_threads(1)
     import torch.nn.functional as F
     import darts
@@ -193,10 +212,6 @@ def steps_worker(kind, repeats):
     cands = ops.search_space(args.rules.split(","), args.skip_rules.split(","), zero=True)
     if kind == "search":
         model = place(search.build_supernet(args, cands), args, torch.device("cpu"))
-        opt = torch.optim.SGD(model.weights(), args.learning_rate, momentum=args.momentum,
-                              weight_decay=args.weight_decay, nesterov=args.nesterov)
-        searcher = search.DartsSearcher(args, model)
-        params = list(model.weights())
     else:                             # a genotype of random alpha, as quick.py's estimate
         g = torch.Generator().manual_seed(0)
         k = sum(2 + i for i in range(args.nodes))
@@ -205,45 +220,54 @@ def steps_worker(kind, repeats):
                                          args.nodes, args.nodes)
         args = quick.quick_retrain_args(args)
         model = place(retrain.build_eval_model(args, genotype), args, torch.device("cpu"))
-        opt = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
+    runs = {"this": model, "against": _against_rules(model, os.path.join(against, "rules.py"))}
+    steppers = {}
+    for name, m in runs.items():
+        params = list(m.weights() if kind == "search" else m.parameters())
+        opt = torch.optim.SGD(params, args.learning_rate, momentum=args.momentum,
                               weight_decay=args.weight_decay, nesterov=args.nesterov)
-        params = list(model.parameters())
+        steppers[name] = (m, params, opt, search.DartsSearcher(args, m) if kind == "search"
+                          else None)
     mf = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
     b = args.batch_size
     batch = [(torch.rand(b, c_in, 28, 28).contiguous(memory_format=mf),
               torch.randint(0, classes, (b,))) for _ in range(2)]
-    times = []
+    times = {name: [] for name in runs}
     for i in range(repeats + 2):
         (x, y), (xv, yv) = batch if i % 2 else batch[::-1]
-        t = time.thread_time()
-        if kind == "search":
-            searcher.step(x, y, xv, yv, args.learning_rate, opt, 0)
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
-        opt.step()
-        if i >= 2:
-            times.append(time.thread_time() - t)
-    return {"ms": statistics.median(times) * 1e3, "mode": args.memory_format}
+        for name in (("this", "against") if i % 2 else ("against", "this")):
+            m, params, opt, searcher = steppers[name]
+            t = time.thread_time()
+            if searcher is not None:
+                searcher.step(x, y, xv, yv, args.learning_rate, opt, 0)
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(m(x), y).backward()
+            torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
+            opt.step()
+            if i >= 2:
+                times[name].append(time.thread_time() - t)
+    res = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+    res["ratio"] = statistics.median(a / b for a, b in zip(times["this"], times["against"]))
+    return res
 
 
 def steps(against, processes, repeats, kinds=("search", "retrain")):
-    """Print the --quick step times of this checkout (and of `against`), interleaved."""
-    roots = [("this checkout", ROOT)] + ([("against", os.path.abspath(against))] if against else [])
-    print(f"--quick step times (ms of CPU time, one thread; median of {repeats} steps, "
-          f"median of {processes} processes, interleaved)\n")
-    print("| step | " + " | ".join(f"{n} ({r})" for n, r in roots) +
-          (" | ratio |" if against else " |"))
-    print("|---|" + "---:|" * (len(roots) + (1 if against else 0)))
+    """Print the --quick step times of this checkout's rules.py against `against`'s."""
+    print(f"--quick step times, ms of CPU time (one thread): median of {repeats} steps, each "
+          f"model stepped alternately with its copy running {against}'s rules.py in one "
+          f"process; median (range) of {processes} processes\n")
+    print("| step | this rules.py | previous rules.py | this / previous (pairs) |\n"
+          "|---|---:|---:|---:|")
     for kind in kinds:
-        ms = {r: [] for _, r in roots}
-        for p in range(processes):
-            for _, r in (roots if p % 2 == 0 else roots[::-1]):
-                ms[r].append(_run(["steps", kind, str(repeats)], r)["ms"])
-        med = [statistics.median(ms[r]) for _, r in roots]
-        cells = [f"{m:.1f} ({min(ms[r]):.1f}-{max(ms[r]):.1f})" for m, (_, r) in zip(med, roots)]
-        print(f"| {kind} | " + " | ".join(cells) +
-              (f" | {med[0] / med[1]:.2f}x |" if against else " |"), flush=True)
+        runs = [_run(["steps", kind, str(repeats), os.path.abspath(against)])
+                for _ in range(processes)]
+        cells = []
+        for k in ("this", "against", "ratio"):
+            v = [r[k] for r in runs]
+            fmt = "{:.2f}" if k == "ratio" else "{:.0f}"
+            cells.append((fmt + " (" + fmt + "-" + fmt + ")").format(
+                statistics.median(v), min(v), max(v)))
+        print(f"| {kind} | " + " | ".join(cells) + " |", flush=True)
 
 
 def main():
@@ -264,11 +288,13 @@ def main():
         sys.path.insert(0, args.root)
         kind, *rest = args.worker
         res = layer_worker(rest[0], rest[1], rest[2], int(rest[3]), int(rest[4])) \
-            if kind == "layer" else steps_worker(rest[0], int(rest[1]))
+            if kind == "layer" else steps_worker(rest[0], int(rest[1]), rest[2])
         print(json.dumps(res))
         return
     if args.steps:
-        steps(args.against, args.processes, args.repeats, args.kinds.split(","))
+        if not args.against:
+            ap.error("--steps needs --against DIR (a checkout of the previous code)")
+        steps(args.against, args.processes, min(args.repeats, 20), args.kinds.split(","))
         return
     fails = table(args.sizes.split(","), args.layers.split(","), args.processes, args.repeats,
                   args.check, os.path.abspath(args.code))
