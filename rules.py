@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 RULES = ("bp", "fa", "usf", "brsf", "frsf", "hebbian")
+FLIP_CHANNELS = 32         # depthwise grad_input by a flipped forward convolution below this
 
 
 def check_rule(rule):
@@ -72,56 +73,81 @@ def _hebbian_delta(y2d, hebb, weight, groups, eps=1e-8):
 # ----------------------------------------------------------------------------------------
 
 def _feedback(weight, buf, rule):
-    """The feedback matrix B that replaces W in grad_input (paper Eqs. 3-6)."""
+    """The feedback matrix B that replaces W in grad_input (paper Eqs. 3-6), in W's layout."""
     if rule in ("fa", "hebbian"):
         return buf
-    return buf * torch.sign(weight)                       # usf, brsf, frsf
+    return torch.sign(weight).mul_(buf)                   # usf, brsf, frsf
 
 
 class FeedbackConv2dFunction(torch.autograd.Function):
     """conv2d whose grad_input is conv_transpose with B; grad_weight/bias are backprop's,
-    except for `hebbian`, whose grad_weight is minus the normalized Sanger update."""
+    except for `hebbian`, whose grad_weight is minus the normalized Sanger update.
+
+    grad_weight = g (x) x does not read the weight, so one convolution_backward with B in the
+    weight's place returns grad_input with B and backprop's grad_weight and grad_bias: the
+    kernel and the single call of nn.Conv2d's backward. B is formed in the forward, in W's
+    layout (so grad_weight comes back in it), from the W and buffer of that forward. A
+    depthwise convolution at stride 1 with fewer than FLIP_CHANNELS channels takes grad_input
+    as the forward convolution of g with the flipped B instead: oneDNN's forward kernel is
+    faster there than its backward-data kernel (docs/rules.md, Speed)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, buf, rule, stride, padding, dilation, groups):
         out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-        ctx.conf = (rule, stride, padding, dilation, groups, bias is not None)
-        ctx.save_for_backward(x, weight, buf, out if rule == "hebbian" else None, bias)
+        ctx.conf = (rule, stride, padding, dilation, groups, bias is not None, None)
+        if rule == "hebbian":
+            ctx.save_for_backward(x, weight, buf, out, bias)
+        elif ctx.needs_input_grad[0]:
+            B = _feedback(weight, buf, rule)
+            ctx.save_for_backward(x, B if B.dtype == weight.dtype else B.to(weight.dtype))
+            if groups == x.shape[1] == weight.shape[0] < FLIP_CHANNELS and groups > 1 \
+                    and tuple(stride) == (1, 1):
+                k = weight.shape[-2:]
+                flip_pad = (dilation[0] * (k[0] - 1) - padding[0],
+                            dilation[1] * (k[1] - 1) - padding[1])
+                if min(flip_pad) >= 0:
+                    ctx.conf = ctx.conf[:-1] + (flip_pad,)
+        else:                                             # grad_weight alone: W's shape and layout
+            ctx.save_for_backward(x, weight)
         return out
 
     @staticmethod
     def backward(ctx, g):
-        x, weight, buf, out, bias = ctx.saved_tensors
-        rule, stride, padding, dilation, groups, has_bias = ctx.conf
-        conv_bw = torch.ops.aten.convolution_backward
-        bias_sizes = [weight.shape[0]] if has_bias else None
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
-            B = _feedback(weight, buf, rule).to(weight.dtype)
-            k = B.shape[-2:]
-            flip_pad = [dilation[i] * (k[i] - 1) - padding[i] for i in range(2)]
-            if groups > 1 and groups == x.shape[1] == B.shape[0] and list(stride) == [1, 1] \
-                    and min(flip_pad) >= 0:
-                # depthwise at stride 1: grad_input is the convolution of g with the flipped B,
-                # 1.5-4x faster on the CPU than oneDNN's depthwise backward (same numbers)
-                gx = F.conv2d(g, B.flip(-1, -2), None, 1, flip_pad, dilation, groups)
-            else:
-                gx = conv_bw(g, x, B, None, stride, padding, dilation, False, [0, 0], groups,
-                             [True, False, False])[0]
+        rule, stride, padding, dilation, groups, has_bias, flip_pad = ctx.conf
         if rule == "hebbian":
-            if ctx.needs_input_grad[1]:
-                y = out - bias.view(1, -1, 1, 1) if has_bias else out
-                hebb = conv_bw(y, x, weight, None, stride, padding, dilation, False, [0, 0],
-                               groups, [False, True, False])[1]
-                y2d = y.transpose(0, 1).reshape(y.shape[1], -1)
-                gw = -_hebbian_delta(y2d, hebb, weight, groups)
-            if has_bias and ctx.needs_input_grad[2]:
-                gb = torch.zeros_like(bias)               # the Hebbian rule trains no bias
-        elif ctx.needs_input_grad[1] or (has_bias and ctx.needs_input_grad[2]):
-            _, gw, gb = conv_bw(g, x, weight, bias_sizes, stride, padding, dilation, False,
-                                [0, 0], groups, [False, ctx.needs_input_grad[1],
-                                                 has_bias and ctx.needs_input_grad[2]])
+            return _hebbian_conv_backward(ctx, g) + (None,) * 6
+        x, B = ctx.saved_tensors
+        nx, nw, nb = ctx.needs_input_grad[:3]
+        nb = has_bias and nb
+        gx = gw = gb = None
+        if flip_pad is not None and nx:
+            gx, nx = F.conv2d(g, B.flip(-1, -2), None, 1, flip_pad, dilation, groups), False
+        if nx or nw or nb:
+            gx_b, gw, gb = torch.ops.aten.convolution_backward(
+                g, x, B, [B.shape[0]] if has_bias else None, stride, padding, dilation, False,
+                (0, 0), groups, (nx, nw, nb))
+            gx = gx_b if nx else gx
         return gx, gw, gb, None, None, None, None, None, None
+
+
+def _hebbian_conv_backward(ctx, g):
+    """grad_x with the fixed B; grad_W = minus the normalized Sanger update; no bias training."""
+    x, weight, buf, out, bias = ctx.saved_tensors
+    _, stride, padding, dilation, groups, has_bias, _ = ctx.conf
+    conv_bw = torch.ops.aten.convolution_backward
+    gx = gw = gb = None
+    if ctx.needs_input_grad[0]:
+        gx = conv_bw(g, x, buf.to(weight.dtype), None, stride, padding, dilation, False, [0, 0],
+                     groups, [True, False, False])[0]
+    if ctx.needs_input_grad[1]:
+        y = out - bias.view(1, -1, 1, 1) if has_bias else out
+        hebb = conv_bw(y, x, weight, None, stride, padding, dilation, False, [0, 0], groups,
+                       [False, True, False])[1]
+        y2d = y.transpose(0, 1).reshape(y.shape[1], -1)
+        gw = -_hebbian_delta(y2d, hebb, weight, groups)
+    if has_bias and ctx.needs_input_grad[2]:
+        gb = torch.zeros_like(bias)                       # the Hebbian rule trains no bias
+    return gx, gw, gb
 
 
 class FeedbackLinearFunction(torch.autograd.Function):
@@ -200,6 +226,12 @@ def routed_conv(conv, x, layer, crop_ok=True):
     return atrous_conv(conv, x, layer.kernel_size, stride, layer.padding, layer.dilation, crop_ok)
 
 
+def _unrouted(layer):
+    """True when routed_conv would convolve `layer`'s configuration as given."""
+    return layer.dilation == (1, 1) and (layer.stride == (1, 1) or layer.kernel_size != (1, 1)
+                                         or layer.padding != (0, 0))
+
+
 # ----------------------------------------------------------------------------------------
 # Layers
 # ----------------------------------------------------------------------------------------
@@ -265,10 +297,10 @@ class _RuleMixin:
                 self.weight_backward.zero_()
 
     def _draw_brsf(self):
-        """brsf: a fresh |R| ~ U(0, sqrt(6/(fan_in+fan_out))) at every training forward."""
-        self.weight_backward = _uniform(self.weight_backward, self._bound)   # new tensor: a pending
-                                                                      # backward keeps its own
-
+        """brsf: a fresh |R| ~ U(0, sqrt(6/(fan_in+fan_out))) at every training forward (a new
+        tensor, set in _buffers directly: nn.Module.__setattr__ costs more than the draw)."""
+        buffers = self._buffers
+        buffers["weight_backward"] = _uniform(buffers["weight_backward"], self._bound)
 
     def feedback_matrix(self):
         """The B this layer would use in its next backward (W itself for bp / exact mode)."""
@@ -303,14 +335,21 @@ class RuleConv2d(_RuleMixin, nn.Conv2d):
             raise ValueError(f"RuleConv2d supports padding_mode='zeros' only, "
                              f"got {self.padding_mode!r}")
         if self.rule == "bp" or self.exact:
+            if _unrouted(self):
+                return F.conv2d(x, self.weight, self.bias, self.stride, self.padding,
+                                self.dilation, self.groups)
             return routed_conv(lambda x_, s, p, d: F.conv2d(x_, self.weight, self.bias, s, p, d,
                                                             self.groups), x, self)
         if self.rule == "brsf" and self.training:
             self._draw_brsf()
+        if _unrouted(self) and not torch.is_autocast_enabled(x.device.type):
+            return FeedbackConv2dFunction.apply(x, self.weight, self.bias, self.weight_backward,
+                                                self.rule, self.stride, self.padding,
+                                                self.dilation, self.groups)
         (x, w, b), cast = _autocast(x, self.weight, self.bias)
         with torch.autocast(x.device.type, enabled=False) if cast else contextlib.nullcontext():
             return routed_conv(lambda x_, s, p, d: FeedbackConv2dFunction.apply(
-                x_, w, b, self.weight_backward, self.rule, list(s), list(p), list(d),
+                x_, w, b, self.weight_backward, self.rule, tuple(s), tuple(p), tuple(d),
                 self.groups), x, self, crop_ok=self.rule != "hebbian")
 
 
@@ -353,7 +392,7 @@ class MultiRuleConv2d(nn.Conv2d):
                              f"{len(self.rules)} blocks of bp / fa / usf / brsf / frsf")
         self.exact, self.block = False, out_channels // len(self.rules)
         self.register_buffer("weight_backward", torch.zeros_like(self.weight))
-        self._bounds = []
+        self._bounds, self._brsf, self._kept = [], [], []    # (block, bound); (block, fa or bp)
         for r, rule in enumerate(self.rules):          # each block as its own RuleConv2d
             one = RuleConv2d(self.weight.shape[1], self.block, self.kernel_size, bias=False,
                              rule=rule, init=init)              # a block's shape and fans
@@ -364,34 +403,38 @@ class MultiRuleConv2d(nn.Conv2d):
                 if self.bias is not None:
                     self.bias[sl] = 0.0
             self._bounds.append(one._bound)
+            if rule == "brsf":
+                self._brsf.append((sl, one._bound))
+            elif rule in ("fa", "bp"):
+                self._kept.append((sl, rule))
 
     def feedback_matrix(self):
         """B of every block: W (bp, exact), the fixed B (fa), |.| * sign(W) (usf, brsf, frsf)."""
         w = self.weight.detach()
         if self.exact:
             return w
-        blocks = []
-        for r, rule in enumerate(self.rules):
-            sl = slice(r * self.block, (r + 1) * self.block)
-            blocks.append(w[sl] if rule == "bp" else _feedback(w[sl], self.weight_backward[sl], rule))
-        return torch.cat(blocks)
+        B = _feedback(w, self.weight_backward, "usf")   # every block, then fa's and bp's rows
+        for sl, rule in self._kept:
+            B[sl] = self.weight_backward[sl] if rule == "fa" else w[sl]
+        return B
 
     def forward(self, x):
         if self.exact or all(r == "bp" for r in self.rules):
             return routed_conv(lambda x_, s, p, d: F.conv2d(x_, self.weight, self.bias, s, p, d,
                                                             self.groups), x, self)
-        if self.training and "brsf" in self.rules:     # a new tensor: pending backwards keep theirs
-            wb = self.weight_backward.clone()
-            for r, rule in enumerate(self.rules):
-                if rule == "brsf":
-                    sl = slice(r * self.block, (r + 1) * self.block)
-                    wb[sl] = _uniform(wb[sl], self._bounds[r])
-            self.weight_backward = wb
+        if self.training and self._brsf:       # a new tensor: a caller's copy of the last draw
+            wb = self.weight_backward.clone()  # stays as it was
+            for sl, bound in self._brsf:
+                wb[sl] = _uniform(wb[sl], bound)
+            self._buffers["weight_backward"] = wb
+        B = self.feedback_matrix() if torch.is_grad_enabled() else self.weight
+        if _unrouted(self) and not torch.is_autocast_enabled(x.device.type):
+            return FeedbackConv2dFunction.apply(x, self.weight, self.bias, B, "fa", self.stride,
+                                                self.padding, self.dilation, self.groups)
         (x, w, b), cast = _autocast(x, self.weight, self.bias)
         with torch.autocast(x.device.type, enabled=False) if cast else contextlib.nullcontext():
-            B = self.feedback_matrix().to(w.dtype)
             return routed_conv(lambda x_, s, p, d: FeedbackConv2dFunction.apply(
-                x_, w, b, B, "fa", list(s), list(p), list(d), self.groups), x, self)
+                x_, w, b, B, "fa", tuple(s), tuple(p), tuple(d), self.groups), x, self)
 
 
 # ----------------------------------------------------------------------------------------

@@ -115,6 +115,70 @@ def test_feedback_conv_grads(rule, cfg):
     assert not torch.allclose(gx, _conv_grads(ref, x, g)[0])   # really not backprop
 
 
+@pytest.mark.parametrize("k,d,pad,flips", [(3, 1, 1, True), (5, 1, 2, True), (3, 2, 2, True),
+                                          (5, 2, 4, True), (3, 1, 0, True), (3, 1, 3, False)])
+def test_depthwise_grad_input_flipped_and_fused_agree(monkeypatch, k, d, pad, flips):
+    """Depthwise stride 1 (dilated: atrous_conv's stacked sub-grids) below FLIP_CHANNELS:
+    grad_input by the forward convolution of g with the flipped B; above it, by the one
+    convolution_backward that also gives grad_weight. Both equal the hand-built transposed
+    convolution, and grad_weight is the same. The count of F.conv2d calls proves which path
+    ran (padding > d(k-1) cannot be flipped and must fall back). Catches a wrong flip padding,
+    a flip of one axis only, or a flip path that never runs."""
+    calls = []
+    conv2d = F.conv2d
+    monkeypatch.setattr(rules.F, "conv2d", lambda *a, **kw: calls.append(1) or conv2d(*a, **kw))
+    torch.manual_seed(9)
+    lay = RuleConv2d(6, 6, k, 1, pad, d, groups=6, bias=True, rule="usf")
+    x = torch.randn(2, 6, 11, 10)
+    g = torch.randn_like(lay(x))
+    ref = _transposed_conv(g, _expected_B(lay), x.shape, 1, pad, d, 6)
+    grads = {}
+    for limit in (10 ** 6, 0):
+        monkeypatch.setattr(rules, "FLIP_CHANNELS", limit)
+        calls.clear()
+        grads[limit] = _conv_grads(lay, x, g)
+        assert len(calls) == (2 if flips and limit else 1)          # forward (+ flipped g)
+        assert torch.allclose(grads[limit][0], ref, atol=1e-12)
+    assert torch.allclose(grads[0][1], grads[10 ** 6][1], atol=1e-12)
+    assert torch.allclose(grads[0][2], grads[10 ** 6][2], atol=1e-12)
+
+
+def test_multirule_feedback_is_each_blocks_own():
+    """MultiRuleConv2d forms B for every block at once (sign(W) * buffer, then fa's and bp's
+    rows): each block equals its rule's definition, and grad_input is the transposed
+    convolution with that B (after the forward's brsf draw). Catches a fa or bp block left
+    with the sign rows' B, or rows of one block written into another."""
+    torch.manual_seed(10)
+    rs = ["usf", "bp", "fa", "frsf", "brsf"]
+    m = rules.MultiRuleConv2d(3, 10, 3, rs, padding=1)
+    x = torch.randn(2, 3, 7, 7, requires_grad=True)
+    g = torch.randn(2, 10, 7, 7)
+    m(x).backward(g)
+    W, buf, B = m.weight.detach(), m.weight_backward, m.feedback_matrix()
+    for r, rule in enumerate(rs):
+        sl = slice(2 * r, 2 * r + 2)
+        expect = W[sl] if rule == "bp" else buf[sl] if rule == "fa" else \
+            buf[sl].abs() * torch.sign(W[sl])
+        assert torch.equal(B[sl], expect), rule
+    assert torch.allclose(x.grad, _transposed_conv(g, B, x.shape, 1, 1, 1, 1), atol=1e-12)
+
+
+def test_pending_backward_uses_its_forwards_feedback():
+    """A backward run after a second training forward (brsf has drawn |R| again) uses the
+    first forward's B. Catches a draw made in place into a buffer the pending backward
+    reads."""
+    torch.manual_seed(11)
+    lay = RuleConv2d(3, 4, 3, padding=1, rule="brsf")
+    x1, x2 = torch.randn(2, 3, 6, 6, requires_grad=True), torch.randn(2, 3, 6, 6)
+    y1 = lay(x1)
+    B1 = _expected_B(lay)
+    lay(x2)                                                       # a new draw of |R|
+    assert not torch.equal(B1, _expected_B(lay))
+    g = torch.randn_like(y1)
+    y1.backward(g)
+    assert torch.allclose(x1.grad, _transposed_conv(g, B1, x1.shape, 1, 1, 1, 1), atol=1e-12)
+
+
 @pytest.mark.parametrize("rule", ["fa", "usf", "brsf", "frsf"])
 def test_feedback_linear_grads(rule):
     torch.manual_seed(2)
