@@ -154,8 +154,9 @@ def train(args, run, device, genotype=None, after=0.0):
             else (None, None)
         check_model_finite(model, run, f"epoch {epoch + 1}", args, test_loss)   # every rank
         rng = rng_state(device)      # every rank's generators, after the evaluation (a collective)
+        stopping = bool(args.stop_after) and args.stop_after <= epoch + 1 < args.epochs
         if rank > 0:                     # rank 0 evaluates, logs, checkpoints and plots
-            if args.stop_after and epoch + 1 >= args.stop_after:
+            if stopping:
                 return None
             continue
         valid = dict(zip(("valid_acc", "valid_loss"), evaluate(model, valid_b))) if valid_b else {}
@@ -176,7 +177,6 @@ def train(args, run, device, genotype=None, after=0.0):
         run.write_json(history, "history.json")
         layers = monitor.summary()
         run.write_json(layers, "layers.json")
-        stopping = bool(args.stop_after) and args.stop_after <= epoch + 1 < args.epochs
         if redraw.due(final=stopping or epoch + 1 == args.epochs):
             plot_history(history, run.file("curves.png"), ["train_acc", "valid_acc", "test_acc",
                                                            "train_loss", "valid_loss", "test_loss"])

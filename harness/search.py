@@ -199,8 +199,9 @@ def search(args, run, device, after=0.0):
         valid_acc, valid_loss = evaluate(model, eval_b) if rank == 0 else (None, None)
         check_model_finite(model, run, f"epoch {epoch + 1}", args, valid_loss)   # every rank
         rng = rng_state(device)      # every rank's generators, after the evaluation (a collective)
+        stopping = bool(args.stop_after) and args.stop_after <= epoch + 1 < args.epochs
         if rank > 0:                     # rank 0 evaluates, logs, checkpoints and plots
-            if args.stop_after and epoch + 1 >= args.stop_after and epoch + 1 < args.epochs:
+            if stopping:
                 return None
             continue
         genotype = model.genotype()
@@ -226,7 +227,6 @@ def search(args, run, device, after=0.0):
                       history=history, args=vars(args)), "checkpoint.pt")
         run.write_json(history, "history.json")
         write_genotype(genotype, run, args.search)
-        stopping = bool(args.stop_after) and args.stop_after <= epoch + 1 < args.epochs
         if redraw.due(final=stopping or epoch + 1 == args.epochs):
             plot_alphas(wn, wr, candidates, args.nodes, run.file("alphas.png"),
                         f"{args.search} search, epoch {epoch + 1}", genotype=genotype)
