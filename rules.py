@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 RULES = ("bp", "fa", "usf", "brsf", "frsf", "hebbian")
+POINTWISE_MATMUL = True     # contiguous 1x1 stride-1 grad_input and grad_weight by matmul
 FLIP_CHANNELS = 32         # depthwise grad_input by a flipped forward convolution below this
 
 
@@ -79,6 +80,20 @@ def _feedback(weight, buf, rule):
     return torch.sign(weight).mul_(buf)                   # usf, brsf, frsf
 
 
+def _pointwise_backward(g, x, B, nx, nw, nb):
+    """grad_input B^T g, grad_weight g x^T and grad_bias of a 1x1 convolution at stride 1 on a
+    contiguous (NCHW) input, as matrix products over the pixels of each image: oneDNN's
+    convolution backward of such a channel mix is 1.4-2x slower than these on the CPU at
+    DARTS's widths (in channels_last it is as fast as a matmul, and is kept; docs/rules.md)."""
+    n, c, h, w = x.shape
+    co = g.shape[1]
+    g3 = g.reshape(n, co, h * w)                          # a view unless g is channels_last
+    gx = torch.matmul(B.reshape(co, c).t(), g3).view(n, c, h, w) if nx else None
+    gw = torch.bmm(g3, x.reshape(n, c, h * w).transpose(1, 2)).sum(0).view(B.shape) if nw \
+        else None
+    return gx, gw, g.sum((0, 2, 3)) if nb else None
+
+
 class FeedbackConv2dFunction(torch.autograd.Function):
     """conv2d whose grad_input is conv_transpose with B; grad_weight/bias are backprop's,
     except for `hebbian`, whose grad_weight is minus the normalized Sanger update.
@@ -107,6 +122,10 @@ class FeedbackConv2dFunction(torch.autograd.Function):
                             dilation[1] * (k[1] - 1) - padding[1])
                 if min(flip_pad) >= 0:
                     ctx.conf = ctx.conf[:-1] + (flip_pad,)
+            elif POINTWISE_MATMUL and groups == 1 and weight.shape[-2:] == (1, 1) \
+                    and tuple(stride) == (1, 1) and tuple(padding) == (0, 0) \
+                    and x.is_contiguous():
+                ctx.conf = ctx.conf[:-1] + ("matmul",)
         else:                                             # grad_weight alone: W's shape and layout
             ctx.save_for_backward(x, weight)
         return out
@@ -120,6 +139,8 @@ class FeedbackConv2dFunction(torch.autograd.Function):
         nx, nw, nb = ctx.needs_input_grad[:3]
         nb = has_bias and nb
         gx = gw = gb = None
+        if flip_pad == "matmul":
+            return _pointwise_backward(g, x, B, nx, nw, nb) + (None,) * 6
         if flip_pad is not None and nx:
             gx, nx = F.conv2d(g, B.flip(-1, -2), None, 1, flip_pad, dilation, groups), False
         if nx or nw or nb:

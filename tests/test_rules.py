@@ -29,6 +29,7 @@ CONV_CONFIGS = [  # (in, out, k, stride, padding, dilation, groups, bias)
     (6, 6, 3, 2, 2, 2, 6, False),         # DARTS's dil_conv in a reduction cell: stride = dilation
     (4, 6, 3, 1, 3, 3, 2, True),          # dilation 3, grouped
     (4, 8, 1, 2, 0, 1, 1, False),         # FactorizedReduce-style 1x1 at stride 2
+    (4, 6, 1, 1, 0, 1, 1, True),          # pointwise 1x1 (contiguous: grad by matmul)
     (3, 5, (3, 2), (2, 1), (1, 0), (1, 2), 1, True),
 ]
 
@@ -141,6 +142,32 @@ def test_depthwise_grad_input_flipped_and_fused_agree(monkeypatch, k, d, pad, fl
         assert torch.allclose(grads[limit][0], ref, atol=1e-12)
     assert torch.allclose(grads[0][1], grads[10 ** 6][1], atol=1e-12)
     assert torch.allclose(grads[0][2], grads[10 ** 6][2], atol=1e-12)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_pointwise_matmul_backward_runs_and_agrees(monkeypatch, fmt):
+    """A contiguous 1x1 stride-1 layer takes grad_input and grad_weight as matrix products
+    (channels_last keeps oneDNN's backward); both routes equal the hand-built transposed
+    convolution and torch's grad_weight and grad_bias. The call count proves which route ran.
+    Catches B used untransposed, grad_weight not summed over images, or a route never taken."""
+    calls = []
+    inner = rules._pointwise_backward
+    monkeypatch.setattr(rules, "_pointwise_backward", lambda *a: calls.append(1) or inner(*a))
+    torch.manual_seed(12)
+    lay = RuleConv2d(5, 7, 1, bias=True, rule="frsf").to(memory_format=fmt)
+    ref = nn.Conv2d(5, 7, 1).to(memory_format=fmt)
+    ref.load_state_dict({n: t for n, t in lay.state_dict().items() if n != "weight_backward"})
+    x = torch.randn(3, 5, 6, 4).contiguous(memory_format=fmt)
+    g = torch.randn(3, 7, 6, 4).contiguous(memory_format=fmt)
+    for on in (True, False):
+        monkeypatch.setattr(rules, "POINTWISE_MATMUL", on)
+        calls.clear()
+        gx, gw, gb = _conv_grads(lay, x, g)
+        assert len(calls) == (on and fmt == torch.contiguous_format)
+        assert torch.allclose(gx, _transposed_conv(g, _expected_B(lay), x.shape, 1, 0, 1, 1),
+                              rtol=0, atol=1e-12)
+        _, rw, rb = _conv_grads(ref, x, g)
+        assert torch.allclose(gw, rw, rtol=0, atol=1e-12) and torch.allclose(gb, rb, atol=1e-12)
 
 
 def test_multirule_feedback_is_each_blocks_own():
