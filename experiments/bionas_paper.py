@@ -6,8 +6,11 @@ where it stopped -- and writes NAME.md, NAME.csv and plots beside the paper's nu
 
     table1           ResNet-20 and ResNet-56, each trained with bp, fa, usf, brsf, frsf (Table 1)
     mixed-vs-single  per seed, a searched genotype (the seed's own search, or --genotype) with its
-                     mixed rules and with every ruled op forced to one rule (Fig. 4), with
-                     gradient variance (Fig. 7), weights (Figs. 5-6) and alignment per layer
+                     mixed rules and forced to one rule (Fig. 4) in two arms: the cells' edges
+                     only (stem, preprocessing and classifier keep backprop as in the mixed
+                     network: the control that isolates the rule choice) and the whole network
+                     (the authors' reading); gradient variance (Fig. 7), weights (Figs. 5-6) and
+                     alignment per layer
     random-rules     the searched genotype against the same ops with rules drawn at random
                      (arXiv version, Table 5)
     search-vs-random per search seed: the searched genotype, its ops with random rules, and a
@@ -31,9 +34,11 @@ from harness.plots import _plt, _save, plot_bars
 from harness.presets import BIONAS_EXPERIMENTS as EXPERIMENTS
 from harness.presets import BIONAS_SEEDED as SEEDED      # every variant once per seed, mean +- std
 from harness.run_dir import write_csv, write_table
-from experiments.seeds import mean_std, paired, wins
+from experiments.seeds import holm, mean_std, paired, paired_t, wins
 
 SINGLE_RULES = ("bp", "fa", "usf", "brsf", "frsf")
+# mixed-vs-single's two arms: a rule forced on the cells' edges only, or on every layer
+FORCE_SCOPES = ("edges", "network")
 
 # Table 1: test error (%) on CIFAR-10 and CIFAR-100 (None: not reported)
 PAPER_TABLE1 = {
@@ -71,7 +76,9 @@ def plan(name, seeds=(1, 2, 3), searched=True):
     if name == "table1":
         return [(f"resnet{d}-{r}", dict(model=f"resnet{d}", rule=r)) for d in (20, 56) for r in SINGLE_RULES]
     if name in SEEDED:
-        variants = ([("mixed", {})] + [(f"forced-{r}", dict(force_rule=r)) for r in SINGLE_RULES]
+        variants = ([("mixed", {}), ("forced-bp", dict(force_rule="bp"))]   # bp: one network
+                    + [(f"forced-{r}-{scope}", dict(force_rule=r, force_scope=scope))
+                       for scope in FORCE_SCOPES for r in SINGLE_RULES[1:]]
                     if name == "mixed-vs-single" else
                     [("searched", {}), ("searched-ops-random-rules", dict(random_rules="seed")),
                      ("random-genotype", dict(random_genotype="seed"))])
@@ -191,6 +198,28 @@ def run(name, train_fn, attack_fn, out_dir, dataset="cifar10", seeds=(1, 2, 3), 
     return rows
 
 
+SEEDED_NOTE = ("Paired by seed: a seed's variants share its search's genotype (or the random "
+               "draws of that seed) and the retraining seed. t and p: two-sided paired t-test "
+               "on the differences (n − 1 degrees of freedom); Holm: p adjusted for every "
+               "comparison in this table. A p above 0.05 says the seeds cannot tell the "
+               "variants apart at this budget, not that they are equal; wins of 4/5 happen by "
+               "chance with probability 6/32.")
+SCOPE_NOTE = (" Rule scope, the layers that learn by a rule other than backprop: the mixed "
+              "network's searched rules are on the cells' edges (stem, preprocessing and "
+              "classifier learn by backprop); `edges` forces one rule there and keeps the rest "
+              "as in the mixed network, so mixed − edges measures the rule assignment alone; "
+              "`network` also converts stem, preprocessing and classifier to the rule, so "
+              "mixed − network adds the effect of those layers.")
+
+
+def _scope(overrides):
+    """The layers that learn by a rule other than bp: "edges" (the cells' edges; a searched,
+    random or forced assignment), "network" (every layer) or "none" (forced-bp)."""
+    if overrides.get("force_rule") == "bp":
+        return "none"
+    return overrides.get("force_scope", "network") if "force_rule" in overrides else "edges"
+
+
 def report_seeded(name, todo, results, stem, dataset):
     """A SEEDED experiment: NAME_seeds.csv (one row per variant and seed), NAME.md/.csv (mean
     +- std over seeds, sample std, beside the paper), the paired differences to the searched
@@ -199,7 +228,7 @@ def report_seeded(name, todo, results, stem, dataset):
     per_seed = []
     for label, o in todo:
         r = results[label]
-        per_seed.append(dict(variant=label.rsplit("-s", 1)[0], seed=o["seed"],
+        per_seed.append(dict(variant=label.rsplit("-s", 1)[0], seed=o["seed"], scope=_scope(o),
                              test_acc=round(r["test_acc"], 2), best_acc=_best(r, lambda a: round(a, 2)),
                              rules=" ".join(sorted(set(r["rules"]))), genotype=r.get("genotype"),
                              seconds=round(r["seconds"]), **_layer_stats(r)))
@@ -210,7 +239,7 @@ def report_seeded(name, todo, results, stem, dataset):
 
     def paper(v):
         if name == "mixed-vs-single":
-            return PAPER_FIG4.get(v.replace("forced-", ""))
+            return PAPER_FIG4.get(v.replace("forced-", "").split("-")[0])
         return {"searched": PAPER_TABLE5["searched"], "searched-ops-random-rules": PAPER_TABLE5["random"]}.get(v)
     rows = []
     for v in variants:
@@ -220,23 +249,33 @@ def report_seeded(name, todo, results, stem, dataset):
         m, sd = mean_std(acc)
         bm, bsd = mean_std([r["best_acc"] for r in by[v].values()])
         dm, dsd = mean_std(diff)
-        rows.append(dict(variant=v, seeds=len(acc), paper_acc=paper(v), mean_acc=round(m, 2), std_acc=round(sd, 2),
+        t, p = paired_t(diff) if v != ref else (None, None)
+        rows.append(dict(variant=v, scope=by[v][next(iter(by[v]))]["scope"], seeds=len(acc),
+                         paper_acc=paper(v), mean_acc=round(m, 2), std_acc=round(sd, 2),
                          best_mean=None if bm is None else round(bm, 2), best_std=None if bsd is None else round(bsd, 2),
                          ref_minus=None if v == ref else round(dm, 2), ref_minus_std=None if v == ref else round(dsd, 2),
-                         ref_wins=None if v == ref else wins(diff),
+                         ref_wins=None if v == ref else wins(diff), pairs=len(diff),
+                         t=None if t is None else round(t, 2), p=p,
                          log10_grad_var=round(float(np.mean([r["log10_grad_var_mean"] for r in by[v].values()])), 2),
                          angle=round(float(np.mean([r["alignment_mean"] for r in by[v].values()])), 1)))
-    cols = [("variant", lambda r: r["variant"]), ("seeds", lambda r: r["seeds"]),
-            (f"paper {paper_col} %", lambda r: r["paper_acc"]),
+    for r, adj in zip(rows, holm([r["p"] for r in rows])):
+        r["p_holm"] = adj
+    p3 = lambda p: None if p is None else f"{p:.3f}"
+    cols = [("variant", lambda r: r["variant"]), ("rule scope", lambda r: r["scope"]),
+            ("seeds", lambda r: r["seeds"]), (f"paper {paper_col} %", lambda r: r["paper_acc"]),
             (f"measured {dataset} %, last epoch (mean ± std)", lambda r: f"{r['mean_acc']:.2f} ± {r['std_acc']:.2f}"),
             ("best epoch % (mean ± std)", lambda r: None if r["best_mean"] is None else f"{r['best_mean']:.2f} ± {r['best_std']:.2f}"),
             (f"{ref} − this, paired (mean ± std)", lambda r: None if r["ref_minus"] is None else f"{r['ref_minus']:+.2f} ± {r['ref_minus_std']:.2f}"),
             (f"seeds {ref} wins", lambda r: r["ref_wins"]),
+            ("paired t", lambda r: r["t"]), ("p", lambda r: p3(r["p"])),
+            (f"p, Holm over {sum(r['p'] is not None for r in rows)}", lambda r: p3(r["p_holm"])),
             ("log10 grad var", lambda r: r["log10_grad_var"]), ("mean angle(W, B)°", lambda r: r["angle"])]
     title = ("Fig. 4: the searched architecture, mixed rules vs one rule" if name == "mixed-vs-single" else
              "Table 5 (arXiv) and DARTS's control: searched genotype vs random rules vs random genotype")
     write_table(rows, cols, stem, f"{title} ({dataset}; mean ± sample std over seeds "
                 f"{', '.join(str(s) for s in sorted(by[ref]))}; per-seed values in {os.path.basename(stem)}_seeds.csv)")
+    with open(stem + ".md", "a") as f:
+        f.write("\n" + SEEDED_NOTE + (SCOPE_NOTE if name == "mixed-vs-single" else "") + "\n")
     seeds = sorted(by[ref])
     plot_seeded(variants, {s: [by[v].get(s, {}).get("test_acc") for v in variants] for s in seeds},
                 [r["mean_acc"] for r in rows], [r["std_acc"] for r in rows], [r["paper_acc"] for r in rows],

@@ -1,7 +1,8 @@
 """Summaries over seeds, one way for every experiment: mean ± sample standard deviation
 (n − 1 in the denominator), paired differences between two variants run on the same seeds,
-the number of seeds one variant wins, and the paired t-test (Student's t with n − 1 degrees
-of freedom, two-sided p-value from the regularized incomplete beta function)."""
+the number of seeds one variant wins, the paired t-test (Student's t with n − 1 degrees of
+freedom, two-sided p-value from the regularized incomplete beta function) and Holm's
+step-down adjustment of the p-values of several comparisons in one table."""
 import math
 
 import numpy as np
@@ -82,6 +83,18 @@ def paired_t(diffs):
         return (0.0, 1.0) if m == 0 else (math.copysign(math.inf, m), 0.0)
     t = m / (s / math.sqrt(len(diffs)))
     return t, t_pvalue(t, len(diffs) - 1)
+
+
+def holm(pvalues):
+    """Holm's step-down adjusted p-values (same order; None stays None): the i-th smallest of
+    k p-values times (k − i + 1), made non-decreasing in that order, capped at 1. A table that
+    compares one variant with k others rejects at family-wise level a where adjusted p < a."""
+    idx = sorted((i for i, p in enumerate(pvalues) if p is not None), key=lambda i: pvalues[i])
+    out, running = list(pvalues), 0.0
+    for rank, i in enumerate(idx):
+        running = max(running, min(1.0, (len(idx) - rank) * pvalues[i]))
+        out[i] = running
+    return out
 
 
 if __name__ == "__main__":

@@ -220,7 +220,8 @@ def test_experiment_mixed_vs_single_over_seeds_and_resume(tmp_path, fake, monkey
     train.main(["--experiment", "mixed-vs-single", "--genotype", gpath, "--seeds", "1,2",
                 "--run_name", "m"] + flags)
     out = tmp_path / "runs" / "m"
-    variants = ["mixed"] + [f"forced-{r}" for r in ("bp", "fa", "usf", "brsf", "frsf")]
+    variants = ["mixed", "forced-bp"] + [f"forced-{r}-{scope}" for scope in ("edges", "network")
+                                         for r in ("fa", "usf", "brsf", "frsf")]
     seeds = _rows(out / "mixed-vs-single_seeds.csv")
     assert [(r["variant"], int(r["seed"])) for r in seeds] == [(v, s) for s in (1, 2) for v in variants]
     for r in seeds:
@@ -229,7 +230,14 @@ def test_experiment_mixed_vs_single_over_seeds_and_resume(tmp_path, fake, monkey
         hist = json.loads((sub / "history.json").read_text())
         assert float(r["test_acc"]) == pytest.approx(round(hist[-1]["test_acc"], 2))
         assert float(r["best_acc"]) == pytest.approx(round(max(h["test_acc"] for h in hist), 2))
-        assert r["rules"] == ("brsf fa frsf usf" if r["variant"] == "mixed" else r["variant"][7:])
+        assert r["rules"] == ("brsf fa frsf usf" if r["variant"] == "mixed" else
+                              r["variant"].split("-")[1])
+        # the arms differ outside the cells only: edges keeps the mixed network's bp there
+        layers = json.loads((sub / "layers.json").read_text())
+        outside = {rule for n, rule in zip(layers["names"], layers["rules"]) if ".ops." not in n}
+        scope = r["variant"].split("-")[-1]
+        assert r["scope"] == {"mixed": "edges", "bp": "none"}.get(scope, scope)
+        assert outside == ({r["variant"].split("-")[1]} if scope == "network" else {"bp"})
     rows = _rows(out / "mixed-vs-single.csv")
     assert [r["variant"] for r in rows] == variants
     acc = {(r["variant"], int(r["seed"])): float(r["test_acc"]) for r in seeds}
@@ -241,7 +249,13 @@ def test_experiment_mixed_vs_single_over_seeds_and_resume(tmp_path, fake, monkey
             d = [acc[("mixed", s)] - acc[(r["variant"], s)] for s in (1, 2)]
             assert float(r["ref_minus"]) == pytest.approx(sum(d) / 2, abs=0.006)
             assert r["ref_wins"] == f"{sum(x > 0 for x in d)}/2"
-    assert [r["paper_acc"] for r in rows] == ["94.86", "", "", "86.54", "83.17", "90.58"]
+            md, sd = _mean_std(d)
+            if sd > 0:                  # paired t = mean / (std / sqrt n); n = 2: p from Cauchy
+                t = md / (sd / math.sqrt(2))
+                assert float(r["t"]) == pytest.approx(t, abs=0.006)
+                assert float(r["p"]) == pytest.approx(1 - 2 * math.atan(abs(t)) / math.pi, abs=1e-6)
+    assert [r["paper_acc"] for r in rows] == ["94.86", ""] + ["", "86.54", "83.17", "90.58"] * 2
+    assert "mixed − edges measures the rule assignment alone" in (out / "mixed-vs-single.md").read_text()
     for f in ("mixed-vs-single.png", "mixed-vs-single_dynamics.png", "mixed-vs-single.md"):
         assert (out / f).exists()
     # --resume reuses every finished retraining instead of training again

@@ -48,3 +48,14 @@ def test_t_pvalue_closed_forms():
     # I_x(a, 1) = x^a and I_x(1, b) = 1 - (1 - x)^b
     assert seeds.betainc(2.5, 1, 0.3) == pytest.approx(0.3 ** 2.5, abs=1e-12)
     assert seeds.betainc(1, 3.5, 0.8) == pytest.approx(1 - 0.2 ** 3.5, abs=1e-12)
+
+
+def test_holm_adjustment_by_hand():
+    """Holm (1979) on p = (0.01, 0.04, 0.03, 0.005): sorted 0.005, 0.01, 0.03, 0.04 times 4, 3,
+    2, 1 = 0.02, 0.03, 0.06, 0.04 -> non-decreasing 0.02, 0.03, 0.06, 0.06, back in the input
+    order; None (no test) is kept and not counted. Catches a Bonferroni factor k for all, a
+    missing monotone step or the adjusted values returned in sorted order."""
+    adj = seeds.holm([0.01, 0.04, None, 0.03, 0.005])
+    assert adj[2] is None
+    assert [round(a, 10) for a in adj[:2] + adj[3:]] == [0.03, 0.06, 0.06, 0.02]
+    assert seeds.holm([0.6, 0.5]) == [1.0, 1.0]                  # capped at 1
