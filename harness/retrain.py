@@ -4,6 +4,7 @@ per-epoch checkpoints, resume and the learning-dynamics monitor (gradient varian
 weights) of LayerMonitor. train.py's --train, --experiment and --quick call it.
 """
 import os
+import statistics
 import time
 
 import torch
@@ -198,26 +199,34 @@ def train(args, run, device, genotype=None, after=0.0):
     return history[-1]["test_acc"]
 
 
-def estimate_seconds(args, genotype, device, n_train, n_test, steps=3):
+def estimate_seconds(args, genotype, device, n_train, n_test, steps=8):
     """Seconds a retraining with `args` should take (for the ETA of a --quick run before its
-    search has found the genotype): the fastest of `steps` timed SGD steps (after a warm-up)
-    of `genotype`'s network on random images of the batch size, times the run's steps, plus
-    evaluation at a third of a training step per test batch. The global RNG is untouched."""
+    search has found the genotype): the median of `steps` timed SGD steps (after a warm-up)
+    of `genotype`'s network, times the run's steps, plus evaluation at a third of a training
+    step per test batch. The steps take random images of the batch size from four buffers at
+    different offsets: where a large tensor sits changes oneDNN's speed by up to 4x on the CPU
+    (docs/rules.md), and a run's batches land everywhere, so the fastest step of one fixed
+    batch (a lucky address) underestimates the run. The global RNG is untouched."""
     c_in, _, _, _, _, _ = DATASETS[args.dataset]
     size = 32 if c_in == 3 else 28
+    n = args.batch_size * c_in * size * size
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         model = place(build_eval_model(args, genotype), args, device).train()
         opt = torch.optim.SGD(model.parameters(), 0.0)
-        x = torch.rand(args.batch_size, c_in, size, size, device=device)
+        pool = torch.rand(n + 3 * 1040, device=device)
+        xs = [pool[k * 1040:k * 1040 + n].view(args.batch_size, c_in, size, size)
+              for k in range(4)]                  # 4 KiB + 64 B apart: other cache sets
         y = torch.zeros(args.batch_size, dtype=torch.long, device=device)
         times = []
-        for _ in range(steps + 1):
+        for i in range(steps + 1):
             t0 = time.time()
             opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
+            F.cross_entropy(model(xs[i % 4]), y).backward()
             opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
             times.append(time.time() - t0)
-    per_step = min(times[1:])                  # the fastest: robust to a busy machine
+    per_step = statistics.median(times[1:])
     batches = -(-n_train // args.batch_size) + -(-n_test // args.batch_size) / 3
     return per_step * batches * args.epochs
 
