@@ -97,9 +97,8 @@ class CapRNN(nn.Module):
     def drive(self, h, ax, W):
         """A round's input before ReLU and cap: W h + A x (text) or W (h + A x) + b (BrainNet);
         h and ax are one example (vectors) or a batch (rows)."""
-        if self.recurrence == "text":
-            return h @ W.t() + ax
-        return (h + ax) @ W.t() + self.bias
+        mv = lambda u: W @ u if u.dim() == 1 else u @ W.t()             # noqa: E731  (mv is faster for one example)
+        return mv(h) + ax if self.recurrence == "text" else mv(h + ax) + self.bias
 
     def input_drive(self, x):
         """A x (+ b for BrainNet's round 1, where h = 0 and W h vanishes)."""
