@@ -33,7 +33,7 @@ from harness.presets import PLASTICITY_EXPERIMENTS as EXPERIMENTS
 from experiments.plasticity_report import SPECS, _fig4_picture, adversarial_image, report, summarize  # noqa: F401
 from experiments.plasticity_rules import (DEFAULT_PROTOCOL, RNN_RULE_PROTOCOLS, _n_out, _net, _pct, _quiet,  # noqa: F401
                                           fmt_table, halfspace_output_rule, learn_rnn_rule, random_w,
-                                          recurrence_of, relu1_rules, rule_for)
+                                          recurrence_of, relu1_rules, rule_for, zero_grad_note)
 
 SEEDS = (0, 1, 2, 3, 4)
 LABELS = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST"}
@@ -237,8 +237,8 @@ def experiment_generalization(datasets=None, quick=False, seed=0, reps=None, met
     for init in ("random", "zeros"):
         ff, ff_l = halfspace_output_rule(*datasets["Halfspace"][:2], seed, init, meta_steps, meta_lr)
         rnn, out, rnn_l = relu1_rules(*datasets["ReLU1"][:2], seed, init, protocol, meta_steps, meta_lr)
-        log(f"  {init} start: Halfspace output rule {fmt_table(ff)} (zero-gradient steps {ff_l.zero_grad_share():.0%}), "
-            f"ReLU1 RNN rule zero-gradient steps {rnn_l.zero_grad_share():.0%}")
+        log(f"  {init} start: Halfspace output rule {fmt_table(ff)} ({zero_grad_note(ff_l.zero_grad_share())}), "
+            f"ReLU1 RNN rule: {zero_grad_note(rnn_l.zero_grad_share())}")
         variants.append((f"learned, {init} start", ff, rnn, out, ff_l.zero_grad_share(), rnn_l.zero_grad_share()))
     if controls:
         variants.append(("perceptron, no RNN rule", P.perceptron_output_rule(1), None, None, None, None))

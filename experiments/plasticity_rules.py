@@ -72,9 +72,14 @@ def rule_for(kind, X, y, n_out, seed, quick, cache, log=_quiet, meta_steps=None)
             share = losses.zero_grad_share()
             cache[kind] = rule, (share, len(losses))
             log(f"  rule {kind}: {len(losses)} meta steps, loss {losses[0]:.3f} -> {np.mean(losses[-10:]):.3f}, "
-                f"zero-gradient steps {share:.0%}" + (" (the rule is not being trained)" if share > P.ZERO_GRAD_WARN else "")
-                + f" ({time.perf_counter() - t0:.0f}s)")
+                f"{zero_grad_note(share)} ({time.perf_counter() - t0:.0f}s)")
     return cache[kind]
+
+
+def zero_grad_note(share):
+    """'zero-gradient steps 12%', with the warning when above plasticity.ZERO_GRAD_WARN."""
+    return f"zero-gradient steps {share:.0%}" + (f" > {P.ZERO_GRAD_WARN:.0%}: the rule is not being trained"
+                                                 if share > P.ZERO_GRAD_WARN else "")
 
 
 def random_w(net, seed):
