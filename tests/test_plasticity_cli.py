@@ -271,7 +271,7 @@ def test_a4_and_fig6_rows_on_small_data():
     r = P.mse_optimal_output_rule(*net.hidden(X[:300]), y[:300], 3, 1, lr=1e-2)
     P.train_with_rules(net, X[:300], y[:300], output_rule=r, update="all", rows="all")
     assert mse["accuracy"] == round(100 * P.accuracy(net, X[300:], y[300:]), 2)
-    assert len([r for r in rows if r["dataset"] == "images"]) == 7 and len(rows) == 12
+    assert len([r for r in rows if r["dataset"] == "images"]) == 8 and len(rows) == 14
     maj = next(r for r in rows if r["dataset"] == "images" and r["rule"] == "majority class")
     assert maj["accuracy"] == round(100 * float((y[300:] == torch.bincount(y[:300]).argmax()).float().mean()), 2)
     rows6 = PE.experiment_fig6(X[:200], y[:200], X[300:], y[300:], quick=True, points=2)
