@@ -7,7 +7,9 @@ The simple RNN (Sec. 2): input weights A (|V| x d, each edge present with probab
 random directed graph G on V (edge probability p, no self-loops) with weights W (W[j, i] is the
 weight of the edge i -> j, so h <- W h), output weights U (labels x |V|). From h = 0, T rounds of
 
-    h <- c_k(ReLU(W h + A x)),        c_k keeps the k largest entries, zeroes the rest.
+    h <- c_k(ReLU(W h + A x)),        c_k keeps the k largest entries, zeroes the rest
+                                      (recurrence="text"; "brainnet": the authors' code,
+    h <- c_k(ReLU(W (h + A x) + b)),  the input enters through W, round 1 = c_k(ReLU(A x + b))).
 
 A unit *fires* in a round when its h is non-zero after that round (the paper; `firing="topk"`:
 when it is among the k kept, even at zero, as in the authors' code). Firing record ("pattern")
@@ -20,15 +22,18 @@ the true label's output node and b = 1 for the other updated node(s) (App. A.4, 
 Additive:  w <- w + eta * r,   multiplicative:  w <- w * (1 + eta * r)   (weights start at 0 / 1).
 Updates use only the firing patterns (not the magnitudes of h); no gradient anywhere (A.1).
 
-torch and numpy only. The data sets (A.2) and the experiments (Table 2, Figs. 2-6, A.4, the
-theorems) are in experiments/plasticity_paper.py: `python train.py --plasticity NAME --seeds ...`.
+torch and numpy only (Theorems 3-4's threshold unit and App. C: plasticity_theory.py, re-exported). The
+data sets (A.2) and the experiments (Table 2, Figs. 2-6, A.4, the theorems) are in
+experiments/plasticity_paper.py: `python train.py --plasticity NAME --seeds ...`.
 """
 import contextlib
+import warnings
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from plasticity_theory import evolution_gd_step, evolution_step, simulate_evolution, threshold_rule_run  # noqa: F401
 
 
 # ----------------------------------------------------------------------------------------
@@ -49,17 +54,19 @@ class CapRNN(nn.Module):
     W and U are parameters with requires_grad=False: plasticity rules change them in place;
     train_gd switches gradients on. `input_weights="ones"` is Table 2's starred T=1* network.
     `firing`: "nonzero" (Sec. 2: h_i != 0 after the round) or "topk" (BrainNet: the k kept
-    units fire, exactly k per round, even at zero activation).
+    units fire, exactly k per round, even at zero activation). `recurrence`: "text" (Sec. 2,
+    W h + A x) or "brainnet" (W (h + A x) + bias: with W = 0, rounds >= 2 are silent).
     """
 
     def __init__(self, n_in, n_out, num_v=1000, cap=500, p=0.5, rounds=1, seed=None,
-                 input_weights="normal", firing="nonzero"):
+                 input_weights="normal", firing="nonzero", recurrence="text", bias=0.0):
         super().__init__()
         _check_choice("input_weights", input_weights, ("normal", "ones"))
         _check_choice("firing", firing, ("nonzero", "topk"))
+        _check_choice("recurrence", recurrence, RECURRENCES)
         g = torch.Generator().manual_seed(seed) if seed is not None else None
         self.n_in, self.n_out, self.num_v, self.cap, self.p, self.rounds = n_in, n_out, num_v, cap, p, rounds
-        self.firing = firing
+        self.firing, self.recurrence, self.bias = firing, recurrence, float(bias)
         a_mask = torch.rand(num_v, n_in, generator=g) < p
         a = torch.randn(num_v, n_in, generator=g) if input_weights == "normal" else torch.ones(num_v, n_in)
         graph = torch.rand(num_v, num_v, generator=g) < p
@@ -87,13 +94,24 @@ class CapRNN(nn.Module):
         return (torch.zeros_like(u).scatter(-1, idx, vals),
                 torch.zeros(u.shape, dtype=torch.long, device=u.device).scatter(-1, idx, 1))
 
+    def drive(self, h, ax, W):
+        """A round's input before ReLU and cap: W h + A x (text) or W (h + A x) + b (BrainNet);
+        h and ax are one example (vectors) or a batch (rows)."""
+        mv = lambda u: W @ u if u.dim() == 1 else u @ W.t()             # noqa: E731  (mv is faster for one example)
+        return mv(h) + ax if self.recurrence == "text" else mv(h + ax) + self.bias
+
+    def input_drive(self, x):
+        """A x (+ b for BrainNet's round 1, where h = 0 and W h vanishes)."""
+        ax = x @ self.A.t()
+        return ax + self.bias if self.recurrence == "brainnet" and self.bias else ax
+
     def hidden(self, x, W=None):
-        """T rounds of h <- c_k(ReLU(W h + A x)) from h = 0. Returns (h, codes) for a batch."""
+        """T rounds from h = 0 (round 1 reads only the input). Returns (h, codes) for a batch."""
         W = self.W if W is None else W
         ax = x @ self.A.t()
-        h, codes = self.fire(F.relu(ax))                 # round 1: W h = 0
+        h, codes = self.fire(F.relu(self.input_drive(x)))
         for _ in range(self.rounds - 1):
-            h, bits = self.fire(F.relu(h @ W.t() + ax))
+            h, bits = self.fire(F.relu(self.drive(h, ax, W)))
             codes = 2 * codes + bits
         return h, codes
 
@@ -128,15 +146,18 @@ def check_table(table, shape, name="rule table"):
 
 class RuleTable(nn.Module):
     """RNN rule r: {0,1}^T x {0,1}^T -> R as a learnable 2^T x 2^T table [pre, post] (Sec. 2);
-    N(0, 1) entries drawn from `seed` unless `table` is given."""
+    unless `table` is given, init="random": N(0, 1) entries drawn from `seed` (the paper's "randomly
+    initialize a rule"), "zeros": all zero (BrainNet's output rule)."""
     columns = None                                        # 2^T
 
-    def __init__(self, rounds, table=None, seed=None):
+    def __init__(self, rounds, table=None, seed=None, init="random"):
         super().__init__()
+        _check_choice("init", init, ("random", "zeros"))
         self.rounds = rounds
         shape = (2 ** rounds, self.columns or 2 ** rounds)
         g = torch.Generator().manual_seed(seed) if seed is not None else None
-        t = torch.randn(shape, generator=g) if table is None else check_table(table, shape, type(self).__name__)
+        t = (torch.randn(shape, generator=g) if init == "random" else torch.zeros(shape)) if table is None \
+            else check_table(table, shape, type(self).__name__)
         self.weight = nn.Parameter(t.detach().clone().float())
 
     def table(self):
@@ -213,7 +234,9 @@ def _as_table(rule, shape, name):
 LOOP_THREADS = 1      # intra-op threads for the per-example loop on CPU (0 = leave as is)
 UPDATES = ("mistakes", "all")
 ROWS = ("predicted", "all", "predicted_always")
-META_LOSSES = ("ce", "softmax_ce", "mse")
+META_LOSSES = ("logits_ce", "ce", "softmax_ce", "mse")      # "ce": the old name of "logits_ce"
+RECURRENCES = ("text", "brainnet")
+ZERO_GRAD_WARN = 0.25     # meta_learn warns when more meta-steps than this had an exactly zero rule gradient
 
 
 def _w_delta(R, code):
@@ -245,14 +268,14 @@ def _rule_trajectory(net, X, y, R, Ro, lr, update, rows, mode, order, record, th
     rec_codes, rec_y, rec_pred = [], [], []
     with torch.no_grad(), _loop_threads(X.device, threads):
         AX = X @ net.A.t()
-        H1, C1 = net.fire(F.relu(AX))                    # round 1 does not depend on W
+        H1, C1 = net.fire(F.relu(net.input_drive(X)))    # round 1 does not depend on W
         if T == 1 and Ro is not None:
             D0, D1 = Ro[:, 0][C1], Ro[:, 1][C1]          # output-rule columns for every example
         ys = y.tolist()
         for i in order.tolist():
             h, code = H1[i], C1[i]
             for _ in range(T - 1):
-                h, bits = net.fire(F.relu(W @ h + AX[i]))
+                h, bits = net.fire(F.relu(net.drive(h, AX[i], W)))
                 code = 2 * code + bits
             pred = int((U @ h).argmax())
             yi = ys[i]
@@ -358,30 +381,50 @@ def _replay(net, record, R, Ro, lr, rows, mode, W0=None, U0=None):
     return W, U
 
 
+class MetaLosses(list):
+    """meta_learn's batch losses, with `zero_grad`: per rule ("rnn", "output") and meta-step,
+    True where every parameter of the rule had an exactly zero meta-gradient (no training signal:
+    Adam then moves the rule only by its weight decay)."""
+
+    def __init__(self, rules):
+        super().__init__()
+        self.zero_grad = {name: [] for name in rules}
+
+    def zero_grad_share(self, rule=None):
+        """Fraction of meta-steps with an exactly zero gradient of `rule` (default: the RNN rule
+        when it is trained, else the output rule); None before the first step."""
+        flags = self.zero_grad[rule or ("rnn" if "rnn" in self.zero_grad else "output")]
+        return sum(flags) / len(flags) if flags else None
+
+
 def meta_learn(net_factory, X, y, rnn_rule=None, output_rule=None, epochs=1, batch_size=100,
                meta_lr=1e-2, weight_decay=0.01, lr=1e-2, update="mistakes", rows="predicted",
-               mode="additive", steps=None, seed=0, loss="ce", online=False):
+               mode="additive", steps=None, seed=0, loss="logits_ce", online=False,
+               zero_grad_warn=ZERO_GRAD_WARN):
     """GD on the rule parameters (A.1): per batch, train a fresh network (net_factory()) with the
-    current rules on the batch, take the loss on the batch ("ce": cross-entropy of the logits,
-    A.1; "softmax_ce": cross-entropy of the softmax output, BrainNet's double softmax, a bounded
-    smooth 0-1 loss; "mse": App. B's 1/n sum_i 1/l sum_c (f_c - l_c)^2 of the logits) and step
-    the parameters of the rule modules (RuleTable / OutputRuleTable / MLPRule; plain tensors
-    stay fixed) by Adam with l2 `weight_decay`.
+    current rules on the batch, take the loss on the batch ("logits_ce" (alias "ce"):
+    cross-entropy of the logits, A.1; "softmax_ce": cross-entropy of the softmax output,
+    BrainNet's double softmax, a bounded smooth 0-1 loss; "mse": App. B's 1/n sum_i 1/l sum_c
+    (f_c - l_c)^2 of the logits) and step the parameters of the rule modules (RuleTable /
+    OutputRuleTable / MLPRule; plain tensors stay fixed) by Adam with l2 `weight_decay`.
+    `steps` caps the number of meta-steps (BrainNet's README: 1,000 rule epochs).
     online=True (not in the paper): one network trained through all the epochs (the horizon at
     which the rule is used); each step differentiates the batch's updates from the weights the
     earlier batches left (truncated) and takes the loss on the next batch.
-    Returns the list of batch losses; the rules are trained in place."""
+    Returns a MetaLosses (the list of batch losses, and per step whether each rule's gradient was
+    exactly zero); warns "the rule is not being trained" when a trained rule's zero-gradient share
+    exceeds `zero_grad_warn`. The rules are trained in place."""
     _check_modes(update, rows, mode)
     _check_choice("loss", loss, META_LOSSES)
-    mods = [r for r in (rnn_rule, output_rule) if isinstance(r, nn.Module)]
-    params = [p for m in mods for p in m.parameters()]
+    named = {k: r for k, r in (("rnn", rnn_rule), ("output", output_rule)) if isinstance(r, nn.Module)}
+    params = [p for m in named.values() for p in m.parameters()]
     if not params:
         raise ValueError("meta_learn needs at least one rule module with parameters")
     if len(X) < batch_size * (2 if online else 1):
         raise ValueError(f"meta_learn needs at least {2 if online else 1} batch(es) of {batch_size} examples, got {len(X)}")
     opt = torch.optim.Adam(params, lr=meta_lr, weight_decay=weight_decay)
     g = torch.Generator().manual_seed(seed)
-    losses, net = [], None
+    losses, net = MetaLosses(named), None
     for _ in range(epochs):
         perm = torch.randperm(len(X), generator=g).to(X.device)
         batches = [perm[s:s + batch_size] for s in range(0, len(X) - batch_size + 1, batch_size)]
@@ -398,14 +441,26 @@ def meta_learn(net_factory, X, y, rnn_rule=None, output_rule=None, epochs=1, bat
             W, U = _replay(net, rec, R, Ro, lr, rows, mode, W0, U0)
             e = batches[b + 1] if online else idx
             z = net(X[e], W=W, U=U)
-            out = (F.cross_entropy(z, y[e]) if loss == "ce" else F.cross_entropy(z.softmax(1), y[e])
-                   if loss == "softmax_ce" else ((z - F.one_hot(y[e], z.shape[1])) ** 2).mean())
+            out = (F.cross_entropy(z.softmax(1), y[e]) if loss == "softmax_ce" else
+                   ((z - F.one_hot(y[e], z.shape[1])) ** 2).mean() if loss == "mse" else F.cross_entropy(z, y[e]))
             opt.zero_grad()
             out.backward()
+            for k, m in named.items():          # read before opt.step: the raw meta-gradient, no weight decay
+                losses.zero_grad[k].append(all(p.grad is None or not p.grad.any() for p in m.parameters()))
             opt.step()
             losses.append(out.item())
             if steps is not None and len(losses) >= steps:
-                return losses
+                return _warn_zero_grad(losses, zero_grad_warn)
+    return _warn_zero_grad(losses, zero_grad_warn)
+
+
+def _warn_zero_grad(losses, threshold):
+    for k in losses.zero_grad:
+        share = losses.zero_grad_share(k)
+        if share is not None and threshold is not None and share > threshold:
+            warnings.warn(f"the rule is not being trained: the {k} rule's meta-gradient was exactly zero in "
+                          f"{sum(losses.zero_grad[k])} of {len(losses)} meta-steps ({share:.0%} > {threshold:.0%})",
+                          RuntimeWarning, stacklevel=3)
     return losses
 
 
@@ -517,76 +572,6 @@ def output_rule_ce_loss(rule, M, y):
     design M of output_rule_design (or any fixed record: the logits are linear in r), a
     convex function of r. Differentiable in `rule`."""
     return F.cross_entropy(M @ torch.as_tensor(rule).to(M.dtype).reshape(-1), y)
-
-
-def threshold_rule_run(X, y, rule, lr=1.0, epochs=1, margin=0.0):
-    """Theorems 3-4: a linear threshold unit sign(w . x), w from 0, on x in {-1, 1}^n with
-    labels y in {-1, 1}, trained online by a 2 x 2 output rule (rows: x_i = -1 / +1, i.e. not
-    fired / fired; column 0 when the label is +1, the unit being the true label's output node,
-    column 1 when it is -1): w_i += lr * rule[x_i > 0, y != 1] on every example with
-    y (w . x) <= margin (margin 0: the mistakes; Theorem 4: within `margin` of the threshold).
-    [-a, a; b, -b] gives w_i -= a (x_i = -1), w_i += b (x_i = 1) on a label +1 (Thm 3's proof).
-    Returns dict(w, mistakes (y w.x <= 0 when seen), updates, epochs, converged (a pass without
-    an update))."""
-    r = check_table(rule, (2, 2), "threshold rule").double().numpy()
-    X, y = np.asarray(X, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    steps = r[(X > 0).astype(int), (y != 1).astype(int)[:, None]] * lr          # (m, n)
-    w = np.zeros(X.shape[1])
-    mistakes = updates = 0
-    for ep in range(1, epochs + 1):
-        upd = 0
-        for x, yi, s in zip(X, y, steps):
-            z = yi * float(w @ x)
-            mistakes += z <= 0
-            if z <= margin:
-                w += s
-                upd += 1
-        updates += upd
-        if upd == 0:
-            return dict(w=w, mistakes=int(mistakes), updates=updates, epochs=ep, converged=True)
-    return dict(w=w, mistakes=int(mistakes), updates=updates, epochs=epochs, converged=False)
-
-
-def evolution_step(x, loss_fn, eps, theta, form="haploid"):
-    """One generation of weak selection (App. C): n genes with alleles +eps/-eps, x_i the
-    frequency of +eps, Ybar = eps sum (2 x_i - 1), Y|+eps = Ybar + 2 eps (1 - x_i),
-    Y|-eps = Ybar - 2 eps x_i, D+- = L(Ybar) - L(Y|+-eps), Z = 1 + theta (x D+ + (1 - x) D-).
-    form="haploid":  x' = x (1 + theta D+) / Z   (standard weak selection; frequencies stay in [0, 1])
-    form="paper":    x' = (x + theta D+) / Z     (App. C as printed, sign fixed so that the
-                                                  allele lowering the loss spreads)."""
-    _check_choice("form", form, ("haploid", "paper"))
-    ybar = eps * (2 * x - 1).sum()
-    L0 = loss_fn(ybar)
-    dp = L0 - loss_fn(ybar + 2 * eps * (1 - x))
-    dm = L0 - loss_fn(ybar - 2 * eps * x)
-    Z = 1 + theta * (x * dp + (1 - x) * dm)
-    return (x * (1 + theta * dp) if form == "haploid" else x + theta * dp) / Z
-
-
-def evolution_gd_step(x, loss_fn, eps, theta, form="haploid"):
-    """The GD counterpart of evolution_step to first order in theta and eps (App. C):
-    haploid:  x' = x - theta x (1 - x) dL/dx;
-    paper:    x' = x - theta (1 - x) dL/dx = x - (theta / 2) (2 - 2x) dL/dx, the paper's
-              "GD with the factor 2 - 2x = dz/dx, z = 2x - x^2" (with theta/2)."""
-    _check_choice("form", form, ("haploid", "paper"))
-    xg = x.detach().clone().requires_grad_(True)
-    grad, = torch.autograd.grad(loss_fn(eps * (2 * xg - 1).sum()), xg)
-    return x - theta * (x * (1 - x) if form == "haploid" else (1 - x)) * grad
-
-
-def simulate_evolution(loss_fn, n_genes=100, eps=0.02, theta=0.05, generations=200, x0=0.5,
-                       form="haploid"):
-    """Run evolution and its GD counterpart side by side from the same allele frequencies.
-    Returns dict(generation, y_evolution, y_gd, x_evolution, x_gd) with Ybar per generation."""
-    x_e = x_g = torch.full((n_genes,), float(x0), dtype=torch.float64)   # each step returns a new tensor
-    ys_e, ys_g = [], []
-    for _ in range(generations + 1):
-        ys_e.append(float(eps * (2 * x_e - 1).sum()))
-        ys_g.append(float(eps * (2 * x_g - 1).sum()))
-        x_e = evolution_step(x_e, loss_fn, eps, theta, form)
-        x_g = evolution_gd_step(x_g, loss_fn, eps, theta, form)
-    return dict(generation=list(range(generations + 1)), y_evolution=ys_e, y_gd=ys_g,
-                x_evolution=x_e, x_gd=x_g)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ import attacks
 import plasticity as P
 from harness.presets import PLASTICITY_EXPERIMENTS as EXPERIMENTS
 from experiments.plasticity_report import SPECS, _fig4_picture, adversarial_image, report, summarize  # noqa: F401
+from experiments.plasticity_rules import (DEFAULT_PROTOCOL, RNN_RULE_PROTOCOLS, _n_out, _net, _pct, _quiet,  # noqa: F401
+                                          fmt_table, halfspace_output_rule, learn_rnn_rule, random_w,
+                                          recurrence_of, relu1_rules, rule_for, zero_grad_note)
 
 SEEDS = (0, 1, 2, 3, 4)
 LABELS = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST"}
@@ -39,15 +42,6 @@ PAPER_TABLE2 = {  # Table 2: accuracy (%) and robustness on MNIST (%) at eps = 2
     "T=1*": dict(mnist=93, fashion=81, robust_eps2=12, robust_eps4=0),
     "T=1": dict(mnist=85, fashion=70, robust_eps2=0, robust_eps4=0),
 }
-
-
-_quiet = lambda *_: None                                                        # noqa: E731
-_n_out = lambda *ys: int(max(int(t.max()) for t in ys)) + 1                     # noqa: E731
-_pct = lambda x: round(100 * float(x), 2)                                       # noqa: E731
-
-
-def _net(X, n_out, v, k, T, seed, **kw):
-    return P.CapRNN(X.shape[1], n_out, v, k, 0.5, T, seed=seed, **kw).to(X.device)
 
 
 # ---- Data sets (A.2): 10-dim Gaussian inputs; 10,000 training and 10,000 test points each ----
@@ -96,34 +90,6 @@ def synthetic_datasets(n_train=10000, n_test=10000, seed=0):
 
 # ---- Rules and controls used by several experiments ----
 
-RNN_RULE_PROTOCOLS = {  # T=3 MLP RNN rule, perceptron output rule fixed, Adam lr 1e-2, l2 0.01
-    "a3": dict(v=200, k=100, steps=100, online=False),       # A.3: learned on a |V|=200 network
-    "v1000": dict(v=1000, k=500, steps=100, online=False),   # at the size of use
-    "online": dict(v=1000, k=500, steps=None, online=True),  # size and horizon of use: 2 epochs
-}
-
-
-def learn_rnn_rule(X, y, n_out, protocol="a3", seed=0, steps=None):
-    """A.3's T=3 RNN rule: MLPRule(3, 20) meta-learned (meta_learn, batch 100) with the
-    perceptron output rule held fixed, by one of RNN_RULE_PROTOCOLS. Returns (rule, losses)."""
-    p = RNN_RULE_PROTOCOLS[protocol]
-    rule = P.MLPRule(3, 20, seed=seed)
-    losses = P.meta_learn(lambda: _net(X, n_out, p["v"], p["k"], 3, seed), X, y, rnn_rule=rule,
-                          output_rule=P.perceptron_output_rule(3).table().detach(),
-                          epochs=2 if p["online"] else 10 ** 9, online=p["online"],
-                          steps=steps or p["steps"], seed=seed)
-    return rule, losses
-
-
-def random_w(net, seed):
-    """Control "random fixed weights" (Sec. 5): W ~ N(0, 1/(p k)) on G, so that W h and A x
-    have comparable sizes (our choice; the paper gives none). Returns the net."""
-    g = torch.Generator().manual_seed(seed + 7919)
-    with torch.no_grad():
-        net.W.copy_(torch.randn(net.W.shape, generator=g).to(net.W.device) * net.G / math.sqrt(net.p * net.cap))
-    return net
-
-
 def plasticity_attack(steps=20, alpha=None):
     """The paper's attack (Sec. 4, A.3) as attack(net, X, y, eps) -> broken mask:
     attacks.targeted_l2 (nine targets, raw-gradient steps, L2 ball, [0, 1]). The paper gives
@@ -161,51 +127,45 @@ def attack_sample(X, y, n, seed):
 
 # ---- Experiments: one seed each, rows of dicts ----
 
-TABLE2_MODELS = {  # name -> (T, input weights, firing, output rule, RNN rule, paper row)
-    "T=1": (1, "normal", "nonzero", "paper", None, "T=1"),
-    "T=1*": (1, "ones", "nonzero", "paper", None, "T=1*"),
-    "T=1, fired-only output rule": (1, "normal", "nonzero", "fired_only", None, None),
-    "T=1, top-k firing (BrainNet)": (1, "normal", "topk", "paper", None, None),
-    "T=3, no RNN rule": (3, "normal", "nonzero", "paper", None, None),
-    "T=3, random fixed W": (3, "normal", "nonzero", "paper", "random_w", None),
-    "T=3, initial (unlearned) rule": (3, "normal", "nonzero", "paper", "init", None),
-    "T=3, rule learned as A.3 (|V|=200)": (3, "normal", "nonzero", "paper", "a3", "T=3"),
-    "T=3, rule learned at |V|=1000": (3, "normal", "nonzero", "paper", "v1000", None),
-    "T=3, rule learned online at |V|=1000": (3, "normal", "nonzero", "paper", "online", None),
+TABLE2_MODELS = {  # name -> (T, input weights, firing, output rule, RNN rule, recurrence, paper row)
+    "T=1": (1, "normal", "nonzero", "paper", None, "text", "T=1"),
+    "T=1*": (1, "ones", "nonzero", "paper", None, "text", "T=1*"),
+    "T=1, fired-only output rule": (1, "normal", "nonzero", "fired_only", None, "text", None),
+    "T=1, top-k firing (BrainNet)": (1, "normal", "topk", "paper", None, "text", None),
+    # the T=3 row: the rule learned by the authors' code's protocol (input through W, softmax CE)
+    "T=3, rule learned as BrainNet (|V|=200)": (3, "normal", "nonzero", "paper", "brainnet", "brainnet", "T=3"),
+    "T=3, rule learned as BrainNet, 1,000 meta-steps": (3, "normal", "nonzero", "paper", "brainnet1000", "brainnet", None),
+    "T=3 BrainNet recurrence, random fixed W": (3, "normal", "nonzero", "paper", "random_w", "brainnet", None),
+    "T=3 BrainNet recurrence, initial rule": (3, "normal", "nonzero", "paper", "init", "brainnet", None),
+    # the text's protocol (W h + A x, CE of the logits) as the control arm, and its controls
+    "T=3, rule learned as A.3 (|V|=200)": (3, "normal", "nonzero", "paper", "a3", "text", None),
+    "T=3, no RNN rule": (3, "normal", "nonzero", "paper", None, "text", None),
+    "T=3, random fixed W": (3, "normal", "nonzero", "paper", "random_w", "text", None),
+    "T=3, initial (unlearned) rule": (3, "normal", "nonzero", "paper", "init", "text", None),
+    "T=3, rule learned at |V|=1000": (3, "normal", "nonzero", "paper", "v1000", "text", None),
+    "T=3, rule learned online at |V|=1000": (3, "normal", "nonzero", "paper", "online", "text", None),
 }
+TABLE2_DEFAULT = tuple(m for m in TABLE2_MODELS if "1,000 meta-steps" not in m)   # --plasticity_models all: every one
 OUTPUT_RULES = {"paper": P.perceptron_output_rule, "fired_only": P.perceptron_output_rule_fired_only}
 
 
-def _rule_for(kind, X, y, n_out, seed, quick, cache, log):
-    if kind in (None, "random_w"):
-        return None
-    if kind not in cache:
-        t0 = time.perf_counter()
-        if kind == "init":
-            cache[kind] = P.MLPRule(3, 20, seed=seed)
-        else:
-            steps = (20 if kind == "a3" else 10) if quick and kind != "online" else None
-            cache[kind], losses = learn_rnn_rule(X, y, n_out, kind, seed, steps)
-            log(f"  rule {kind}: {len(losses)} meta steps, loss {losses[0]:.3f} -> {np.mean(losses[-10:]):.3f} "
-                f"({time.perf_counter() - t0:.0f}s)")
-    return cache[kind]
-
-
 def experiment_table2(train_X, train_y, test_X, test_y, quick=False, attack=None, seed=0,
-                      dataset="fashion", epochs=2, n_attack=100, models=None, log=_quiet):
+                      dataset="fashion", epochs=2, n_attack=100, models=None, meta_steps=None, log=_quiet):
     """Table 2: |V|=1000, k=500, `epochs` epochs of rule-based training on mistakes (perceptron
-    output rule) for TABLE2_MODELS (default all): T=1, T=1*, the T=3 RNN rule learned by the
-    three protocols and the controls. Test accuracy and, with `attack`, robust accuracy at
-    eps 2 and 4 on `n_attack` random test images. Returns one row per model."""
+    output rule) for TABLE2_MODELS (default TABLE2_DEFAULT): T=1, T=1*, the T=3 RNN rule learned
+    by the protocols of plasticity_rules (the row: BrainNet's; the text's as control) and the
+    controls, each network with its rule's recurrence. Test accuracy, the rule's zero-gradient
+    share of meta-steps and, with `attack`, robust accuracy at eps 2 and 4 on `n_attack` random
+    test images. Returns one row per model."""
     n_out = _n_out(train_y, test_y)
     if quick:
         train_X, train_y, test_X, test_y, n_attack = train_X[:2000], train_y[:2000], test_X[:2000], test_y[:2000], min(n_attack, 20)
     Xa, ya = attack_sample(test_X, test_y, n_attack, seed)
     rows, cache = [], {}
-    for name in models or TABLE2_MODELS:
-        T, inputs, firing, out_rule, rnn_kind, paper = TABLE2_MODELS[name]
-        rule = _rule_for(rnn_kind, train_X, train_y, n_out, seed, quick, cache, log)
-        net = _net(train_X, n_out, 1000, 500, T, seed, input_weights=inputs, firing=firing).reset()
+    for name in models or TABLE2_DEFAULT:
+        T, inputs, firing, out_rule, rnn_kind, rec, paper = TABLE2_MODELS[name]
+        rule, learned = rule_for(rnn_kind, train_X, train_y, n_out, seed, quick, cache, log, meta_steps)
+        net = _net(train_X, n_out, 1000, 500, T, seed, input_weights=inputs, firing=firing, recurrence=rec).reset()
         if rnn_kind == "random_w":
             random_w(net, seed)
         t0 = time.perf_counter()
@@ -213,6 +173,7 @@ def experiment_table2(train_X, train_y, test_X, test_y, quick=False, attack=None
                            epochs=epochs, seed=seed, reset=False)
         row = dict(model=name, seed=seed, n_train=len(train_X), train_seconds=round(time.perf_counter() - t0, 1),
                    mean_abs_W=round(float(net.W.abs().sum() / net.G.sum()), 4), accuracy=_pct(P.accuracy(net, test_X, test_y)),
+                   zero_grad_share=round(learned[0], 3) if learned else None, meta_steps=learned[1] if learned else None,
                    paper_accuracy=PAPER_TABLE2[paper].get(dataset) if paper else None)
         if attack is not None:
             for eps in (2, 4):
@@ -255,49 +216,50 @@ GEN_MODELS = (("small feedforward", 100, 50, 1), ("large feedforward", 1000, 500
 
 
 def experiment_generalization(datasets=None, quick=False, seed=0, reps=None, meta_steps=100,
-                              meta_lr=0.1, controls=True, log=_quiet):
+                              meta_lr=0.1, controls=True, protocol=DEFAULT_PROTOCOL, log=_quiet):
     """Fig. 3 (A.2): an output rule learned on Halfspace (|V|=100, k=50, T=1) and an MLP RNN rule
-    plus output rule learned on ReLU1 (|V|=100, k=50, T=3), `meta_steps` Adam steps at `meta_lr`
-    (the paper gives neither; 0.1 is our choice: at 1e-2, 100 steps leave a rule near its random
-    start); rules fixed, the four GEN_MODELS trained (one epoch on mistakes, lr 1e-2) on every data
-    set: the network of this seed, `reps` reshuffles of the examples (A.2). controls: the same
-    networks with the paper's perceptron output rule and no RNN rule (= T=1 since W stays 0).
-    Returns rows (dataset, model, rules, train, test), the mean over the reshuffles."""
+    plus output rule learned on ReLU1 (|V|=100, k=50, T=3, the recurrence and meta-loss of
+    `protocol`), `meta_steps` Adam steps at `meta_lr` (the paper gives neither; 0.1 is our choice:
+    at 1e-2, 100 steps leave a rule near its random start), each from the paper's random start
+    and from BrainNet's zero start (a binary-learned output rule cannot see its rows' means: a
+    random start leaves them random); rules fixed, the four GEN_MODELS trained (one epoch on
+    mistakes, lr 1e-2) on every data set: the network of this seed, `reps` reshuffles of the
+    examples (A.2). controls: the perceptron output rule and no RNN rule (T=1).
+    Returns rows (dataset, model, rules, train, test, zero_grad_share), the mean over the reshuffles."""
     n = 2000 if quick else 10000
     datasets = dict(datasets or {})
     for k_, v in synthetic_datasets(n, n, 0).items():
         datasets.setdefault(k_, v)
     reps = reps or (1 if quick else 2)
     t0 = time.perf_counter()
-    Xh, yh = datasets["Halfspace"][:2]
-    ff_rule = P.OutputRuleTable(1, seed=seed)
-    P.meta_learn(lambda: _net(Xh, 2, 100, 50, 1, seed), Xh, yh, output_rule=ff_rule, epochs=10 ** 9,
-                 steps=meta_steps, meta_lr=meta_lr, seed=seed)
-    Xr, yr = datasets["ReLU1"][:2]
-    rnn_rule, rnn_out = P.MLPRule(3, 20, seed=seed), P.OutputRuleTable(3, seed=seed)
-    P.meta_learn(lambda: _net(Xr, 2, 100, 50, 3, seed), Xr, yr, rnn_rule=rnn_rule, output_rule=rnn_out,
-                 epochs=10 ** 9, steps=meta_steps, meta_lr=meta_lr, seed=seed)
-    ff_t = [[round(float(t), 3) for t in r_] for r_ in ff_rule.table().detach()]
-    log(f"  rules learned in {time.perf_counter() - t0:.0f}s; Halfspace output rule {ff_t}")
-    variants = [("learned", lambda T: (rnn_rule if T > 1 else None, rnn_out if T > 1 else ff_rule))]
+    rec = RNN_RULE_PROTOCOLS[protocol]["recurrence"]
+    variants = []
+    for init in ("random", "zeros"):
+        ff, ff_l = halfspace_output_rule(*datasets["Halfspace"][:2], seed, init, meta_steps, meta_lr)
+        rnn, out, rnn_l = relu1_rules(*datasets["ReLU1"][:2], seed, init, protocol, meta_steps, meta_lr)
+        log(f"  {init} start: Halfspace output rule {fmt_table(ff)} ({zero_grad_note(ff_l.zero_grad_share())}), "
+            f"ReLU1 RNN rule: {zero_grad_note(rnn_l.zero_grad_share())}")
+        variants.append((f"learned, {init} start", ff, rnn, out, ff_l.zero_grad_share(), rnn_l.zero_grad_share()))
     if controls:
-        variants.append(("perceptron, no RNN rule", lambda T: (None, P.perceptron_output_rule(T))))
+        variants.append(("perceptron, no RNN rule", P.perceptron_output_rule(1), None, None, None, None))
     rows = []
     for dname, (Xtr, ytr, Xte, yte) in datasets.items():
         n_out = _n_out(ytr, yte)
         for mname, v, k, T in GEN_MODELS:
-            for vname, rules in variants:
-                if vname != "learned" and T > 1:
-                    continue                                    # identical to the T=1 control
+            for vname, ff, rnn, out, ff_share, rnn_share in variants:
+                if rnn is None and T > 1:
+                    continue                                    # the control is T=1 only
                 tr, te = [], []
                 for r in range(reps):
-                    net = _net(Xtr, n_out, v, k, T, seed)
-                    P.train_with_rules(net, Xtr, ytr, *rules(T), seed=1000 * seed + r)
+                    net = _net(Xtr, n_out, v, k, T, seed, recurrence=rec if T > 1 else "text")
+                    P.train_with_rules(net, Xtr, ytr, *((rnn, out) if T > 1 else (None, ff)), seed=1000 * seed + r)
                     tr.append(P.accuracy(net, Xtr, ytr))
                     te.append(P.accuracy(net, Xte, yte))
+                share = rnn_share if T > 1 else ff_share
                 rows.append(dict(dataset=dname, model=mname, rules=vname, seed=seed, reps=reps,
                                  train=_pct(np.mean(tr)), test=_pct(np.mean(te)),
-                                 halfspace_rule=str(ff_t) if T == 1 and vname == "learned" else None))
+                                 zero_grad_share=None if share is None else round(share, 3),
+                                 halfspace_rule=fmt_table(ff) if T == 1 and rnn is not None else None))
         log(f"  {dname}: " + ", ".join(f"{r['model']} ({r['rules']}) {r['test']}" for r in rows if r["dataset"] == dname)
             + f" ({time.perf_counter() - t0:.0f}s)")
     return rows
@@ -310,7 +272,7 @@ def _three_nets(train_X, train_y, n_out, seed, quick, epochs, log, gd_params="ou
     for name, T, kind in (("plasticity T=1", 1, None), ("plasticity T=3 (A.3 rule)", 3, "a3"),
                           ("plasticity T=3 (initial rule)", 3, "init")):
         net = _net(train_X, n_out, 1000, 500, T, seed)
-        nets[name] = P.train_with_rules(net, train_X, train_y, rnn_rule=_rule_for(kind, train_X, train_y, n_out, seed, quick, cache, log),
+        nets[name] = P.train_with_rules(net, train_X, train_y, rnn_rule=rule_for(kind, train_X, train_y, n_out, seed, quick, cache, log)[0],
                                         output_rule=P.perceptron_output_rule(T), epochs=epochs, seed=seed)
     nets["GD (Adam) T=1"] = P.train_gd(_net(train_X, n_out, 1000, 500, 1, seed), train_X, train_y, epochs=epochs,
                                        params=gd_params, seed=seed)
@@ -373,9 +335,10 @@ def experiment_fig4(train_X, train_y, test_X, test_y, quick=False, attack=None, 
     return (rows, (Xa[:keep_images], ya[:keep_images], pics)) if keep_images else rows
 
 
-def experiment_fig6(train_X, train_y, test_X, test_y, quick=False, seed=0, points=10, log=_quiet):
-    """Fig. 6 (A.4): T=3, |V|=1000, k=500, the A.3 RNN rule and the perceptron output rule, one
-    pass; test accuracy (the first 2,000 test images; --quick 1,000) against examples seen when
+def experiment_fig6(train_X, train_y, test_X, test_y, quick=False, seed=0, points=10, protocol=DEFAULT_PROTOCOL,
+                    log=_quiet):
+    """Fig. 6 (A.4): T=3, |V|=1000, k=500, the RNN rule learned by `protocol` (BrainNet's: a rule
+    that is trained; the network uses its recurrence) and the perceptron output rule, one pass; test accuracy (the first 2,000 test images; --quick 1,000) against examples seen when
     updating on mistakes only vs on all examples, with the paper's rows ("predicted") and
     BrainNet's ("predicted_always": on a correct prediction the true row gets both columns, i.e.
     no change with the perceptron rule)."""
@@ -384,18 +347,19 @@ def experiment_fig6(train_X, train_y, test_X, test_y, quick=False, seed=0, point
         train_X, train_y, test_X, test_y = train_X[:1000], train_y[:1000], test_X[:1000], test_y[:1000]
     else:
         test_X, test_y = test_X[:2000], test_y[:2000]
-    rule = _rule_for("a3", train_X, train_y, n_out, seed, quick, {}, log)
+    rule, (share, _) = rule_for(protocol, train_X, train_y, n_out, seed, quick, {}, log)
     order = torch.randperm(len(train_X), generator=torch.Generator().manual_seed(seed)).to(train_X.device)
     Xs, ys = train_X[order], train_y[order]
     every = max(100, len(Xs) // points // 100 * 100)
     rows = []
     for update, rows_ in (("mistakes", "predicted"), ("all", "predicted"), ("all", "predicted_always")):
         name = f"update {update}, rows {rows_}"            # on mistakes predicted_always = predicted
-        net = _net(train_X, n_out, 1000, 500, 3, seed).reset()
+        net = _net(train_X, n_out, 1000, 500, 3, seed, recurrence=recurrence_of(protocol)).reset()
         for s in range(0, len(Xs), every):
             P.train_with_rules(net, Xs[s:s + every], ys[s:s + every], rnn_rule=rule, output_rule=P.perceptron_output_rule(3),
                                update=update, rows=rows_, reset=False)
-            rows.append(dict(scheme=name, seed=seed, examples=min(s + every, len(Xs)), accuracy=_pct(P.accuracy(net, test_X, test_y))))
+            rows.append(dict(scheme=name, seed=seed, examples=min(s + every, len(Xs)), zero_grad_share=round(share, 3),
+                             accuracy=_pct(P.accuracy(net, test_X, test_y))))
         log(f"  {name}: {rows[-1]['accuracy']}")
     return rows
 
@@ -404,14 +368,25 @@ def experiment_a4(train_X, train_y, test_X, test_y, quick=False, seed=0, dataset
                   log=_quiet):
     """A.4, T=1, |V|=1000, k=500, one epoch: the perceptron rule on mistakes / all examples x
     predicted / all rows, and the MSE-optimal rule of App. B (computed on the training set's
-    firing, used with updates on all examples and all rows) on the images and the synthetic sets."""
+    firing, used with updates on all examples and all rows) on the images and the synthetic sets,
+    against two references: the learned rule (Fig. 3's output rule learned on Halfspace, on
+    mistakes: the paper's "original model"; from a zero start, and from the paper's random start)
+    and the majority class."""
     if quick:
         train_X, train_y, test_X, test_y = train_X[:1500], train_y[:1500], test_X[:1500], test_y[:1500]
     sets = {image_name: (train_X, train_y, test_X, test_y)}
     sets.update(datasets or synthetic_datasets(1500 if quick else 10000, 1500 if quick else 10000, 0))
+    learned = {init: halfspace_output_rule(*sets["Halfspace"][:2], seed, init)[0] for init in ("zeros", "random")}
     rows = []
     for dname, (Xtr, ytr, Xte, yte) in sets.items():
         n_out = _n_out(ytr, yte)
+        majority = int(torch.bincount(ytr, minlength=n_out).argmax())
+        rows.append(dict(dataset=dname, rule="majority class", update="-", rows="-", seed=seed,
+                         accuracy=_pct((yte == majority).float().mean()), rule_table=None))
+        for init, rule in learned.items():                 # Fig. 3's large feedforward model, both starts
+            net = P.train_with_rules(_net(Xtr, n_out, 1000, 500, 1, seed), Xtr, ytr, output_rule=rule, seed=seed)
+            rows.append(dict(dataset=dname, rule=f"learned on Halfspace ({init} start)", update="mistakes", rows="predicted",
+                             seed=seed, accuracy=_pct(P.accuracy(net, Xte, yte)), rule_table=fmt_table(rule)))
         schemes = [("mistakes", "predicted"), ("all", "all")] if dname != image_name else \
             [("mistakes", "predicted"), ("all", "predicted"), ("mistakes", "all"), ("all", "all")]
         for update, rows_ in schemes:
@@ -506,13 +481,15 @@ def experiment_theory(quick=False, seed=0, log=_quiet):
     return rows
 
 
-def run(name, data, out_dir, quick=False, attack=None, seeds=SEEDS, seed=None, log=print):
+def run(name, data, out_dir, quick=False, attack=None, seeds=SEEDS, seed=None, log=print, models=None,
+        meta_steps=None):
     """Run experiment `name` (EXPERIMENTS) for each seed in `seeds` (`seed`: one-seed alias,
     seeds=(seed,)) and write the files into out_dir. A seed draws the networks, the example
     order, the rules' initialization and meta-learning batches and the attacked images; the
     data sets are fixed. data: {"fashion-mnist"|"mnist": (train_X, train_y, test_X, test_y)}
     of flattened [0, 1] images; all but generalization and theory use the first entry.
-    Returns (per-seed rows, summary rows)."""
+    table2 only: `models` (names of TABLE2_MODELS; default TABLE2_DEFAULT) and `meta_steps`
+    (overrides every protocol's number of meta-steps). Returns (per-seed rows, summary rows)."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown plasticity experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
     if seed is not None:
@@ -536,7 +513,7 @@ def run(name, data, out_dir, quick=False, attack=None, seeds=SEEDS, seed=None, l
         t0 = time.perf_counter()
         log(f"{name}, seed {s} ({i + 1}/{len(seeds)})")
         c, img = dict(quick=quick, seed=s, log=log), (Xtr, ytr, Xte, yte)
-        out = {"table2": lambda: experiment_table2(*img, attack=attack, dataset=key, **c),
+        out = {"table2": lambda: experiment_table2(*img, attack=attack, dataset=key, models=models, meta_steps=meta_steps, **c),
                "convergence": lambda: experiment_convergence(*img, **c),
                "generalization": lambda: experiment_generalization({LABELS.get(k, k): v for k, v in data.items()}, **c),
                "robustness": lambda: experiment_robustness(*img, attack=attack, **c),

@@ -15,6 +15,19 @@ def check_args(args, mode):
     if args.dataset not in MNIST_LIKE:
         raise SystemExit(f"error: --plasticity runs on mnist or fashion-mnist, not "
                          f"{args.dataset}")
+    models = _models(args)
+    unknown = [m for m in models or () if m not in plasticity_paper.TABLE2_MODELS]
+    if unknown:
+        raise SystemExit(f"error: unknown --plasticity_models {unknown}; choose from "
+                         f"{'; '.join(plasticity_paper.TABLE2_MODELS)}")
+
+
+def _models(args):
+    """--plasticity_models as a list of Table 2 model names (None: the default list)."""
+    names = getattr(args, "plasticity_models", None)
+    if not names:
+        return None
+    return list(plasticity_paper.TABLE2_MODELS) if names == "all" else [m.strip() for m in names.split(";") if m.strip()]
 
 
 def plasticity_run(args, run, device):
@@ -45,7 +58,8 @@ def plasticity_run(args, run, device):
     try:
         out = plasticity_paper.run(args.plasticity, data, run.path, quick=args.quick,
                                    attack=attack, seeds=[int(s) for s in args.seeds.split(",")],
-                                   log=run.log)
+                                   log=run.log, models=_models(args),
+                                   meta_steps=getattr(args, "meta_steps", None))
     except ValueError as e:
         raise SystemExit(f"error: {e}") from None
     with open(run.file(args.plasticity + ".md")) as f:

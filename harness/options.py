@@ -397,6 +397,12 @@ def build_parser():
           help="attack only the first N test batches (default: all)")
     _flag(k, "--attack_sweep", action="store_true",
           help="also PGD accuracy against epsilon (8 values, robustness_eps.png)")
+    q = p.add_argument_group("plasticity")
+    _flag(q, "--plasticity_models", metavar="NAMES", help="--plasticity table2: the models to "
+          "run, names of experiments/plasticity_paper.TABLE2_MODELS separated by ';', or 'all' "
+          "(default: all but the 1,000-meta-step BrainNet rule)")
+    _flag(q, "--meta_steps", type=POS_INT, help="--plasticity table2: meta-steps of every learned "
+          "RNN rule (default: the protocol's, 100; BrainNet's README: 1000)")
     return p
 
 

@@ -105,7 +105,8 @@ def test_table2_rows_controls_and_robustness_with_a_local_attack():
     E|N(0, 1/(p k))| = sqrt(2 / pi) / sqrt(p k); robust accuracy at eps = 0 is the clean
     accuracy and a huge radius breaks everything."""
     X, y = _protos()
-    models = ["T=1", "T=3, no RNN rule", "T=3, random fixed W", "T=3, rule learned as A.3 (|V|=200)"]
+    models = ["T=1", "T=3, no RNN rule", "T=3, random fixed W", "T=3, rule learned as A.3 (|V|=200)",
+              "T=3, rule learned as BrainNet (|V|=200)"]
     rows = PE.experiment_table2(X[:300], y[:300], X[300:], y[300:], quick=True, attack=_local_targeted_l2,
                                 epochs=1, n_attack=10, models=models)
     r = {q["model"]: q for q in rows}
@@ -113,7 +114,10 @@ def test_table2_rows_controls_and_robustness_with_a_local_attack():
     assert (r["T=1"]["accuracy"], r["T=1"]["robust_eps2"]) == (r["T=3, no RNN rule"]["accuracy"], r["T=3, no RNN rule"]["robust_eps2"])
     assert r["T=3, no RNN rule"]["mean_abs_W"] == 0 and r["T=3, rule learned as A.3 (|V|=200)"]["mean_abs_W"] > 0
     assert r["T=3, random fixed W"]["mean_abs_W"] == pytest.approx(math.sqrt(2 / math.pi) / math.sqrt(0.5 * 500), rel=0.02)
-    assert r["T=3, rule learned as A.3 (|V|=200)"]["paper_robust_eps2_mnist"] == 60
+    assert r["T=3, rule learned as BrainNet (|V|=200)"]["paper_robust_eps2_mnist"] == 60
+    assert r["T=3, rule learned as A.3 (|V|=200)"]["paper_robust_eps2_mnist"] is None
+    assert r["T=1"]["zero_grad_share"] is None and r["T=3, rule learned as BrainNet (|V|=200)"]["meta_steps"] == 20
+    assert 0 <= r["T=3, rule learned as BrainNet (|V|=200)"]["zero_grad_share"] <= 1
     assert all(0 <= q["robust_eps4"] <= 100 for q in rows)
     net = P.train_with_rules(P.CapRNN(784, 3, num_v=200, cap=100, rounds=1, seed=0), X[:300], y[:300],
                              output_rule=P.perceptron_output_rule(1))
@@ -167,7 +171,7 @@ def test_generalization_reshuffles_one_network_per_seed(monkeypatch):
     rows = PE.experiment_generalization(small, quick=True, seed=3, reps=2, meta_steps=2)
     assert set(seen) == {3}
     res = [(r["dataset"], r["model"], r["rules"]) for r in rows]
-    assert len(res) == 4 * 6 and len(set(res)) == len(res)
+    assert len(res) == 4 * (4 * 2 + 2) and len(set(res)) == len(res)      # 4 models x 2 starts + 2 controls
     assert ("ReLU1", "large feedforward", "perceptron, no RNN rule") in res
     assert all(0 <= r["test"] <= 100 for r in rows) and rows[0]["halfspace_rule"].startswith("[[")
 
@@ -199,10 +203,10 @@ def test_table2_cli_writes_tables_csv_plot(tmp_path, monkeypatch):
     on Fashion-MNIST. (--seed and --seeds both say 4: the command works before and after
     train.py forwards --seeds.)"""
     root = _fake(tmp_path, monkeypatch, n_train=300, n_test=100)
-    keep = ("T=1", "T=1*", "T=3, rule learned as A.3 (|V|=200)")
-    monkeypatch.setattr(PE, "TABLE2_MODELS", {k: v for k, v in PE.TABLE2_MODELS.items() if k in keep})
+    keep = ("T=1", "T=1*", "T=3, rule learned as BrainNet (|V|=200)")
     train.main(["--plasticity", "table2", "--quick", "--data", root, "--save", str(tmp_path / "runs"),
-                "--run_name", "t2", "--attack-steps", "3", "--seed", "4", "--seeds", "4"])
+                "--run_name", "t2", "--attack-steps", "3", "--seed", "4", "--seeds", "4",
+                "--plasticity_models", ";".join(keep), "--meta_steps", "3"])
     out = tmp_path / "runs" / "t2"
     per_seed, summary = _read_csv(out / "table2_seeds.csv"), _read_csv(out / "table2.csv")
     assert [r["model"] for r in summary] == list(keep) and {r["seed"] for r in per_seed} == {"4"}
@@ -211,7 +215,8 @@ def test_table2_cli_writes_tables_csv_plot(tmp_path, monkeypatch):
         assert float(r["accuracy_mean"]) > 40 and r["seeds"] == "1"      # chance 10%
         assert 0 <= float(r["robust_eps4_mean"]) <= 100
     md = (out / "table2.md").read_text()
-    assert "| T=3, rule learned as A.3 (|V|=200) | 77 | 60 | 36 |" in md and "seeds 4;" in md
+    assert "| T=3, rule learned as BrainNet (|V|=200) | 77 | 60 | 36 |" in md and "seeds 4;" in md
+    assert [r["meta_steps"] for r in per_seed] == ["", "", "3"]
     assert (out / "table2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "table2 done" in (out / "log.txt").read_text()
 
@@ -239,6 +244,9 @@ def test_plasticity_cli_bad_inputs(tmp_path):
     """Bug: bad names or seed arguments run anyway (or make a run directory first)."""
     with pytest.raises(SystemExit, match="mnist or fashion-mnist, not cifar10"):
         train.main(["--plasticity", "table2", "--dataset", "cifar10", "--save", str(tmp_path)])
+    with pytest.raises(SystemExit, match="unknown --plasticity_models"):
+        train.main(["--plasticity", "table2", "--dataset", "fashion-mnist", "--plasticity_models", "T=9",
+                     "--save", str(tmp_path)])
     with pytest.raises(SystemExit, match="invalid choice: 'table3'"):
         train.main(["--plasticity", "table3"])
     assert not os.listdir(tmp_path)                  # refused before a run directory exists
@@ -263,6 +271,8 @@ def test_a4_and_fig6_rows_on_small_data():
     r = P.mse_optimal_output_rule(*net.hidden(X[:300]), y[:300], 3, 1, lr=1e-2)
     P.train_with_rules(net, X[:300], y[:300], output_rule=r, update="all", rows="all")
     assert mse["accuracy"] == round(100 * P.accuracy(net, X[300:], y[300:]), 2)
-    assert len([r for r in rows if r["dataset"] == "images"]) == 5 and len(rows) == 8
+    assert len([r for r in rows if r["dataset"] == "images"]) == 8 and len(rows) == 14
+    maj = next(r for r in rows if r["dataset"] == "images" and r["rule"] == "majority class")
+    assert maj["accuracy"] == round(100 * float((y[300:] == torch.bincount(y[:300]).argmax()).float().mean()), 2)
     rows6 = PE.experiment_fig6(X[:200], y[:200], X[300:], y[300:], quick=True, points=2)
     assert len({r["scheme"] for r in rows6}) == 3 and {r["examples"] for r in rows6} == {100, 200}
