@@ -101,7 +101,7 @@ def _fashion(n=12000):
     return xtr[:n].reshape(n, -1).float().div(255), ytr[:n].long()
 
 
-def probe_pre(seeds, n_fs=(8, 32)):
+def probe_pre(seeds, n_fs=(8, 32), stem="north-pre"):
     """NORTH-Pre at the code's epoch count: width per epoch; the pseudo-inverse's candidate norms."""
     import neurogenesis_init as I
     rows, norms = [], {}
@@ -114,9 +114,12 @@ def probe_pre(seeds, n_fs=(8, 32)):
         r = torch.randn(len(z), 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
         v = r - q @ (q.t() @ r)
         wb = torch.linalg.pinv(xa) @ v
+        fan_in, bias = real(model, l, c, acts, g)
+        z_new = x @ fan_in.double().t() + bias.double()               # the rescaled candidates' pre-activations
         norms.setdefault(key, []).append((model.widths[l], float(wb.norm(dim=0).median() / v.norm(dim=0).median()),
-                                          int(torch.linalg.matrix_rank(z))))
-        return real(model, l, c, acts, g)
+                                          int(torch.linalg.matrix_rank(z)),
+                                          float(z_new.pow(2).mean(0).sqrt().median() / z.pow(2).mean(0).sqrt().median())))
+        return fan_in, bias
     I._pre_candidates = spy
     for n_f in n_fs:
         data = generated_data(n_f)
@@ -129,8 +132,8 @@ def probe_pre(seeds, n_fs=(8, 32)):
                                 buffer_size=1024, seed=seed)
             ws = [e["widths"][0] for e in res["epochs"]]
             ns = norms.get(key, [])
-            small = [r for w, r, _ in ns if w > n_f + 1]
-            big = [r for w, r, _ in ns if w <= n_f + 1]
+            small = [r for w, r, _, _ in ns if w > n_f + 1]
+            big = [r for w, r, _, _ in ns if w <= n_f + 1]
             rows.append(dict(n_f=n_f, seed=seed, epochs=len(ws), width_epoch_8=ws[7], width_epoch_16=ws[15],
                              width_final=ws[-1], epoch_reaching_512=next((i + 1 for i, w in enumerate(ws) if w >= 512),
                                                                          None),
@@ -138,14 +141,16 @@ def probe_pre(seeds, n_fs=(8, 32)):
                              growth_events=len(ns),
                              pinv_ratio_while_M_le_nf1=float(f"{np.median(big):.3g}") if big else None,
                              pinv_ratio_after=float(f"{np.median(small):.3g}") if small else None,
-                             preact_rank_max=max((rk for _, _, rk in ns), default=None),
+                             preact_rank_max=max((rk for _, _, rk, _ in ns), default=None),
+                             new_rms_over_existing=float(f"{np.median([q for *_, q in ns]):.3g}") if ns else None,
                              seconds=round(time.time() - t0, 1)))
             print(rows[-1], flush=True)
-            write_table(rows, [(k, lambda r, k=k: r[k]) for k in rows[0]], os.path.join(OUT, "north-pre"),
+            write_table(rows, [(k, lambda r, k=k: r[k]) for k in rows[0]], os.path.join(OUT, stem),
                         "NORTH-Pre (Eq. 33), one hidden layer from width 4, generated data, 20 + 4 n_f epochs (the code): "
                         "width after epochs 8 and 16 and at the end; pinv_ratio = ||(H^T)^+ V_Z a|| / ||V_Z a|| before "
                         "the rescaling (median over growth events, while M <= n_f + 1 and after); preact_rank_max = "
-                        "the largest rank of the layer's pre-activations on the buffer. Command: python "
+                        "the largest rank of the layer's pre-activations on the buffer; new_rms_over_existing = the rescaled "
+                        "candidates' RMS pre-activation over the existing neurons' (median). Command: python "
                         "benchmarks/north_probes.py pre")
     return rows
 
@@ -156,10 +161,11 @@ if __name__ == "__main__":
     p.add_argument("--seeds", default="1,2,3,4,5")
     p.add_argument("--epochs", type=int, default=4, help="eq32: epochs on the generated data")
     p.add_argument("--n_fs", default="8,32", help="pre: n_f values")
+    p.add_argument("--stem", default="north-pre", help="pre: the table's file name in benchmarks/results/thesis")
     a = p.parse_args()
     torch.set_num_threads(1)
     seeds = [int(s) for s in a.seeds.split(",")]
     if a.probe == "eq32":
         probe_eq32(seeds, a.epochs)
     else:
-        probe_pre(seeds, [int(v) for v in a.n_fs.split(",")])
+        probe_pre(seeds, [int(v) for v in a.n_fs.split(",")], a.stem)
