@@ -44,8 +44,9 @@ SIZES = {  # full (False) and quick (True); run(..., sizes={...}) overrides any 
                 pretrain_epochs=2,     # * pretraining epochs (Adam 1e-3, batch 64), source seed 1
                 iterations=1000,       # * fine-tuning iterations of 64 (Sec. 7.3)
                 widen=2,               # * factor of the last convolution's duplication
-                buffer=600),           # phi: inputs per measurement (conv maps give n H W samples)
-    True: dict(n_seeds=1, source_images=10000, pretrain_epochs=1, iterations=300, widen=2, buffer=300)}
+                buffer=600,            # dyno-phi: inputs per measurement (conv maps give n H W samples)
+                wide=1),               # dyno-phi: also the wider CNN 32-64-128-256 (pretrained here: minutes)
+    True: dict(n_seeds=1, source_images=10000, pretrain_epochs=1, iterations=300, widen=2, buffer=300, wide=1)}
 RUN_SHAPING = ("source_images", "pretrain_epochs", "iterations", "widen")
 WIDE = lambda n_out: GrowableCNN((1, 28, 28), [32, 64, 128, 256], n_out, dense_widths=[256])  # noqa: E731
 
@@ -121,8 +122,9 @@ def experiment_phi(parts, sz, runs, log, device=None):
     base, wide = _sources(parts, sz, runs, log, device)
     torch.manual_seed(1)
     models = (("cnn 16-32-64, initialized", TRANSFER_MODELS["cnn"](5).to(device)), ("cnn 16-32-64, pretrained", base),
-              (f"cnn 16-32-64, pretrained, conv 3 widened {sz['widen']}x", wide),
-              ("cnn 32-64-128-256, pretrained", _pretrained(WIDE, "wide-cnn", parts, sz, runs, log, device)))
+              (f"cnn 16-32-64, pretrained, conv 3 widened {sz['widen']}x", wide))
+    if sz["wide"]:
+        models += (("cnn 32-64-128-256, pretrained", _pretrained(WIDE, "wide-cnn", parts, sz, runs, log, device)),)
     rows = []
     for name, m in models:
         for target in ("source", "near", "far"):
