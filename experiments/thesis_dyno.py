@@ -162,32 +162,31 @@ def transfer_logged(model, data, method, iterations, seed, batch_size=64, lr=3e-
 def experiment_moving(parts, sz, seeds, runs, log, device=None):
     base, _ = _sources(parts, sz, runs, log, device)
     rows = []
-    for seed in seeds:
-        for target in ("near", "far"):
-            for method in ("dyno", "static"):
-                def work(state, checkpoint):
-                    model = TRANSFER_MODELS["cnn"](5).to(device)
-                    model.load_state_dict(base.state_dict())
-                    widen(model, 2, sz["widen"])
-                    torch.manual_seed(seed)
-                    torch.nn.init.xavier_uniform_(model.head.weight)
-                    torch.nn.init.zeros_(model.head.bias)
-                    res, ev, warned = transfer_logged(model, parts[target], method, sz["iterations"], seed)
-                    return [dict(target=target, method=method, seed=seed, iterations=sz["iterations"],
-                                 test_accuracy=round(100 * res["test_accuracy"], 2),
-                                 mflops=round(res["flops"] / 1e6, 3), mflops_before=round(res["flops_before"] / 1e6, 3),
-                                 widths=res["widths"], widths_before=res["widths_before"], grown=res["grown"],
-                                 pruned=res["pruned"], phi_first=[None if p is None else round(p, 3)
-                                                                  for p in (ev[0]["phi"] if ev else [])],
-                                 phi_last=[None if p is None else round(p, 3) for p in (ev[-1]["phi"] if ev else [])],
-                                 frozen_layers_first=ev[0]["frozen"] if ev else [],
-                                 all_frozen_warnings=len(warned), seconds=round(res["seconds"], 1),
-                                 evaluations=[dict(step=e["step"], widths=e["widths"], phi=e["phi"],
-                                                   phi_star=e["phi_star"], frozen=e["frozen"], pruned=e["pruned"],
-                                                   grown=e["grown"]) for e in ev])]
-                rows += runs(f"widened-{target}-{method}-s{seed}", work, lambda r: (
-                    f"widened cnn, {r[0]['target']}, {r[0]['method']}, seed {r[0]['seed']}: test "
-                    f"{r[0]['test_accuracy']}%, widths {r[0]['widths']}, phi at first evaluation {r[0]['phi_first']}"))
+    for target, method, seed in [(t, m, s) for m in ("dyno", "static") for t in ("near", "far") for s in seeds]:
+        # every seed of one target and method before the next (DYNO first): complete rows early
+        def work(state, checkpoint):
+            model = TRANSFER_MODELS["cnn"](5).to(device)
+            model.load_state_dict(base.state_dict())
+            widen(model, 2, sz["widen"])
+            torch.manual_seed(seed)
+            torch.nn.init.xavier_uniform_(model.head.weight)
+            torch.nn.init.zeros_(model.head.bias)
+            res, ev, warned = transfer_logged(model, parts[target], method, sz["iterations"], seed)
+            return [dict(target=target, method=method, seed=seed, iterations=sz["iterations"],
+                         test_accuracy=round(100 * res["test_accuracy"], 2),
+                         mflops=round(res["flops"] / 1e6, 3), mflops_before=round(res["flops_before"] / 1e6, 3),
+                         widths=res["widths"], widths_before=res["widths_before"], grown=res["grown"],
+                         pruned=res["pruned"], phi_first=[None if p is None else round(p, 3)
+                                                          for p in (ev[0]["phi"] if ev else [])],
+                         phi_last=[None if p is None else round(p, 3) for p in (ev[-1]["phi"] if ev else [])],
+                         frozen_layers_first=ev[0]["frozen"] if ev else [],
+                         all_frozen_warnings=len(warned), seconds=round(res["seconds"], 1),
+                         evaluations=[dict(step=e["step"], widths=e["widths"], phi=e["phi"],
+                                           phi_star=e["phi_star"], frozen=e["frozen"], pruned=e["pruned"],
+                                           grown=e["grown"]) for e in ev])]
+        rows += runs(f"widened-{target}-{method}-s{seed}", work, lambda r: (
+            f"widened cnn, {r[0]['target']}, {r[0]['method']}, seed {r[0]['seed']}: test "
+            f"{r[0]['test_accuracy']}%, widths {r[0]['widths']}, phi at first evaluation {r[0]['phi_first']}"))
     return rows
 
 
