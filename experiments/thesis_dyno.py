@@ -73,13 +73,15 @@ def widen(model, l, factor=2):
 @torch.no_grad()
 def layer_phi(model, x, eps=0.01):
     """[(phi_ED, smallest singular value of H / sqrt(n))] per hidden layer on inputs x (BatchNorm
-    with x's batch statistics, as DYNO's buffer)."""
+    with x's batch statistics, as DYNO's buffer); (None, None) for a layer with no more samples
+    than neurons (Eq. 27 needs n > M)."""
     b = Buffer(len(x))
     b.push(x)
     out = []
     for h in b.activations(model)[3]:
         hs = as_samples(h).double()
-        out.append((activation_metric(h, eps), float(torch.linalg.svdvals(hs / math.sqrt(len(hs)))[-1])))
+        out.append((None, None) if hs.shape[0] <= hs.shape[1] else
+                   (activation_metric(h, eps), float(torch.linalg.svdvals(hs / math.sqrt(len(hs)))[-1])))
     return out
 
 
@@ -131,7 +133,8 @@ def experiment_phi(parts, sz, runs, log, device=None):
             x = parts[target][0][-sz["buffer"]:] if target == "source" else parts[target][0][:sz["buffer"]]
             for l, (phi, smin) in enumerate(layer_phi(m, x)):
                 rows.append(dict(model=name, inputs=target, layer=l + 1, kind=m.kinds[l], width=m.widths[l],
-                                 phi=round(phi, 4), sigma_min=float(f"{smin:.3g}")))
+                                 phi=None if phi is None else round(phi, 4),
+                                 sigma_min=None if smin is None else float(f"{smin:.3g}")))
     return rows
 
 
