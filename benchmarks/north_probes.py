@@ -17,7 +17,6 @@ pre:  NORTH-Pre (Eq. 33) on one hidden layer at the code's epoch count (20 + 4 n
 Writes benchmarks/results/thesis/north-eq32.{md,csv} and north-pre.{md,csv}.
 """
 import argparse
-import math
 import os
 import sys
 import time

@@ -1,8 +1,6 @@
 """Eq. 32 (the gradient trigger of GradMax, Firefly, NeST) against an independent computation,
 the drivers' hyper-parameters against Table 8 / the authors' code, and "it learns" floors on
 Sec. 6.3.2's generated data."""
-import copy
-
 import torch
 import torch.nn.functional as F
 
@@ -33,12 +31,13 @@ def _eq32_by_hand(m, x, y):
     for l in range(len(m.layers)):
         bridge = torch.zeros(layers[l + 1].weight.shape[0], layers[l].weight.shape[1] + 1, dtype=torch.float64,
                              requires_grad=True)
-        h = x
+        h = inp = x
         for j, layer in enumerate(layers):
+            inp = h if j == l else inp                              # layer l's input feeds the bridge
             z = layer(h)
             if j == l + 1:
-                z = z + torch.cat([src, torch.ones(len(src), 1, dtype=src.dtype)], 1) @ bridge.t()
-            src, h = h, z * (z >= 0)                                # Table 8's ReLU (sigma'(0) = 1)
+                z = z + torch.cat([inp, torch.ones(len(inp), 1, dtype=inp.dtype)], 1) @ bridge.t()
+            h = z * (z >= 0)                                        # Table 8's ReLU (sigma'(0) = 1)
         loss = F.cross_entropy(z, y)
         gw, gb, gout, gbridge = torch.autograd.grad(loss, [layers[l].weight, layers[l].bias, layers[l + 1].weight,
                                                            bridge])
