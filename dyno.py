@@ -17,9 +17,13 @@ phi* starts as the layer's metric on the source (pre-training) data when start()
 else 1 (the authors' code on Imagenette / Imagewoof). Eqs. 38-39 print min(0, ...); the positive
 part is meant (the authors' code). Defaults: delta 3e-2, eps 1e-2, every 50 (Sec. 7.3); the
 buffer holds 2 x the widest dense layer + 1 inputs (at least 128) and grows with it.
+A layer whose phi is 1 (full rank at eps) while phi* >= 1 / (1 + delta) is frozen: Eq. 38 needs
+phi < (1 - delta) phi* and Eq. 39 needs phi > (1 + delta) phi* > 1, so neither can fire until the
+layer loses rank; each evaluation logs phi and this per layer, and warns if every layer is frozen.
 """
 import math
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +80,8 @@ class DYNO:
     thesis: Adam 3e-4, weight decay 1e-3). step(x, y): a grow-and-prune evaluation when
     steps % every == 0 (before the step), then one gradient step. start(x_target, x_source)
     fills the buffer with target inputs and sets phi* from the source inputs.
+    history["evaluations"]: per evaluation the step, widths, neurons pruned and grown, phi before
+    the changes, frozen (module docstring) and phi* per layer.
     Checkpoint: state_dict(); to resume, build model and optimizer as at the start (the
     pretrained widths), then load_state_dict() (it reshapes the model first)."""
 
@@ -112,12 +118,16 @@ class DYNO:
     def grow_and_prune(self):
         """One evaluation of Algorithm 5's inner loop over the hidden layers; returns
         [(layer, pruned, grown)]."""
-        m, t0, changes = self.model, time.perf_counter(), []
+        m, t0, changes, phis, frozen = self.model, time.perf_counter(), [], [], []
         for l in range(len(m.layers)):
             if self._samples(l) <= m.widths[l]:
                 changes.append((l, 0, 0))       # Eq. 37 needs more samples than neurons: wait for the buffer
+                phis.append(None)
+                frozen.append(False)
                 continue
             phi, pruned, grown = self._phi(l), 0, 0
+            phis.append(phi)
+            frozen.append(phi >= 1.0 and self.phi_star[l] * (1 + self.delta) >= 1.0)
             k = min(trig_prune(m.widths[l], phi, self.phi_star[l], self.delta), m.widths[l] - 1)
             if k > 0:
                 m.prune_neurons(l, select_prune(self.buffer.activations(m)[3][l], k), self.optimizer)
@@ -134,7 +144,11 @@ class DYNO:
         self.buffer.size = max(self.buffer.size, self._buffer_size())
         self.history["evaluations"].append(dict(step=self.steps, widths=list(m.widths),
                                                 pruned=[c[1] for c in changes], grown=[c[2] for c in changes],
-                                                phi_star=list(self.phi_star)))
+                                                phi=phis, frozen=frozen, phi_star=list(self.phi_star)))
+        if all(frozen):
+            warnings.warn(f"DYNO at step {self.steps}: every hidden layer is frozen (phi = 1 at eps {self.eps} and "
+                          f"phi* >= 1 / (1 + delta)): Eq. 38 cannot prune and Eq. 39 cannot grow until a layer "
+                          f"loses rank on the target data; this network will stay {m.widths}", stacklevel=3)
         self.history["flops"].append((self.steps, flops(m)))
         self.seconds["structure"] += time.perf_counter() - t0
         return changes

@@ -53,6 +53,7 @@ SIZES = {  # quick (True) and full (False); run(..., sizes={...}) overrides any 
                 strategies=STRATEGIES,   # the strategies compared (every experiment but transfer)
                 n_fs=(2, 4, 8, 16, 32),  # generated: the n_f list (independent features of 64)
                 hidden=(1, 2),           # generated: hidden-layer counts
+                static_width=64,         # generated: also a static MLP this wide per layer (0: none)
                 samples=5000,            # * generated: samples (10% test), as the thesis
                 epochs_per_layer=None,   # * generated: epochs per hidden layer (None: 20 + 4 n_f, the code)
                 images=None,             # * pareto: training images (None: all 60000; test: all)
@@ -63,7 +64,8 @@ SIZES = {  # quick (True) and full (False); run(..., sizes={...}) overrides any 
                 iterations=1000,         # * transfer: fine-tuning iterations of 64 (Sec. 7.3)
                 models=("mlp", "cnn"),   # transfer: source models (TRANSFER_MODELS)
                 cost_steps=None),        # * trigger-cost: steps per strategy (None: COST_MODELS' steps)
-    True: dict(n_seeds=1, strategies=STRATEGIES, n_fs=(2, 8, 32), hidden=(1, 2), samples=5000, epochs_per_layer=4,
+    True: dict(n_seeds=1, strategies=STRATEGIES, n_fs=(2, 8, 32), hidden=(1, 2), static_width=64, samples=5000,
+               epochs_per_layer=4,
                images=12000, epochs=2, presets=False, source_images=10000, pretrain_epochs=1, iterations=300,
                models=("mlp", "cnn"), cost_steps=20)}
 RUN_SHAPING = {  # the sizes (*) that change a finished single run: config.json, checked on resume
@@ -261,25 +263,28 @@ def trigger_cost(data, model="mlp", strategies=STRATEGIES, steps=None, chunk=10,
 # ----------------------------------------------------------------------------------------
 
 def experiment_generated(sz, seeds, runs, device=None):
-    """Sec. 6.3.2: every strategy on every n_f and depth; epochs (20 + 4 n_f) x hidden layers
-    (the authors' code's 'convergence'), or sz["epochs_per_layer"] x hidden layers."""
-    rows = []
+    """Sec. 6.3.2: every strategy on every n_f and depth from width 4, and a static MLP of
+    sz["static_width"] per layer; epochs (20 + 4 n_f) x hidden layers (the authors' code's
+    'convergence'), or sz["epochs_per_layer"] x hidden layers."""
+    rows, static = [], [f"Static {sz['static_width']}"] if sz["static_width"] else []
     for n_f in sz["n_fs"]:
         data = tuple(t.to(device) for t in generated_data(n_f, sz["samples"]))
         for depth in sz["hidden"]:
             ep = (sz["epochs_per_layer"] or 20 + 4 * n_f) * depth
-            for strategy in sz["strategies"]:
+            for strategy in [*sz["strategies"], *static]:
                 for seed in seeds:
                     def work(state, checkpoint):
                         torch.manual_seed(seed)
-                        model = GrowableMLP(64, [4] * depth, 2, max_widths=512).to(device)
-                        res = train_growing(model, strategy, data, epochs=ep, batch_size=128, max_widths=512,
-                                            buffer_size=1024, seed=seed, state=state,
+                        fixed = strategy.startswith("Static")
+                        width = sz["static_width"] if fixed else 4
+                        model = GrowableMLP(64, [width] * depth, 2, max_widths=max(512, width)).to(device)
+                        res = train_growing(model, None if fixed else strategy, data, epochs=ep, batch_size=128,
+                                            max_widths=max(512, width), buffer_size=1024, seed=seed, state=state,
                                             on_epoch=lambda e, s: checkpoint(s))
                         return [dict(n_f=n_f, hidden_layers=depth, strategy=strategy, seed=seed, epochs=ep,
                                      widths=res["widths"], test_accuracy=round(100 * res["test_accuracy"], 2),
                                      train_seconds=round(res["train_seconds"], 1))]
-                    rows += runs(f"nf{n_f}-h{depth}-{strategy}-s{seed}", work, lambda r: (
+                    rows += runs(f"nf{n_f}-h{depth}-{strategy.replace(' ', '')}-s{seed}", work, lambda r: (
                         f"n_f {n_f}, {depth} hidden, {strategy}, seed {seed}: widths {r[0]['widths']}, "
                         f"test {r[0]['test_accuracy']}%"))
     return rows
@@ -558,7 +563,8 @@ def run(name, data, out_dir, seeds=(1, 2, 3), quick=False, log=print, sizes=None
     stem, scale = os.path.join(out_dir, name), "quick" if quick else "full"
     config = dict({k: sz[k] for k in RUN_SHAPING[name]}, experiment=name,
                   data=None if name == "generated" else _fingerprint(data))
-    total = {"generated": len(sz["n_fs"]) * len(sz["hidden"]) * len(sz["strategies"]) * len(seeds),
+    total = {"generated": len(sz["n_fs"]) * len(sz["hidden"]) * (len(sz["strategies"]) + bool(sz["static_width"]))
+             * len(seeds),
              "pareto": (len(sz["strategies"]) * (1 + len(SCHEDULES) * bool(sz["presets"])) + 3) * len(seeds),
              "transfer": 4 * len(sz["models"]) * len(seeds), "trigger-cost": len(COST_MODELS)}[name]
     if name == "trigger-cost":

@@ -9,7 +9,7 @@
     --equinas evolutionary|differentiable
                               ch. 4: EquiNAS_E / EquiNAS_D on rotated Fashion-MNIST, checkpoint
                               every generation / epoch, --resume
-    --experiment north-* | dyno-transfer | equinas-*
+    --experiment north-* | dyno-* | equinas-*
                               the thesis's experiments (thesis_neurogenesis.py,
                               thesis_equinas.py), resumable: finished single runs are kept;
                               --gpus D1,D2,...: their single runs spread over the devices
@@ -74,6 +74,8 @@ def check_args(args, mode):
         sizes = parse_sizes(args.sizes)
         if THESIS_EXPERIMENTS[args.experiment][0] == "neurogenesis":
             from experiments.thesis_neurogenesis import SIZES
+        elif THESIS_EXPERIMENTS[args.experiment][0] == "dyno":
+            from experiments.thesis_dyno import SIZES
         else:
             from experiments.thesis_equinas import SIZES
         unknown = sorted(set(sizes) - set(SIZES[False]))
@@ -276,6 +278,8 @@ def drive(args, run, device, share=None):
     data = None if name == "generated" else load_dataset(args.dataset or "fashion-mnist", args.data)
     if module == "neurogenesis":
         from experiments import thesis_neurogenesis as driver
+    elif module == "dyno":
+        from experiments import thesis_dyno as driver
     else:
         from experiments import thesis_equinas as driver
     sizes = shaped(parse_sizes(args.sizes), driver.SIZES[False]) if getattr(args, "sizes", None) \

@@ -190,6 +190,8 @@ EXPERIMENT_HELP = dict(table1="ResNet-20/56 with each single rule (Table 1)",
                           "north-generated": "thesis Sec. 6.3.2: every NORTH* strategy on generated "
                           "data", "north-pareto": "Sec. 6.3.3: accuracy vs size of every strategy "
                           "on Fashion-MNIST", "dyno-transfer": "Ch. 7: DYNO vs static transfer",
+                          "dyno-phi": "Ch. 7: phi per layer of the transfer CNNs on source and targets",
+                          "dyno-moving": "Ch. 7: DYNO on a CNN whose last convolution is rank-deficient",
                           "north-cost": "Table 9: seconds per mini-batch of each strategy",
                           "equinas-table3": "Ch. 4 Table 3: EquiNAS_E vs C1/C4/D4/RPP on rotated "
                           "Fashion-MNIST", "equinas-table4": "Table 4: EquiNAS_D vs the baselines",

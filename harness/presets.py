@@ -93,12 +93,14 @@ BIONAS_SEEDED = ("mixed-vs-single", "search-vs-random")
 # plasticity-rules paper (experiments/plasticity_paper.py)
 PLASTICITY_EXPERIMENTS = ("table2", "convergence", "generalization", "robustness", "fig4", "fig6",
                           "a4", "theory")
-# thesis: --experiment NAME -> (its module, experiments/thesis_neurogenesis.py or
-# thesis_equinas.py, and the experiment's name there)
+# thesis: --experiment NAME -> (its module, experiments/thesis_neurogenesis.py,
+# thesis_dyno.py or thesis_equinas.py, and the experiment's name there)
 THESIS_EXPERIMENTS = {"north-generated": ("neurogenesis", "generated"),
                       "north-pareto": ("neurogenesis", "pareto"),
                       "dyno-transfer": ("neurogenesis", "transfer"),
                       "north-cost": ("neurogenesis", "trigger-cost"),
+                      "dyno-phi": ("dyno", "dyno-phi"),
+                      "dyno-moving": ("dyno", "dyno-moving"),
                       "equinas-table3": ("equinas", "equinas-table3"),
                       "equinas-table4": ("equinas", "equinas-table4"),
                       "equinas-fig12": ("equinas", "equinas-fig12"),

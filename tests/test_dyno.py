@@ -1,6 +1,8 @@
 """DYNO (Maile's thesis Ch. 7): Eqs. 38-39 arithmetic, SELECT_PRUNE's order, pruning that keeps
 outputs and optimizer state, phi* bookkeeping, the fixed output layer, FLOPs, resume."""
 import copy
+import math
+import warnings
 
 import pytest
 import torch
@@ -147,3 +149,35 @@ def test_dyno_resumes_bit_identically():
     assert m.widths == m2.widths
     for p, q in zip(m.state_dict().values(), m2.state_dict().values()):
         assert torch.equal(p, q)
+
+
+def test_phi_logged_per_layer_and_warning_only_when_every_layer_is_frozen():
+    """Catches: phi not logged (or logged after the changes), a frozen flag that ignores phi*
+    (phi* < 1/(1 + delta) lets a full-rank layer grow) and a warning that is silent when no
+    layer can move, or raised while one can. phi against the SVD count of Eq. 27."""
+    torch.manual_seed(0)
+    x = torch.randn(200, 8)
+    m = N.GrowableMLP(8, [6, 5], 3)                               # 6, 5 neurons on 8 Gaussian inputs: full rank
+    d = D.DYNO(m, torch.optim.Adam(m.parameters(), 1e-3), min_buffer=64)
+    d.start(x[:64])
+    phi = [N.effective_dimension(h) for h in d.buffer.activations(m)[3]]
+    assert phi == [1.0, 1.0]
+    with pytest.warns(UserWarning, match="every hidden layer is frozen"):
+        d.grow_and_prune()
+    e = d.history["evaluations"][-1]
+    assert e["phi"] == phi and e["frozen"] == [True, True] and m.widths == [6, 5]
+    d.phi_star = [1.0, 0.5]                                       # Eq. 39: floor(5 (1 - 1.03 * 0.5)) = 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d.grow_and_prune()
+    e = d.history["evaluations"][-1]
+    assert e["frozen"] == [True, False] and e["grown"] == [0, 2] and m.widths == [6, 7]
+    with torch.no_grad():
+        m.layers[0].weight[:3], m.layers[0].bias[:3] = 0.0, -1.0     # 3 dormant: layer 0 loses rank
+    d.buffer.stale()
+    d.phi_star = [1.0, 1.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        d.grow_and_prune()
+    e = d.history["evaluations"][-1]
+    assert e["phi"][0] == 0.5 and e["frozen"][0] is False and e["pruned"][0] == math.floor(6 * (0.97 - 0.5))

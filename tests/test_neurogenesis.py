@@ -420,7 +420,7 @@ def test_experiment_resumes_skipping_finished_runs_and_continuing_a_checkpointed
     run trained again, a run that restarts from epoch 0 instead of its checkpoint, a resumed run
     that differs from the uninterrupted one, and a call with other sizes mixed into the cache."""
     sizes = dict(n_fs=(2,), hidden=(1,), samples=400, epochs_per_layer=3,
-                 strategies=("NORTH-Random", "NORTH-Select"))
+                 strategies=("NORTH-Random", "NORTH-Select"), static_width=0)
     quiet = lambda *_: None                                                   # noqa: E731
     ref = NE.run("generated", None, str(tmp_path / "a"), (1, 2), log=quiet, sizes=sizes)
     calls, stop_at, real = [], [("NORTH-Random", 2, 1)], NE.train_growing

@@ -27,6 +27,8 @@ TINY = {   # each thesis experiment at a size of seconds
     "north-pareto": "epochs=1",
     "dyno-transfer": "source_images=32,pretrain_epochs=1,iterations=2",
     "north-cost": "cost_steps=1",
+    "dyno-phi": "source_images=32,pretrain_epochs=1,buffer=40,wide=0",
+    "dyno-moving": "source_images=32,pretrain_epochs=1,iterations=2",
     "equinas-table3": TINY_EQUINAS + ",generations=1,parent_size=2",
     "equinas-table4": TINY_EQUINAS + ",epochs_d=1",
     "equinas-fig12": TINY_EQUINAS + ",fig12_train=40,fig12_epochs=1",
@@ -118,7 +120,7 @@ def test_thesis_experiments_build_their_networks_on_the_picked_device(tmp_path, 
         assert ("factory", "randn") in rec.tensors and all(m[1] == "meta" for m in rec.modules)
     else:
         assert_on_fake_device(rec, MODELS[name.split("-")[0]])
-    if name in ("dyno-transfer", "north-cost"):     # the CNNs too
+    if name in ("dyno-transfer", "north-cost", "dyno-moving"):     # the CNNs too
         assert any("conv" in getattr(m, "kinds", ()) for m in rec.sent)
     assert (tmp_path / "runs" / "x" / f"{THESIS_EXPERIMENTS[name][1]}.md").exists()
 
