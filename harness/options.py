@@ -448,9 +448,12 @@ def check_args(args, mode):
         if unknown:
             raise SystemExit(f"error: --attack: unknown attack(s) {', '.join(unknown)}; choose "
                              f"from {', '.join(ATTACKS)}")
-    if args.sizes and args.experiment not in THESIS_EXPERIMENTS:   # its knobs: thesis_runs
+    if args.sizes and args.experiment not in THESIS_EXPERIMENTS and not args.equinas:
         raise SystemExit("error: --sizes sets the size knobs of the thesis experiments "
-                         f"({', '.join(THESIS_EXPERIMENTS)}); drop it here")
+                         f"({', '.join(THESIS_EXPERIMENTS)}) and of --equinas; drop it here")
+    if args.dataset == "rotmnist" and not (args.equinas or str(args.experiment).startswith("equinas")):
+        raise SystemExit("error: --dataset rotmnist (float images) is read by --equinas and "
+                         "--experiment equinas-* only")
     if args.dataset == "imagenet" and mode not in ("train", "attack"):
         raise SystemExit("error: --dataset imagenet retrains a searched genotype (--train "
                          "--genotype PATH), as DARTS transfers its CIFAR cell; search on a small "
