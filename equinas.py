@@ -383,9 +383,7 @@ def relax_network(net, layer, subgroup):
 
 def _net(spec, model=None, device=None):
     net = EquiCNN.from_spec(spec).to(device)
-    if model is not None:
-        net.load_state_dict(model)
-    return net
+    return net if model is None else (net.load_state_dict(model), net)[1]
 
 
 def as_float(x):
@@ -441,14 +439,12 @@ def accuracy(net, x, y, batch_size=500):
 
 def fit(spec, train_x, train_y, epochs, optimizer="adam", lr=0.01, z_lr=None, batch_size=64,
         seed=0, valid=None, state=None, on_epoch=None, log=None, device=None, calibrate=None, init=None):
-    """Train EquiCNN.from_spec(spec) (initialized from `seed`) for `epochs` (may be fractional),
-    with a Z step before every Psi step when z_lr is given (Algorithm 2). After every epoch,
-    on_epoch(state) receives a dict to torch.save; fit(..., state=torch.load(path)) resumes it
-    and gives the same result as an uninterrupted run. Returns (net, state); state["history"]
-    has per epoch the training loss, validation accuracy (valid = (x, y); calibrate(net) first,
-    if given; None: the running BatchNorm statistics, as in the thesis) and z per layer; on
-    `device` (None: train_x's). init: a state_dict of spec's network to start from (a relaxed
-    network: the untrained priors of Sec. 4.5.1)."""
+    """Train EquiCNN.from_spec(spec) (initialized from `seed`, or from the state_dict `init`, e.g.
+    a relaxed network) for `epochs` (may be fractional), a Z step before every Psi step when
+    z_lr is given (Algorithm 2), on `device` (None: train_x's). After every epoch on_epoch(state)
+    gets a dict to torch.save; fit(..., state=it) resumes exactly. Returns (net, state);
+    state["history"]: per epoch the training loss, z per layer and the accuracy on valid = (x, y)
+    (after calibrate(net) if given; None: running BatchNorm statistics, as in the thesis)."""
     device = device or train_x.device
     x, y = as_float(train_x).to(device), train_y.to(device)
     torch.manual_seed(seed)
@@ -530,16 +526,14 @@ def search_evolutionary(train_x, train_y, valid_x, valid_y, generations=50, pare
                         layers=8, fields=16, kernel_size=5, hidden=64, mean=0.0, std=1.0,
                         state=None, on_generation=None, log=None, device=None, calibrate=None):
     """EquiNAS_E (Algorithm 1): one all-`group` network is trained; then every generation adds each
-    parent's children (relaxation morphism, `children`), trains every member (parents included)
-    for `epochs_per_generation` with plain SGD (lr 0.1, no momentum: nothing to carry across a
-    morphism), and keeps `select` of (validation accuracy, parameter count). All members of a
-    generation see the same batches: half-epoch g of the stream for round g. calibrate(net), if
-    given, runs before each validation (None: running BatchNorm statistics, as in the thesis).
-    On `device` (None: train_x's).
-
-    After every generation on_generation(state) receives a dict to torch.save; passing it back as
-    `state` resumes exactly. state["population"]: per member "id", "parent", "spec", "model"
-    (state_dict), "valid_acc", "params"; state["history"]: one row per member per round."""
+    parent's children (`children`), trains every member (parents included) for
+    `epochs_per_generation` with plain SGD (lr 0.1, no momentum: nothing to carry across a
+    morphism; all members on the same batches: half-epoch g of the stream for round g) and
+    keeps `select` of (validation accuracy, parameter count); calibrate(net), if given, runs
+    before each validation (None: running BatchNorm statistics, as in the thesis). On `device`
+    (None: train_x's). After every generation on_generation(state) gets a dict to torch.save;
+    passing it back as `state` resumes exactly. state["population"]: per member "id", "parent",
+    "spec", "model" (state_dict), "valid_acc", "params"; state["history"]: a row per member per round."""
     device = device or train_x.device
     x, y = as_float(train_x).to(device), train_y.to(device)
     vx, vy = as_float(valid_x).to(device), valid_y.to(device)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from equinas import (ELEMENTS, GROUPS, RPP, EquiCNN, FieldBatchNorm, GroupConv2d, MixedGroupConv2d, _net,
                      accuracy, act, as_float, fit, relax_network, search_differentiable, search_evolutionary)
 from harness.run_dir import _atomic, md_table, write_csv
-from experiments.seeds import fmt
+from experiments.seeds import fmt, paired, paired_t, wins
 
 EXPERIMENTS = ("equinas-table3", "equinas-table4", "equinas-fig12", "equinas-cost")
 PAPER_TABLE3 = {"EquiNAS_E": (1.78, 0.04), "RPP": (2.18, 0.04), "D4": (1.78, 0.11), "C4": (1.64, 0.22),
@@ -248,8 +248,9 @@ def experiment_table3(d, sz, seeds, runs, log=print, device=None, share=None):
             rows.append(row)
             extras[seed] = extra
     epochs = (sz["generations"] + 1) * 0.5
-    order = [m for m in BASELINES if m != "RPP"] + [HALF] * bool(sz.get("equal_params")) + list(PRIORS) + ["RPP"]
-    for name in order:                             # method-major: every seed of C1, C4, D4 first
+    order = ["C1", "C4"] + [HALF] * bool(sz.get("equal_params")) + ["D4"] + list(PRIORS) + ["RPP"]
+    for name in order:          # method-major, the cheap comparisons first: C1, C4 and its equal
+                                # in parameters, then D4, the priors and RPP (the dearest)
         key = name.replace(" (prior: ", "-prior").replace(" (half width", "-half").replace(")", "")
         for seed in seeds:
             rows.append(_subrun(runs, f"{key}-sgd-seed{seed}",
@@ -363,6 +364,21 @@ def _summary(rows, paper, title):
                                  "params", "seeds", "s / seed"], out)
 
 
+def _paired(rows, pairs):
+    """Per-seed paired differences of test error (a - b > 0: b better), for the pairs present."""
+    err = {}
+    for r in rows:
+        err.setdefault(r["method"], {})[r["seed"]] = r["test_error"]
+    out = []
+    for a, b in pairs:
+        diffs = paired(err.get(a, {}), err.get(b, {}))
+        if len(diffs) >= 2:
+            p = paired_t(diffs)[1]
+            out.append([f"{a} − {b}", fmt(diffs), f"{wins(diffs)} seeds", f"{p:.3f}"])
+    return ("\nPaired by seed (error % of the first minus the second; wins: the second lower)\n\n"
+            + md_table(["pair", "difference (mean ± std)", "second better", "paired t p"], out)) if out else ""
+
+
 def _scale(sz, d, what):
     bn = (f"; BatchNorm statistics recalibrated on {sz['bn_images']} training images before every "
           f"evaluation (not in the thesis)" if sz["bn_images"] else "; running BatchNorm statistics "
@@ -465,7 +481,7 @@ def _plot_z_grid(histories, path, title, first=None):
 
 
 def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None, rotate=True, device=None,
-        share=None, norm=None, data_name="rotated Fashion-MNIST"):
+        share=None, norm=None, data_name="rotated Fashion-MNIST", finished_only=False):
     """Run experiment `name` (EXPERIMENTS) and write NAME.md, NAME.csv, NAME.png into out_dir.
 
     data: (train_x, train_y, test_x, test_y), images (N, 1, 28, 28) uint8 or float [0, 1] (e.g.
@@ -473,6 +489,7 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
     (rotMNIST; norm: its (mean, std), e.g. harness.rotmnist.NORM; None: the training subset's).
     sizes: overrides of SIZES[quick] (size_knobs). Networks and batches on `device` (None: the CPU).
     share(key) -> bool: train only the sub-runs it assigns, write no report (module docstring).
+    finished_only: train nothing; the report of the sub-runs finished so far.
     Returns the per-seed rows."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown EquiNAS experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
@@ -480,6 +497,8 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
         raise ValueError("no seeds given; pass at least one (the thesis's tables: 3 or more)")
     sz = size_knobs(quick, sizes)
     stem, runs = os.path.join(out_dir, name), os.path.join(out_dir, name + ".runs")
+    pick = (lambda key: "row" in torch.load(os.path.join(runs, key + ".pt"), weights_only=True)
+            if os.path.exists(os.path.join(runs, key + ".pt")) else False) if finished_only else share
     os.makedirs(runs, exist_ok=True)
     scale = "quick" if quick else "full"
     if name == "equinas-cost" and share is not None:     # a timing: measured by the report's process
@@ -501,7 +520,7 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
                   {"mixed / single": [r["ratio"] for r in rows]}, stem + ".png", "time ratio",
                   f"[G]-mixed vs single group layer ({scale}); target ≤ 1.2")
     elif name == "equinas-fig12":
-        rows, extras = experiment_fig12(data, sz, seeds[0], runs, log, device, share)
+        rows, extras = experiment_fig12(data, sz, seeds[0], runs, log, device, pick)
         if share is not None:
             return rows
         text = (f"Fig. 12 ({scale}): EquiNAS_D on Fashion-MNIST transformed by each group's action, "
@@ -521,7 +540,7 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
         if norm is not None:
             d["mean"], d["std"] = norm
         rows, extras = (experiment_table3 if name == "equinas-table3" else experiment_table4)(
-            d, sz, seeds, runs, log, device, share)
+            d, sz, seeds, runs, log, device, pick)
         if share is not None:
             return rows
         if name == "equinas-table3":
@@ -530,6 +549,8 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
             e_rows = [[r["seed"], r["test_error"], r["best_test_error"], r["groups"], f"{r['best_params']:,}"]
                       for r in rows if r["method"] == "EquiNAS_E"]
             text = _summary(rows, PAPER_TABLE3, f"Table 3 ({scale}) on {data_name}: " + _scale(sz, d, what))
+            text += _paired(rows, [("C1", "C4"), ("C1", "D4"), ("C4", "D4"), (HALF, "C4"), (HALF, "D4"),
+                                   ("C1", "C1 (prior: D4)"), ("C1", "C1 (prior: C4)"), ("C4", "C4 (prior: D4)")])
             if e_rows:
                 text += "\nEquiNAS_E final populations\n\n" + md_table(
                     ["seed", "population mean error % (the row above)", "best-validation member error %",
