@@ -7,7 +7,8 @@
                               classes 5-9 (near) or 5-9 with permuted pixels (far) by DYNO and
                               by static fine-tuning, side by side
     --equinas evolutionary|differentiable
-                              ch. 4: EquiNAS_E / EquiNAS_D on rotated Fashion-MNIST, checkpoint
+                              ch. 4: EquiNAS_E / EquiNAS_D on rotated Fashion-MNIST (or
+                              --dataset rotmnist: the standard files), checkpoint
                               every generation / epoch, --resume
     --experiment north-* | dyno-transfer | equinas-*
                               the thesis's experiments (thesis_neurogenesis.py,

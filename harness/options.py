@@ -220,8 +220,9 @@ def build_parser():
                    "pretrained on classes 0-4 to classes 5-9 (near) or 5-9 with permuted pixels "
                    "(far) by DYNO and by static fine-tuning")
     m.add_argument("--equinas", choices=["evolutionary", "differentiable"],
-                   help="thesis ch. 4: EquiNAS_E or EquiNAS_D on rotated Fashion-MNIST (--epochs: "
-                   "D's epochs, E's generations; --learning_rate, --batch_size: of Psi)")
+                   help="thesis ch. 4: EquiNAS_E or EquiNAS_D on rotated Fashion-MNIST or "
+                   "--dataset rotmnist (--epochs: D's epochs, E's generations; --learning_rate, "
+                   "--batch_size: of Psi; --sizes: the network and data knobs, thesis=1: Sec. 4.5)")
     m.add_argument("--experiment", choices=list(BIONAS_EXPERIMENTS) + list(THESIS_EXPERIMENTS),
                    help="a BioNAS analysis: " + "; ".join(f"{k}: {v}" for k, v in
                                                            EXPERIMENT_HELP.items()))
@@ -343,7 +344,7 @@ def build_parser():
     th = p.add_argument_group("neurogenesis and DYNO (Maile's thesis Ch. 6, 7)")
     th.add_argument("--widths", default="64,64", help="--neurogenesis: initial hidden widths")
     th.add_argument("--sizes", metavar="KEY=VALUE,...",
-                    help="--experiment north-*/dyno-transfer/equinas-*: overrides of the "
+                    help="--experiment north-*/dyno-transfer/equinas-*, --equinas: overrides of the "
                     "experiment's size knobs between --quick and full, e.g. "
                     "n_train=6000,generations=5 (the knobs: SIZES in "
                     "experiments/thesis_neurogenesis.py and thesis_equinas.py)")
