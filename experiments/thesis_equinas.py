@@ -37,11 +37,11 @@ SIZES = {  # CPU scale (rotMNIST itself: 12,000 train+valid / 50,000 test images
     False: dict(n_train=6000, n_test=2000, fields=4, layers=8, kernel_size=5, hidden=64,
                 generations=10, parent_size=5, epochs_d=10, fig12_train=5000, fig12_epochs=10,
                 cost=((16, 28, 64), (4, 28, 64), (2, 14, 64)), cost_repeats=5, bn_images=0,
-                searches=1, thesis=0, equal_params=0),
+                searches=1, thesis=0, equal_params=0, pool_input=1),
     True: dict(n_train=2000, n_test=1000, fields=1, layers=8, kernel_size=5, hidden=64,
                generations=3, parent_size=5, epochs_d=2, fig12_train=1000, fig12_epochs=1,
                cost=((4, 28, 64), (2, 14, 32)), cost_repeats=3, bn_images=0, searches=1, thesis=0,
-               equal_params=0),
+               equal_params=0, pool_input=1),
 }
 # --sizes thesis=1: Sec. 4.5 at full scale (a GPU's budget): all 12,000 / 50,000 rotMNIST images,
 # 16 D4 fields, 50 generations (baselines 25.5 epochs), 100 epochs for EquiNAS_D
@@ -49,7 +49,7 @@ THESIS_SIZES = dict(SIZES[False], n_train=12000, n_test=50000, fields=16, genera
                     fig12_train=54000, fig12_epochs=100)
 # the knobs: bn_images > 0 recalibrates BatchNorm on that many training images before every
 # evaluation (not in the thesis); searches=0 runs only the baselines of Tables 3 and 4;
-# equal_params=1 adds Table 3's HALF row
+# equal_params=1 adds Table 3's HALF row; pool_input=2 average-pools the images to 14 x 14
 
 
 def size_knobs(quick=False, overrides=None):
@@ -96,10 +96,10 @@ def augment_by_group(x, group, seed=0):
     return out, g
 
 
-def prepare(data, n_train, n_test, transform=None, valid_fraction=0.1, seed=0):
+def prepare(data, n_train, n_test, transform=None, valid_fraction=0.1, seed=0, pool=1):
     """Fixed subsets (the first n of a permutation from `seed`) of (train_x, train_y, test_x,
     test_y), transformed by transform(x, seed) (train seed+1, test seed+2), 10% of the training
-    subset held out for validation (Sec. 4.5). Returns a dict with train/valid/test pairs and the
+    subset held out for validation (Sec. 4.5), then average-pooled by `pool` (1: as they are). Returns a dict with train/valid/test pairs and the
     training pixel mean and std (the network's normalization)."""
     trx, try_, tex, tey = data
     g = torch.Generator().manual_seed(seed)
@@ -108,6 +108,8 @@ def prepare(data, n_train, n_test, transform=None, valid_fraction=0.1, seed=0):
     xtr, xte = as_float(trx[itr]), as_float(tex[ite])
     if transform is not None:
         xtr, xte = transform(xtr, seed + 1), transform(xte, seed + 2)
+    if pool > 1:                                  # the knob pool_input: smaller, cheaper images
+        xtr, xte = F.avg_pool2d(xtr, pool), F.avg_pool2d(xte, pool)
     nv = int(round(valid_fraction * len(xtr)))
     ytr = try_[itr].long()
     return dict(train=(xtr[nv:], ytr[nv:]), valid=(xtr[:nv], ytr[:nv]), test=(xte, tey[ite].long()),
@@ -248,9 +250,9 @@ def experiment_table3(d, sz, seeds, runs, log=print, device=None, share=None):
             rows.append(row)
             extras[seed] = extra
     epochs = (sz["generations"] + 1) * 0.5
-    order = ["C1", "C4"] + [HALF] * bool(sz.get("equal_params")) + ["D4"] + list(PRIORS) + ["RPP"]
-    for name in order:          # method-major, the cheap comparisons first: C1, C4 and its equal
-                                # in parameters, then D4, the priors and RPP (the dearest)
+    order = ["C1", "C4", "D4"] + [HALF] * bool(sz.get("equal_params")) + list(PRIORS) + ["RPP"]
+    for name in order:          # method-major: every seed of the equal-width C1, C4, D4 first,
+                                # then C1 at C4's parameters, the priors and RPP (the dearest)
         key = name.replace(" (prior: ", "-prior").replace(" (half width", "-half").replace(")", "")
         for seed in seeds:
             rows.append(_subrun(runs, f"{key}-sgd-seed{seed}",
@@ -384,8 +386,8 @@ def _scale(sz, d, what):
           f"evaluation (not in the thesis)" if sz["bn_images"] else "; running BatchNorm statistics "
           f"(the thesis's protocol)")
     return (f"{len(d['train'][0])} training / {len(d['valid'][0])} validation / {len(d['test'][0])} test "
-            f"images, {sz['layers']} layers, {sz['fields']} D4 fields ({8 * sz['fields']} channels, "
-            f"doubled half way), k = {sz['kernel_size']}, {what}{bn}")
+            f"images of {d['train'][0].shape[-1]} x {d['train'][0].shape[-1]} pixels, {sz['layers']} layers, "
+            f"{sz['fields']} D4 fields ({8 * sz['fields']} channels, doubled half way), k = {sz['kernel_size']}, {what}{bn}")
 
 
 def _group_colors():
@@ -536,7 +538,7 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
                      f"Fig. 12 analogue ({scale}): z per layer over epochs, rows = augmentation group")
     else:
         transform = (lambda x, s: rotate_images(x, s)) if rotate else None
-        d = on_device(prepare(data, sz["n_train"], sz["n_test"], transform), device)
+        d = on_device(prepare(data, sz["n_train"], sz["n_test"], transform, pool=sz["pool_input"]), device)
         if norm is not None:
             d["mean"], d["std"] = norm
         rows, extras = (experiment_table3 if name == "equinas-table3" else experiment_table4)(

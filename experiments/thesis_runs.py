@@ -211,7 +211,8 @@ def equinas_run(args, run, device):
     sz = X.size_knobs(args.quick, parse_sizes(args.sizes) if args.sizes else None)
     rot = args.dataset == "rotmnist"
     d = X.on_device(X.prepare(load_dataset(args.dataset, args.data), sz["n_train"], sz["n_test"],
-                              None if rot else (lambda x, s: X.rotate_images(x, s))), device)
+                              None if rot else (lambda x, s: X.rotate_images(x, s)),
+                              pool=sz["pool_input"]), device)
     if rot:
         from harness.rotmnist import NORM
         d["mean"], d["std"] = NORM

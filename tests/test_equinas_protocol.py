@@ -120,6 +120,20 @@ def test_thesis_preset_is_sec_4_5():
     assert X.size_knobs(True, {"fields": 3})["fields"] == 3
 
 
+def test_pool_input_averages_2x2_blocks_after_the_rotation():
+    """Catches the knob pool_input pooling before the rotation or the normalization taken from the
+    unpooled images."""
+    x = torch.rand(20, 1, 8, 8)
+    data = (x, torch.arange(20) % 2, x[:10], torch.arange(10) % 2)
+    shift = lambda v, s: torch.roll(v, 1, -1)                # noqa: E731  (does not commute with pooling)
+    d = X.prepare(data, 20, 10, shift, pool=2)
+    xtr = torch.cat([d["valid"][0], d["train"][0]])           # the first 10% are validation
+    perm = torch.randperm(20, generator=torch.Generator().manual_seed(0))
+    want = torch.roll(x[perm], 1, -1).reshape(20, 1, 4, 2, 4, 2).mean((3, 5))
+    assert torch.allclose(xtr, want, atol=1e-6)
+    assert d["mean"] == pytest.approx(float(d["train"][0].mean()), abs=1e-6)
+
+
 def test_untrained_prior_is_the_prior_network_relaxed_at_init():
     """Catches an untrained-prior baseline that is not the prior group's network (another init)
     or not relaxed (the prior's parameter count): C1 (prior: D4) computes the seed's all-D4
