@@ -383,9 +383,7 @@ def relax_network(net, layer, subgroup):
 
 def _net(spec, model=None, device=None):
     net = EquiCNN.from_spec(spec).to(device)
-    if model is not None:
-        net.load_state_dict(model)
-    return net
+    return net if model is None else (net.load_state_dict(model), net)[1]
 
 
 def as_float(x):
@@ -439,34 +437,18 @@ def accuracy(net, x, y, batch_size=500):
     return correct / max(len(x), 1)
 
 
-@torch.no_grad()
-def recalibrate_bn(net, x, batch_size=200):
-    """Precise BatchNorm statistics (not in the thesis): every running mean and variance becomes
-    the average over batches of x with the weights fixed. Only evaluation changes; it removes the
-    lag of the running statistics behind fast-moving weights in short CPU-scale runs."""
-    bns = [m for m in net.modules() if isinstance(m, (FieldBatchNorm, nn.BatchNorm1d))]
-    momenta, dev = [m.momentum for m in bns], next(net.parameters()).device
-    net.train()
-    for k, i in enumerate(range(0, len(x) - 1, batch_size)):     # a last single image is skipped
-        for m in bns:
-            m.momentum = 1.0 / (k + 1)
-        net(as_float(x[i:i + batch_size]).to(dev))
-    for m, mom in zip(bns, momenta):
-        m.momentum = mom
-
-
 def fit(spec, train_x, train_y, epochs, optimizer="adam", lr=0.01, z_lr=None, batch_size=64,
-        seed=0, valid=None, state=None, on_epoch=None, log=None, device=None, bn_images=0):
-    """Train EquiCNN.from_spec(spec) (initialized from `seed`) for `epochs` (may be fractional),
-    with a Z step before every Psi step when z_lr is given (Algorithm 2). After every epoch,
-    on_epoch(state) receives a dict to torch.save; fit(..., state=torch.load(path)) resumes it
-    and gives the same result as an uninterrupted run. Returns (net, state); state["history"]
-    has per epoch the training loss, validation accuracy (valid = (x, y); BatchNorm statistics
-    first recalibrated on `bn_images` training images if > 0) and z per layer; on `device` (None: train_x's)."""
+        seed=0, valid=None, state=None, on_epoch=None, log=None, device=None, calibrate=None, init=None):
+    """Train EquiCNN.from_spec(spec) (initialized from `seed`, or from the state_dict `init`, e.g.
+    a relaxed network) for `epochs` (may be fractional), a Z step before every Psi step when
+    z_lr is given (Algorithm 2), on `device` (None: train_x's). After every epoch on_epoch(state)
+    gets a dict to torch.save; fit(..., state=it) resumes exactly. Returns (net, state);
+    state["history"]: per epoch the training loss, z per layer and the accuracy on valid = (x, y)
+    (after calibrate(net) if given; None: running BatchNorm statistics, as in the thesis)."""
     device = device or train_x.device
     x, y = as_float(train_x).to(device), train_y.to(device)
     torch.manual_seed(seed)
-    net = _net(state["spec"] if state else spec, device=device)
+    net = _net(state["spec"] if state else spec, None if state else init, device)
     if optimizer not in ("sgd", "adam"):
         raise ValueError(f"unknown optimizer {optimizer!r}; choose sgd or adam")
     opt = (torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam)(net.weights(), lr=lr)
@@ -484,8 +466,8 @@ def fit(spec, train_x, train_y, epochs, optimizer="adam", lr=0.01, z_lr=None, ba
         loss = train_steps(net, x, y, opt, state["step"], stop, batch_size, seed, zopt)
         rec = {"epoch": stop / per, "train_loss": loss, "z": net.z()}
         if valid is not None:
-            if bn_images:
-                recalibrate_bn(net, x[:bn_images])
+            if calibrate:
+                calibrate(net)
             rec["valid_acc"] = accuracy(net, valid[0].to(device), valid[1].to(device))
         state.update(step=stop, model=copy.deepcopy(net.state_dict()), opt=copy.deepcopy(opt.state_dict()),
                      zopt=copy.deepcopy(zopt.state_dict()) if zopt else None, history=state["history"] + [rec])
@@ -500,7 +482,7 @@ def fit(spec, train_x, train_y, epochs, optimizer="adam", lr=0.01, z_lr=None, ba
 def search_differentiable(train_x, train_y, epochs=100, lr=0.01, z_lr=0.01, batch_size=64, seed=0,
                           groups=GROUPS, layers=8, fields=16, kernel_size=5, hidden=64, mean=0.0,
                           std=1.0, valid=None, state=None, on_epoch=None, log=None, device=None,
-                          bn_images=0):
+                          calibrate=None):
     """EquiNAS_D (Algorithm 2): every layer [G]-mixed over `groups`; alternate a Z step and a Psi
     step on independent batches; separate Adam optimizers (lr 0.01 each, Sec. 4.5), batch 64; no
     discretization: the returned network is the searched one. Checkpoint/resume as in fit()."""
@@ -509,7 +491,7 @@ def search_differentiable(train_x, train_y, epochs=100, lr=0.01, z_lr=0.01, batc
             "config": dict(fields=fields, kernel_size=kernel_size, in_channels=train_x.shape[1],
                            classes=classes, hidden=hidden, mean=mean, std=std)}
     return fit(spec, train_x, train_y, epochs, "adam", lr, z_lr, batch_size, seed, valid, state,
-               on_epoch, log, device, bn_images)
+               on_epoch, log, device, calibrate)
 
 
 # --- EquiNAS_E (Algorithm 1) ---------------------------------------------------------------------
@@ -542,18 +524,16 @@ def children(net):
 def search_evolutionary(train_x, train_y, valid_x, valid_y, generations=50, parent_size=5,
                         epochs_per_generation=0.5, lr=0.1, batch_size=64, seed=0, group="D4",
                         layers=8, fields=16, kernel_size=5, hidden=64, mean=0.0, std=1.0,
-                        state=None, on_generation=None, log=None, device=None, bn_images=0):
+                        state=None, on_generation=None, log=None, device=None, calibrate=None):
     """EquiNAS_E (Algorithm 1): one all-`group` network is trained; then every generation adds each
-    parent's children (relaxation morphism, `children`), trains every member (parents included)
-    for `epochs_per_generation` with plain SGD (lr 0.1, no momentum: nothing to carry across a
-    morphism), and keeps `select` of (validation accuracy, parameter count). All members of a
-    generation see the same batches: half-epoch g of the stream for round g. bn_images > 0:
-    BatchNorm statistics recalibrated on that many training images before validation. On `device`
-    (None: train_x's).
-
-    After every generation on_generation(state) receives a dict to torch.save; passing it back as
-    `state` resumes exactly. state["population"]: per member "id", "parent", "spec", "model"
-    (state_dict), "valid_acc", "params"; state["history"]: one row per member per round."""
+    parent's children (`children`), trains every member (parents included) for
+    `epochs_per_generation` with plain SGD (lr 0.1, no momentum: nothing to carry across a
+    morphism; all members on the same batches: half-epoch g of the stream for round g) and
+    keeps `select` of (validation accuracy, parameter count); calibrate(net), if given, runs
+    before each validation (None: running BatchNorm statistics, as in the thesis). On `device`
+    (None: train_x's). After every generation on_generation(state) gets a dict to torch.save;
+    passing it back as `state` resumes exactly. state["population"]: per member "id", "parent",
+    "spec", "model" (state_dict), "valid_acc", "params"; state["history"]: a row per member per round."""
     device = device or train_x.device
     x, y = as_float(train_x).to(device), train_y.to(device)
     vx, vy = as_float(valid_x).to(device), valid_y.to(device)
@@ -578,8 +558,8 @@ def search_evolutionary(train_x, train_y, valid_x, valid_y, generations=50, pare
         for _, _, net in members:
             train_steps(net, x, y, torch.optim.SGD(net.parameters(), lr=lr), r * per, (r + 1) * per,
                         batch_size, seed)
-            if bn_images:
-                recalibrate_bn(net, x[:bn_images])
+            if calibrate:
+                calibrate(net)
             accs.append(accuracy(net, vx, vy))
             counts.append(net.num_params())
         keep = select(accs, counts, parent_size)
@@ -597,12 +577,6 @@ def search_evolutionary(train_x, train_y, valid_x, valid_y, generations=50, pare
         if on_generation:
             on_generation(state)
     return state
-
-
-def population(state, device=None):
-    """The networks of a search_evolutionary state (on `device`; None: their weights'), with their records."""
-    return [(_net(ind["spec"], ind["model"], device or next(iter(ind["model"].values())).device), ind)
-            for ind in state["population"]]
 
 
 if __name__ == "__main__":

@@ -18,25 +18,45 @@ import time
 import torch
 import torch.nn.functional as F
 
-from equinas import (ELEMENTS, GROUPS, RPP, GroupConv2d, MixedGroupConv2d, accuracy, act, as_float, fit,
-                     population, recalibrate_bn, search_differentiable, search_evolutionary)
+from equinas import (ELEMENTS, GROUPS, RPP, EquiCNN, FieldBatchNorm, GroupConv2d, MixedGroupConv2d, _net,
+                     accuracy, act, as_float, fit, relax_network, search_differentiable, search_evolutionary)
 from harness.run_dir import _atomic, md_table, write_csv
-from experiments.seeds import fmt
+from experiments.seeds import fmt, paired, paired_t, wins
 
 EXPERIMENTS = ("equinas-table3", "equinas-table4", "equinas-fig12", "equinas-cost")
 PAPER_TABLE3 = {"EquiNAS_E": (1.78, 0.04), "RPP": (2.18, 0.04), "D4": (1.78, 0.11), "C4": (1.64, 0.22),
-                "C1": (5.02, 1.15)}                      # rotMNIST test error %, Table 3
+                "C1": (5.02, 1.15), "C4 (prior: D4)": (1.93, 0.05), "C1 (prior: D4)": (3.40, 0.07),
+                "C1 (prior: C4)": (2.96, 0.05)}          # rotMNIST test error %, Table 3
 PAPER_TABLE4 = {"EquiNAS_D": (2.29, 0.27), "RPP": (2.89, 0.27), "D4": (2.97, 1.50), "C4": (2.43, 0.54),
                 "C1": (3.97, 0.75)}                      # rotMNIST test error %, Table 4
 BASELINES = {"C1": "C1", "C4": "C4", "D4": "D4", "RPP": RPP}
-SIZES = {  # CPU scale; the thesis: 16 fields, all 54k/6k images, 50 generations, 100 epochs
-    False: dict(n_train=10000, n_test=2000, fields=2, layers=8, kernel_size=5, hidden=64,
+# Sec. 4.5.1's untrained priors: every layer built in the prior's group, then relaxed at init
+PRIORS = {"C4 (prior: D4)": ("C4", "D4"), "C1 (prior: D4)": ("C1", "D4"), "C1 (prior: C4)": ("C1", "C4")}
+HALF = "C1 (half width)"  # not in the thesis: C1 with fields // 2, about the parameters of C4 at full width
+SIZES = {  # CPU scale (rotMNIST itself: 12,000 train+valid / 50,000 test images)
+    False: dict(n_train=6000, n_test=2000, fields=4, layers=8, kernel_size=5, hidden=64,
                 generations=10, parent_size=5, epochs_d=10, fig12_train=5000, fig12_epochs=10,
-                cost=((16, 28, 64), (4, 28, 64), (2, 14, 64)), cost_repeats=5, bn_images=1000),
+                cost=((16, 28, 64), (4, 28, 64), (2, 14, 64)), cost_repeats=5, bn_images=0,
+                searches=1, thesis=0, equal_params=0, pool_input=1),
     True: dict(n_train=2000, n_test=1000, fields=1, layers=8, kernel_size=5, hidden=64,
                generations=3, parent_size=5, epochs_d=2, fig12_train=1000, fig12_epochs=1,
-               cost=((4, 28, 64), (2, 14, 32)), cost_repeats=3, bn_images=1000),
+               cost=((4, 28, 64), (2, 14, 32)), cost_repeats=3, bn_images=0, searches=1, thesis=0,
+               equal_params=0, pool_input=1),
 }
+# --sizes thesis=1: Sec. 4.5 at full scale (a GPU's budget): all 12,000 / 50,000 rotMNIST images,
+# 16 D4 fields, 50 generations (baselines 25.5 epochs), 100 epochs for EquiNAS_D
+THESIS_SIZES = dict(SIZES[False], n_train=12000, n_test=50000, fields=16, generations=50, epochs_d=100,
+                    fig12_train=54000, fig12_epochs=100)
+# the knobs: bn_images > 0 recalibrates BatchNorm on that many training images before every
+# evaluation (not in the thesis); searches=0 runs only the baselines of Tables 3 and 4;
+# equal_params=1 adds Table 3's HALF row; pool_input=2 average-pools the images to 14 x 14
+
+
+def size_knobs(quick=False, overrides=None):
+    """SIZES[quick] (or THESIS_SIZES with thesis=1) updated by `overrides` (--sizes)."""
+    overrides = dict(overrides or {})
+    base = THESIS_SIZES if overrides.get("thesis") else SIZES[bool(quick)]
+    return dict(base, **overrides)
 
 
 # ----------------------------------------------------------------------------------------
@@ -76,10 +96,10 @@ def augment_by_group(x, group, seed=0):
     return out, g
 
 
-def prepare(data, n_train, n_test, transform=None, valid_fraction=0.1, seed=0):
+def prepare(data, n_train, n_test, transform=None, valid_fraction=0.1, seed=0, pool=1):
     """Fixed subsets (the first n of a permutation from `seed`) of (train_x, train_y, test_x,
     test_y), transformed by transform(x, seed) (train seed+1, test seed+2), 10% of the training
-    subset held out for validation (Sec. 4.5). Returns a dict with train/valid/test pairs and the
+    subset held out for validation (Sec. 4.5), then average-pooled by `pool` (1: as they are). Returns a dict with train/valid/test pairs and the
     training pixel mean and std (the network's normalization)."""
     trx, try_, tex, tey = data
     g = torch.Generator().manual_seed(seed)
@@ -88,10 +108,51 @@ def prepare(data, n_train, n_test, transform=None, valid_fraction=0.1, seed=0):
     xtr, xte = as_float(trx[itr]), as_float(tex[ite])
     if transform is not None:
         xtr, xte = transform(xtr, seed + 1), transform(xte, seed + 2)
+    if pool > 1:                                  # the knob pool_input: smaller, cheaper images
+        xtr, xte = F.avg_pool2d(xtr, pool), F.avg_pool2d(xte, pool)
     nv = int(round(valid_fraction * len(xtr)))
     ytr = try_[itr].long()
     return dict(train=(xtr[nv:], ytr[nv:]), valid=(xtr[:nv], ytr[:nv]), test=(xte, tey[ite].long()),
                 mean=float(xtr[nv:].mean()), std=float(xtr[nv:].std()))
+
+
+@torch.no_grad()
+def recalibrate_bn(net, x, batch_size=200):
+    """Precise BatchNorm statistics (not in the thesis; the knob bn_images): every running mean
+    and variance becomes the average over batches of x with the weights fixed. Only evaluation
+    changes; it removes the lag of the running statistics behind fast-moving weights."""
+    bns = [m for m in net.modules() if isinstance(m, (FieldBatchNorm, torch.nn.BatchNorm1d))]
+    momenta, dev = [m.momentum for m in bns], next(net.parameters()).device
+    net.train()
+    for k, i in enumerate(range(0, len(x) - 1, batch_size)):     # a last single image is skipped
+        for m in bns:
+            m.momentum = 1.0 / (k + 1)
+        net(as_float(x[i:i + batch_size]).to(dev))
+    for m, mom in zip(bns, momenta):
+        m.momentum = mom
+
+
+def calibration(train_x, bn_images):
+    """The `calibrate` hook of equinas' searches: None (running statistics, the thesis's
+    protocol) when bn_images is 0, else a recalibration on the first bn_images images."""
+    return (lambda net: recalibrate_bn(net, train_x[:bn_images])) if bn_images else None
+
+
+def population(state, device=None):
+    """The networks of a search_evolutionary state (on `device`; None: their weights'), with their records."""
+    return [(_net(ind["spec"], ind["model"], device or next(iter(ind["model"].values())).device), ind)
+            for ind in state["population"]]
+
+
+def prior_network(group, prior, seed=0, **config):
+    """An untrained prior (Sec. 4.5.1): an EquiCNN with every layer in `prior`, initialized from
+    `seed`, each layer then relaxed to `group` (Eqs. 4-10): a `group` network that computes the
+    `prior` network's function. Returns (spec, state_dict)."""
+    torch.manual_seed(seed)
+    net = EquiCNN([prior] * config.pop("layers"), **config)
+    for i in range(len(net.convs)):
+        net = relax_network(net, i, group)
+    return net.spec(), net.state_dict()
 
 
 def on_device(d, device):
@@ -142,8 +203,15 @@ def _spec(arch, d, sz):
 
 def _baseline(d, sz, name, seed, epochs, optimizer, lr, device):
     def work(state, checkpoint):
-        net, _ = fit(_spec(BASELINES[name], d, sz), *d["train"], epochs, optimizer, lr, seed=seed,
-                     state=state, on_epoch=checkpoint, device=device)
+        if name in PRIORS:
+            cfg = dict(_net_config(d, sz), in_channels=1, classes=10)
+            spec, init = prior_network(*PRIORS[name], seed=seed, **cfg)
+        elif name == HALF:
+            spec, init = _spec("C1", d, dict(sz, fields=max(sz["fields"] // 2, 1))), None
+        else:
+            spec, init = _spec(BASELINES[name], d, sz), None
+        net, _ = fit(spec, *d["train"], epochs, optimizer, lr, seed=seed, state=state,
+                     on_epoch=checkpoint, device=device, init=init)
         err, acc = _evaluate(net, d, sz)
         return dict(method=name, seed=seed, test_error=err, valid_acc=acc, params=net.num_params(),
                     groups="-".join(g or "mix" for g in net.groups())), {}
@@ -155,32 +223,43 @@ def _baseline(d, sz, name, seed, epochs, optimizer, lr, device):
 # ----------------------------------------------------------------------------------------
 
 def experiment_table3(d, sz, seeds, runs, log=print, device=None, share=None):
-    """Table 3 (Sec. 4.5.1): EquiNAS_E (`generations` of 0.5 epoch, parent size 5, SGD 0.1) and
-    the C1, C4, D4, RPP baselines trained for the same (generations + 1) / 2 epochs with SGD 0.1.
-    EquiNAS_E's row: the final population's member with the best validation accuracy (its mean
-    test error over the final population is beside it). Returns (rows, extras)."""
+    """Table 3 (Sec. 4.5.1): EquiNAS_E (`generations` of 0.5 epoch, parent size 5, SGD 0.1; not
+    run with searches=0), the C1, C4, D4, RPP baselines and the untrained priors (PRIORS), all
+    trained for the same (generations + 1) / 2 epochs with SGD 0.1. EquiNAS_E's row: the mean
+    test error of the final population (the thesis aggregates its 5 members), the member with
+    the best validation accuracy beside it. Returns (rows, extras)."""
     rows, extras = [], {}
     for seed in seeds:
         def work(state, checkpoint):
             st = search_evolutionary(*d["train"], *d["valid"], generations=sz["generations"],
                                      parent_size=sz["parent_size"], seed=seed, state=state,
-                                     on_generation=checkpoint, log=log, bn_images=sz["bn_images"],
-                                     device=device, **_net_config(d, sz))
+                                     on_generation=checkpoint, log=log, device=device,
+                                     calibrate=calibration(d["train"][0], sz["bn_images"]),
+                                     **_net_config(d, sz))
             pop = [(net.groups(), ind["params"], ind["valid_acc"], _evaluate(net, d, sz)[0])
                    for net, ind in population(st, device)]
             best = max(pop, key=lambda p: p[2])
-            return (dict(method="EquiNAS_E", seed=seed, test_error=best[3], valid_acc=round(100 * best[2], 2),
-                         params=best[1], groups="-".join(best[0]),
-                         population_test_error=round(statistics.mean(p[3] for p in pop), 2)),
+            return (dict(method="EquiNAS_E", seed=seed,
+                         test_error=round(statistics.mean(p[3] for p in pop), 2),
+                         valid_acc=round(100 * statistics.mean(p[2] for p in pop), 2),
+                         params=round(statistics.mean(p[1] for p in pop)),
+                         groups="-".join(best[0]), best_test_error=best[3], best_params=best[1]),
                     dict(history=st["history"], population=pop))
-        row, extra = _subrun(runs, f"EquiNAS_E-seed{seed}", work, log, share)
-        rows.append(row)
-        extras[seed] = extra
-        epochs = (sz["generations"] + 1) * 0.5
-        for name in BASELINES:
-            rows.append(_subrun(runs, f"{name}-sgd-seed{seed}",
+        if sz.get("searches", 1):
+            row, extra = _subrun(runs, f"EquiNAS_E-seed{seed}", work, log, share)
+            rows.append(row)
+            extras[seed] = extra
+    epochs = (sz["generations"] + 1) * 0.5
+    order = ["C1", "C4", "D4"] + [HALF] * bool(sz.get("equal_params")) + list(PRIORS) + ["RPP"]
+    for name in order:          # method-major: every seed of the equal-width C1, C4, D4 first,
+                                # then C1 at C4's parameters, the priors and RPP (the dearest)
+        key = name.replace(" (prior: ", "-prior").replace(" (half width", "-half").replace(")", "")
+        for seed in seeds:
+            rows.append(_subrun(runs, f"{key}-sgd-seed{seed}",
                                 _baseline(d, sz, name, seed, epochs, "sgd", 0.1, device), log, share)[0])
-    return [r for r in rows if r], {s: e for s, e in extras.items() if e is not None}
+    shown = ["EquiNAS_E"] + list(BASELINES) + list(PRIORS) + [HALF]
+    rows = sorted((r for r in rows if r), key=lambda r: (shown.index(r["method"]), r["seed"]))
+    return rows, {s: e for s, e in extras.items() if e is not None}
 
 
 def experiment_table4(d, sz, seeds, runs, log=print, device=None, share=None):
@@ -196,9 +275,10 @@ def experiment_table4(d, sz, seeds, runs, log=print, device=None, share=None):
             return (dict(method="EquiNAS_D", seed=seed, test_error=err, valid_acc=acc, params=net.num_params(),
                          groups="-".join(GROUPS[max(range(len(z)), key=z.__getitem__)] for z in final)),
                     dict(z=[(h["epoch"], h["z"]) for h in st["history"]]))
-        row, extra = _subrun(runs, f"EquiNAS_D-seed{seed}", work, log, share)
-        rows.append(row)
-        extras[seed] = extra
+        if sz.get("searches", 1):
+            row, extra = _subrun(runs, f"EquiNAS_D-seed{seed}", work, log, share)
+            rows.append(row)
+            extras[seed] = extra
         for name in BASELINES:
             rows.append(_subrun(runs, f"{name}-adam-seed{seed}",
                                 _baseline(d, sz, name, seed, sz["epochs_d"], "adam", 0.01, device), log, share)[0])
@@ -286,12 +366,28 @@ def _summary(rows, paper, title):
                                  "params", "seeds", "s / seed"], out)
 
 
+def _paired(rows, pairs):
+    """Per-seed paired differences of test error (a - b > 0: b better), for the pairs present."""
+    err = {}
+    for r in rows:
+        err.setdefault(r["method"], {})[r["seed"]] = r["test_error"]
+    out = []
+    for a, b in pairs:
+        diffs = paired(err.get(a, {}), err.get(b, {}))
+        if len(diffs) >= 2:
+            p = paired_t(diffs)[1]
+            out.append([f"{a} − {b}", fmt(diffs), f"{wins(diffs)} seeds", f"{p:.3f}"])
+    return ("\nPaired by seed (error % of the first minus the second; wins: the second lower)\n\n"
+            + md_table(["pair", "difference (mean ± std)", "second better", "paired t p"], out)) if out else ""
+
+
 def _scale(sz, d, what):
     bn = (f"; BatchNorm statistics recalibrated on {sz['bn_images']} training images before every "
-          f"evaluation (not in the thesis)" if sz["bn_images"] else "")
+          f"evaluation (not in the thesis)" if sz["bn_images"] else "; running BatchNorm statistics "
+          f"(the thesis's protocol)")
     return (f"{len(d['train'][0])} training / {len(d['valid'][0])} validation / {len(d['test'][0])} test "
-            f"images, {sz['layers']} layers, {sz['fields']} D4 fields ({8 * sz['fields']} channels, "
-            f"doubled half way), k = {sz['kernel_size']}, {what}{bn}")
+            f"images of {d['train'][0].shape[-1]} x {d['train'][0].shape[-1]} pixels, {sz['layers']} layers, "
+            f"{sz['fields']} D4 fields ({8 * sz['fields']} channels, doubled half way), k = {sz['kernel_size']}, {what}{bn}")
 
 
 def _group_colors():
@@ -328,9 +424,15 @@ def _plot_z(axes, hist, title=""):
 def _plot_table3(rows, extras, path, title):
     from harness.plots import _plt
     plt = _plt()
-    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, ax = plt.subplots(1, 3 if extras else 1, figsize=(15 if extras else 5, 4.2), squeeze=False)
+    ax = ax[0]
     _plot_error_params(ax[0], rows)
     ax[0].set_title("test error vs parameters (Fig. 10)", fontsize=9)
+    if not extras:                                # searches=0: the baselines only
+        fig.suptitle(title, fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        return plt.close(fig)
     seed = min(extras)
     hist = extras[seed]["history"]
     rounds = sorted({h["round"] for h in hist})
@@ -381,20 +483,24 @@ def _plot_z_grid(histories, path, title, first=None):
 
 
 def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None, rotate=True, device=None,
-        share=None):
+        share=None, norm=None, data_name="rotated Fashion-MNIST", finished_only=False):
     """Run experiment `name` (EXPERIMENTS) and write NAME.md, NAME.csv, NAME.png into out_dir.
 
     data: (train_x, train_y, test_x, test_y), images (N, 1, 28, 28) uint8 or float [0, 1] (e.g.
     harness.data.load_dataset("fashion-mnist", root)); rotate=False when they are rotated already
-    (rotMNIST). sizes: overrides of SIZES[quick]. Networks and batches on `device` (None: the CPU).
+    (rotMNIST; norm: its (mean, std), e.g. harness.rotmnist.NORM; None: the training subset's).
+    sizes: overrides of SIZES[quick] (size_knobs). Networks and batches on `device` (None: the CPU).
     share(key) -> bool: train only the sub-runs it assigns, write no report (module docstring).
+    finished_only: train nothing; the report of the sub-runs finished so far.
     Returns the per-seed rows."""
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown EquiNAS experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
     if not seeds:
         raise ValueError("no seeds given; pass at least one (the thesis's tables: 3 or more)")
-    sz = dict(SIZES[bool(quick)], **(sizes or {}))
+    sz = size_knobs(quick, sizes)
     stem, runs = os.path.join(out_dir, name), os.path.join(out_dir, name + ".runs")
+    pick = (lambda key: "row" in torch.load(os.path.join(runs, key + ".pt"), weights_only=True)
+            if os.path.exists(os.path.join(runs, key + ".pt")) else False) if finished_only else share
     os.makedirs(runs, exist_ok=True)
     scale = "quick" if quick else "full"
     if name == "equinas-cost" and share is not None:     # a timing: measured by the report's process
@@ -416,7 +522,7 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
                   {"mixed / single": [r["ratio"] for r in rows]}, stem + ".png", "time ratio",
                   f"[G]-mixed vs single group layer ({scale}); target ≤ 1.2")
     elif name == "equinas-fig12":
-        rows, extras = experiment_fig12(data, sz, seeds[0], runs, log, device, share)
+        rows, extras = experiment_fig12(data, sz, seeds[0], runs, log, device, pick)
         if share is not None:
             return rows
         text = (f"Fig. 12 ({scale}): EquiNAS_D on Fashion-MNIST transformed by each group's action, "
@@ -432,30 +538,38 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
                      f"Fig. 12 analogue ({scale}): z per layer over epochs, rows = augmentation group")
     else:
         transform = (lambda x, s: rotate_images(x, s)) if rotate else None
-        d = on_device(prepare(data, sz["n_train"], sz["n_test"], transform), device)
+        d = on_device(prepare(data, sz["n_train"], sz["n_test"], transform, pool=sz["pool_input"]), device)
+        if norm is not None:
+            d["mean"], d["std"] = norm
         rows, extras = (experiment_table3 if name == "equinas-table3" else experiment_table4)(
-            d, sz, seeds, runs, log, device, share)
+            d, sz, seeds, runs, log, device, pick)
         if share is not None:
             return rows
         if name == "equinas-table3":
             what = (f"{sz['generations']} generations of 0.5 epoch, parent size {sz['parent_size']}, "
                     f"baselines {(sz['generations'] + 1) / 2} epochs, SGD 0.1")
-            e_rows = [[r["seed"], r["test_error"], r["population_test_error"], r["groups"], f"{r['params']:,}"]
+            e_rows = [[r["seed"], r["test_error"], r["best_test_error"], r["groups"], f"{r['best_params']:,}"]
                       for r in rows if r["method"] == "EquiNAS_E"]
-            text = (_summary(rows, PAPER_TABLE3, f"Table 3 ({scale}) on rotated Fashion-MNIST: "
-                             + _scale(sz, d, what)) + "\nEquiNAS_E final populations\n\n"
-                    + md_table(["seed", "best-validation member error %", "population mean error %",
-                           "its groups per layer", "params"], e_rows))
-            _plot_table3(rows, extras, stem + ".png", f"Table 3 analogue ({scale}), rotated Fashion-MNIST")
+            text = _summary(rows, PAPER_TABLE3, f"Table 3 ({scale}) on {data_name}: " + _scale(sz, d, what))
+            text += _paired(rows, [("C1", "C4"), ("C1", "D4"), ("C4", "D4"), (HALF, "C4"), (HALF, "D4"),
+                                   ("C1", "C1 (prior: D4)"), ("C1", "C1 (prior: C4)"), ("C4", "C4 (prior: D4)")])
+            if e_rows:
+                text += "\nEquiNAS_E final populations\n\n" + md_table(
+                    ["seed", "population mean error % (the row above)", "best-validation member error %",
+                     "its groups per layer", "its params"], e_rows)
+            _plot_table3(rows, extras, stem + ".png", f"Table 3 analogue ({scale}), {data_name}")
         else:
             what = f"{sz['epochs_d']} epochs, Adam 0.01 (Psi and Z), batch 64"
             d_rows = [[r["seed"], r["test_error"], r["groups"]] for r in rows if r["method"] == "EquiNAS_D"]
-            text = (_summary(rows, PAPER_TABLE4, f"Table 4 ({scale}) on rotated Fashion-MNIST: "
-                             + _scale(sz, d, what)) + "\nEquiNAS_D: largest z per layer at the end\n\n"
-                    + md_table(["seed", "test error %", "argmax z per layer"], d_rows))
-            _plot_z_grid({f"seed {s}": extras[s]["z"] for s in sorted(extras)}, stem + ".png",
-                         f"Table 4 analogue ({scale}): EquiNAS_D z per layer (Fig. 15) and error vs "
-                         f"parameters (Fig. 14)", first=lambda ax: _plot_error_params(ax, rows))
+            text = (_summary(rows, PAPER_TABLE4, f"Table 4 ({scale}) on {data_name}: "
+                             + _scale(sz, d, what)) + ("\nEquiNAS_D: largest z per layer at the end\n\n"
+                    + md_table(["seed", "test error %", "argmax z per layer"], d_rows)) * bool(d_rows))
+            if not extras:
+                _plot_table3(rows, {}, stem + ".png", f"Table 4 analogue ({scale}), {data_name}")
+            else:
+                _plot_z_grid({f"seed {s}": extras[s]["z"] for s in sorted(extras)}, stem + ".png",
+                             f"Table 4 analogue ({scale}): EquiNAS_D z per layer (Fig. 15) and error vs "
+                             f"parameters (Fig. 14)", first=lambda ax: _plot_error_params(ax, rows))
     with open(stem + ".md", "w") as f:
         f.write(text)
     write_csv(rows, stem + ".csv")

@@ -7,7 +7,8 @@
                               classes 5-9 (near) or 5-9 with permuted pixels (far) by DYNO and
                               by static fine-tuning, side by side
     --equinas evolutionary|differentiable
-                              ch. 4: EquiNAS_E / EquiNAS_D on rotated Fashion-MNIST, checkpoint
+                              ch. 4: EquiNAS_E / EquiNAS_D on rotated Fashion-MNIST (or
+                              --dataset rotmnist: the standard files), checkpoint
                               every generation / epoch, --resume
     --experiment north-* | dyno-* | equinas-*
                               the thesis's experiments (thesis_neurogenesis.py,
@@ -91,7 +92,15 @@ def check_args(args, mode):
         if not widths or min(widths) < 1 or max(widths) > args.max_width:
             raise SystemExit(f"error: --widths {args.widths}: every width must be between 1 and "
                              f"--max_width {args.max_width}")
-    if mode in ("neurogenesis", "dyno", "equinas") and args.dataset not in MNIST_LIKE:
+    if mode == "equinas" and args.sizes:
+        from experiments.thesis_equinas import SIZES
+        unknown = sorted(set(parse_sizes(args.sizes)) - set(SIZES[False]))
+        if unknown:
+            raise SystemExit(f"error: --sizes: unknown knob(s) {', '.join(unknown)} for --equinas; "
+                             f"choose from {', '.join(SIZES[False])}")
+    if mode == "equinas" and args.dataset not in MNIST_LIKE + ("rotmnist",):
+        raise SystemExit(f"error: --equinas runs on rotmnist, mnist or fashion-mnist, not {args.dataset}")
+    if mode in ("neurogenesis", "dyno") and args.dataset not in MNIST_LIKE:
         raise SystemExit(f"error: --{mode} runs on mnist or fashion-mnist, not {args.dataset}")
 
 
@@ -193,18 +202,25 @@ def dyno_run(args, run, device):
 
 
 def equinas_run(args, run, device):
-    """--equinas evolutionary|differentiable on rotated Fashion-MNIST at thesis_equinas'
-    SIZES (quick or full), on `device`: EquiNAS_E checkpoints every generation, EquiNAS_D every
-    epoch. --epochs: EquiNAS_D's epochs, EquiNAS_E's generations; --learning_rate: of Psi (SGD
-    for E, Adam for D; Z keeps Adam 0.01); --batch_size: both (unset: Sec. 4.5's values)."""
+    """--equinas evolutionary|differentiable on rotated Fashion-MNIST (or --dataset rotmnist: the
+    standard rotMNIST files, not rotated again, the authors' normalization) at thesis_equinas'
+    sizes (quick or full, --sizes KEY=VALUE overrides, --sizes thesis=1: Sec. 4.5's scale), on
+    `device`: EquiNAS_E checkpoints every generation, EquiNAS_D every epoch. --epochs: EquiNAS_D's
+    epochs, EquiNAS_E's generations; --learning_rate: of Psi (SGD for E, Adam for D; Z keeps Adam
+    0.01); --batch_size: both (unset: Sec. 4.5's values)."""
     import equinas as E
     from experiments import thesis_equinas as X
-    sz = X.SIZES[bool(args.quick)]
+    sz = X.size_knobs(args.quick, parse_sizes(args.sizes) if args.sizes else None)
+    rot = args.dataset == "rotmnist"
     d = X.on_device(X.prepare(load_dataset(args.dataset, args.data), sz["n_train"], sz["n_test"],
-                              lambda x, s: X.rotate_images(x, s)), device)
+                              None if rot else (lambda x, s: X.rotate_images(x, s)),
+                              pool=sz["pool_input"]), device)
+    if rot:
+        from harness.rotmnist import NORM
+        d["mean"], d["std"] = NORM
     cfg = dict(fields=sz["fields"], layers=sz["layers"], kernel_size=sz["kernel_size"],
                hidden=sz["hidden"], mean=d["mean"], std=d["std"], device=device, log=run.log,
-               bn_images=sz["bn_images"], seed=args.seed, state=None)
+               calibrate=X.calibration(d["train"][0], sz["bn_images"]), seed=args.seed, state=None)
     cfg.update({k: v for k, v in (("lr", args.learning_rate), ("batch_size", args.batch_size))
                 if v is not None})
     if args.resume and os.path.exists(run.file("checkpoint.pt")):
@@ -215,22 +231,23 @@ def equinas_run(args, run, device):
                                "checkpoint.pt")
     evolutionary = args.equinas == "evolutionary"
     budget = args.epochs or sz["generations" if evolutionary else "epochs_d"]
-    shown = {k: v for k, v in cfg.items() if k not in ("log", "state", "device")}
+    shown = {k: v for k, v in cfg.items() if k not in ("log", "state", "device", "calibrate")}
     run.log(f"EquiNAS ({args.equinas}, {'quick' if args.quick else 'full'}) on {device}: "
-            f"{len(d['train'][0])} rotated training images, {len(d['valid'][0])} validation, "
-            f"{len(d['test'][0])} test; {budget} {'generations' if evolutionary else 'epochs'}; "
-            f"{shown}")
+            f"{len(d['train'][0])} {'rotMNIST' if rot else 'rotated'} training images, "
+            f"{len(d['valid'][0])} validation, {len(d['test'][0])} test; {budget} "
+            f"{'generations' if evolutionary else 'epochs'}; {shown}, BatchNorm: "
+            f"{'recalibrated on %d images' % sz['bn_images'] if sz['bn_images'] else 'running statistics'}")
     t0 = time.time()
     if evolutionary:
         st = E.search_evolutionary(*d["train"], *d["valid"], generations=budget,
                                    parent_size=sz["parent_size"], on_generation=save, **cfg)
-        net, best = max(E.population(st, device), key=lambda p: p[1]["valid_acc"])
+        net, best = max(X.population(st, device), key=lambda p: p[1]["valid_acc"])
     else:
         net, st = E.search_differentiable(*d["train"], epochs=budget, valid=d["valid"],
                                           on_epoch=save, **cfg)
     history = st["history"]
     if sz["bn_images"]:
-        E.recalibrate_bn(net, d["train"][0][:sz["bn_images"]])
+        X.recalibrate_bn(net, d["train"][0][:sz["bn_images"]])
     acc = E.accuracy(net, *d["test"])
     groups = net.groups()
     if args.equinas == "differentiable":             # mixed layers: the group of largest z
@@ -284,8 +301,12 @@ def drive(args, run, device, share=None):
         from experiments import thesis_equinas as driver
     sizes = shaped(parse_sizes(args.sizes), driver.SIZES[False]) if getattr(args, "sizes", None) \
         else None
+    extra = {}
+    if module == "equinas" and args.dataset == "rotmnist":       # rotated already, authors' norm
+        from harness.rotmnist import NORM
+        extra = dict(rotate=False, norm=NORM, data_name="rotMNIST")
     return driver.run(name, data, run.path, seeds=seeds, quick=args.quick, log=run.log,
-                      sizes=sizes, device=device, share=share)
+                      sizes=sizes, device=device, share=share, **extra)
 
 
 def shares(index, count):

@@ -2,7 +2,8 @@
 
 CIFAR-10/100 (torchvision, downloaded when online), ImageNet16-120 (NAS-Bench-201 pickles from a
 local directory), MNIST and Fashion-MNIST (IDX files in torchvision's layout; Fashion-MNIST is
-also found in Debian's /usr/share/datasets/fashion-mnist). Images stay uint8 in memory and are
+also found in Debian's /usr/share/datasets/fashion-mnist), rotMNIST (its .amat files, float
+images: harness/rotmnist.py, for --equinas). Images stay uint8 in memory and are
 returned as float [0, 1] batches: normalization is the network's first module.
 ImageNet (an ImageFolder directory) is streamed from disk instead: image_folders, Stream.
 """
@@ -25,6 +26,8 @@ DATASETS = {  # name: (in_channels, classes, mean, std, crop padding, flip)
     "imagenet16-120": (3, 120, (0.4811, 0.4575, 0.4079), (0.2479, 0.2402, 0.2552), 2, True),
     "mnist": (1, 10, (0.1307,), (0.3081,), 2, False),
     "fashion-mnist": (1, 10, (0.2860,), (0.3530,), 2, True),
+    # the standard rotMNIST files (harness/rotmnist.py), float images; --equinas only
+    "rotmnist": (1, 10, (0.12996,), (0.29698,), 0, False),
     # streamed (Stream); classes: the folders found; DARTS train_imagenet.py's statistics
     "imagenet": (3, 1000, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 0, True),
 }
@@ -157,6 +160,9 @@ def _dataset_files(name, root):
     when they are only known after loading (CIFAR not downloaded yet)."""
     if name in ("mnist", "fashion-mnist"):
         return _mnist_files(name, root)
+    if name == "rotmnist":
+        from harness.rotmnist import find_files
+        return find_files(root)
     if name == "imagenet16-120":
         d = next((p for p in (os.path.join(root, "ImageNet16"), root)
                   if os.path.exists(os.path.join(p, "val_data"))), None)
@@ -183,13 +189,16 @@ def load_dataset(name, root):
         return _LAST[key]
     if name in ("mnist", "fashion-mnist"):
         arrays = _load_mnist_like(files)
+    elif name == "rotmnist":
+        from harness.rotmnist import load_rotmnist
+        arrays = load_rotmnist(root)
     elif name == "imagenet16-120":
         arrays = _load_imagenet16(root)
     else:
         arrays = _load_cifar(name, root)
         files = _dataset_files(name, root)                       # downloaded just now
         key = (name, _files_key(files)) if files else (name, os.path.abspath(root))
-    xtr, ytr, xte, yte = (torch.from_numpy(np.array(a)) for a in arrays)
+    xtr, ytr, xte, yte = (a if torch.is_tensor(a) else torch.from_numpy(np.array(a)) for a in arrays)
     _LAST.clear()
     _LAST[key] = (xtr, ytr.long(), xte, yte.long())
     return _LAST[key]

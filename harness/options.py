@@ -222,8 +222,9 @@ def build_parser():
                    "pretrained on classes 0-4 to classes 5-9 (near) or 5-9 with permuted pixels "
                    "(far) by DYNO and by static fine-tuning")
     m.add_argument("--equinas", choices=["evolutionary", "differentiable"],
-                   help="thesis ch. 4: EquiNAS_E or EquiNAS_D on rotated Fashion-MNIST (--epochs: "
-                   "D's epochs, E's generations; --learning_rate, --batch_size: of Psi)")
+                   help="thesis ch. 4: EquiNAS_E or EquiNAS_D on rotated Fashion-MNIST or "
+                   "--dataset rotmnist (--epochs: D's epochs, E's generations; --learning_rate, "
+                   "--batch_size: of Psi; --sizes: the network and data knobs, thesis=1: Sec. 4.5)")
     m.add_argument("--experiment", choices=list(BIONAS_EXPERIMENTS) + list(THESIS_EXPERIMENTS),
                    help="a BioNAS analysis: " + "; ".join(f"{k}: {v}" for k, v in
                                                            EXPERIMENT_HELP.items()))
@@ -345,7 +346,7 @@ def build_parser():
     th = p.add_argument_group("neurogenesis and DYNO (Maile's thesis Ch. 6, 7)")
     th.add_argument("--widths", default="64,64", help="--neurogenesis: initial hidden widths")
     th.add_argument("--sizes", metavar="KEY=VALUE,...",
-                    help="--experiment north-*/dyno-transfer/equinas-*: overrides of the "
+                    help="--experiment north-*/dyno-transfer/equinas-*, --equinas: overrides of the "
                     "experiment's size knobs between --quick and full, e.g. "
                     "n_train=6000,generations=5 (the knobs: SIZES in "
                     "experiments/thesis_neurogenesis.py and thesis_equinas.py)")
@@ -456,9 +457,12 @@ def check_args(args, mode):
         if unknown:
             raise SystemExit(f"error: --attack: unknown attack(s) {', '.join(unknown)}; choose "
                              f"from {', '.join(ATTACKS)}")
-    if args.sizes and args.experiment not in THESIS_EXPERIMENTS:   # its knobs: thesis_runs
+    if args.sizes and args.experiment not in THESIS_EXPERIMENTS and not args.equinas:
         raise SystemExit("error: --sizes sets the size knobs of the thesis experiments "
-                         f"({', '.join(THESIS_EXPERIMENTS)}); drop it here")
+                         f"({', '.join(THESIS_EXPERIMENTS)}) and of --equinas; drop it here")
+    if args.dataset == "rotmnist" and not (args.equinas or str(args.experiment).startswith("equinas")):
+        raise SystemExit("error: --dataset rotmnist (float images) is read by --equinas and "
+                         "--experiment equinas-* only")
     if args.dataset == "imagenet" and mode not in ("train", "attack"):
         raise SystemExit("error: --dataset imagenet retrains a searched genotype (--train "
                          "--genotype PATH), as DARTS transfers its CIFAR cell; search on a small "
