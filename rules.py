@@ -109,6 +109,8 @@ class FeedbackConv2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, buf, rule, stride, padding, dilation, groups):
         out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        # the last slot routes grad_input: None (convolution_backward), the padding of the
+        # flipped-B forward convolution, or "matmul" (_pointwise_backward)
         ctx.conf = (rule, stride, padding, dilation, groups, bias is not None, None)
         if rule == "hebbian":
             ctx.save_for_backward(x, weight, buf, out, bias)
@@ -132,17 +134,17 @@ class FeedbackConv2dFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        rule, stride, padding, dilation, groups, has_bias, flip_pad = ctx.conf
+        rule, stride, padding, dilation, groups, has_bias, route = ctx.conf
         if rule == "hebbian":
             return _hebbian_conv_backward(ctx, g) + (None,) * 6
         x, B = ctx.saved_tensors
         nx, nw, nb = ctx.needs_input_grad[:3]
         nb = has_bias and nb
         gx = gw = gb = None
-        if flip_pad == "matmul":
+        if route == "matmul":
             return _pointwise_backward(g, x, B, nx, nw, nb) + (None,) * 6
-        if flip_pad is not None and nx:
-            gx, nx = F.conv2d(g, B.flip(-1, -2), None, 1, flip_pad, dilation, groups), False
+        if route is not None and nx:
+            gx, nx = F.conv2d(g, B.flip(-1, -2), None, 1, route, dilation, groups), False
         if nx or nw or nb:
             gx_b, gw, gb = torch.ops.aten.convolution_backward(
                 g, x, B, [B.shape[0]] if has_bias else None, stride, padding, dilation, False,

@@ -15,7 +15,6 @@ Writes, in --out (default benchmarks/results/bionas/):
     main-job.md          mean ± sample std over the seeds and the alpha summary
 """
 import argparse
-import csv
 import json
 import os
 import re
@@ -26,6 +25,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from experiments.seeds import fmt          # noqa: E402  (the project root is on the path now)
+from harness.run_dir import write_csv      # noqa: E402
 
 
 def _hms(text):
@@ -86,13 +87,13 @@ def read_seed(seed, save, wall):
         args = json.load(f)
     search_s, retrain_s = sum(h["seconds"] for h in search), sum(h["seconds"] for h in retrain)
     at, eta = first_eta(os.path.join(run, "log.txt"))
-    whole = wall if wall is not None else None
-    if whole is None:                            # read back: the times the run recorded
-        meta = os.path.join(run, "main-job.json")
-        whole = json.load(open(meta))["wall_seconds"] if os.path.exists(meta) else None
-    else:
-        with open(os.path.join(run, "main-job.json"), "w") as f:
+    meta, whole = os.path.join(run, "main-job.json"), wall
+    if wall is not None:                         # kept, for a later read of a finished run
+        with open(meta, "w") as f:
             json.dump(dict(wall_seconds=wall), f)
+    elif os.path.exists(meta):
+        with open(meta) as f:
+            whole = json.load(f)["wall_seconds"]
     predicted = None if eta is None else at + eta
     row = dict(seed=seed, test_acc=round(retrain[-1]["test_acc"], 2),
                search_seconds=round(search_s), retrain_seconds=round(retrain_s),
@@ -113,19 +114,10 @@ def read_seed(seed, save, wall):
     return row, alpha
 
 
-def _write_csv(rows, path):
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-
-
 def summary(rows, alpha, cmd):
     """main-job.md: mean ± sample std over seeds and the alpha counts."""
     def ms(key):
-        v = [r[key] for r in rows if r[key] is not None]
-        return (f"{statistics.mean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else
-                f"{v[0]:.2f}" if v else "—")
+        return fmt(r[key] for r in rows) or "—"
     n = len(alpha)
     ratios = [a["top_over_uniform"] for a in alpha]
     lines = [f"The main job over seeds {', '.join(str(r['seed']) for r in rows)} "
@@ -163,8 +155,8 @@ def main(argv=None):
         log(f"seed {s}: {row['test_acc']:.2f}% in {row['wall_seconds']}s "
             f"(first ETA predicted {row['predicted_seconds']}s)")
     os.makedirs(a.out, exist_ok=True)
-    _write_csv(rows, os.path.join(a.out, "main-job_seeds.csv"))
-    _write_csv(alpha, os.path.join(a.out, "main-job_alpha.csv"))
+    write_csv(rows, os.path.join(a.out, "main-job_seeds.csv"))
+    write_csv(alpha, os.path.join(a.out, "main-job_alpha.csv"))
     cmd = "python train.py --search darts --quick --seed S" + "".join(" " + f for f in a.flags)
     text = summary(rows, alpha, cmd)
     with open(os.path.join(a.out, "main-job.md"), "w") as f:

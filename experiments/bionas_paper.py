@@ -250,7 +250,7 @@ def report_seeded(name, todo, results, stem, dataset):
         bm, bsd = mean_std([r["best_acc"] for r in by[v].values()])
         dm, dsd = mean_std(diff)
         t, p = paired_t(diff) if v != ref else (None, None)
-        rows.append(dict(variant=v, scope=by[v][next(iter(by[v]))]["scope"], seeds=len(acc),
+        rows.append(dict(variant=v, scope=next(iter(by[v].values()))["scope"], seeds=len(acc),
                          paper_acc=paper(v), mean_acc=round(m, 2), std_acc=round(sd, 2),
                          best_mean=None if bm is None else round(bm, 2), best_std=None if bsd is None else round(bsd, 2),
                          ref_minus=None if v == ref else round(dm, 2), ref_minus_std=None if v == ref else round(dsd, 2),
@@ -273,9 +273,8 @@ def report_seeded(name, todo, results, stem, dataset):
     title = ("Fig. 4: the searched architecture, mixed rules vs one rule" if name == "mixed-vs-single" else
              "Table 5 (arXiv) and DARTS's control: searched genotype vs random rules vs random genotype")
     write_table(rows, cols, stem, f"{title} ({dataset}; mean ± sample std over seeds "
-                f"{', '.join(str(s) for s in sorted(by[ref]))}; per-seed values in {os.path.basename(stem)}_seeds.csv)")
-    with open(stem + ".md", "a") as f:
-        f.write("\n" + SEEDED_NOTE + (SCOPE_NOTE if name == "mixed-vs-single" else "") + "\n")
+                f"{', '.join(str(s) for s in sorted(by[ref]))}; per-seed values in {os.path.basename(stem)}_seeds.csv)",
+                note=SEEDED_NOTE + (SCOPE_NOTE if name == "mixed-vs-single" else ""))
     seeds = sorted(by[ref])
     plot_seeded(variants, {s: [by[v].get(s, {}).get("test_acc") for v in variants] for s in seeds},
                 [r["mean_acc"] for r in rows], [r["std_acc"] for r in rows], [r["paper_acc"] for r in rows],

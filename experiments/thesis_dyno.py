@@ -34,7 +34,8 @@ import torch
 from dyno import DYNO, flops
 from neurogenesis import Buffer, GrowableCNN, activation_metric, as_samples
 from experiments.seeds import fmt
-from experiments.thesis_neurogenesis import TRANSFER_MODELS, _batches, _static_step, accuracy, as_flat, pretrain
+from experiments.thesis_neurogenesis import (TRANSFER_MODELS, _batches, _static_step, accuracy, as_flat,
+                                             pretrain, sized)
 from harness.run_dir import Runs, _atomic, md_table, write_table
 
 EXPERIMENTS = ("dyno-phi", "dyno-moving")
@@ -227,10 +228,7 @@ def run(name, data, out_dir, seeds=(1, 2, 3, 4, 5), quick=False, log=print, size
         return []
     if name not in EXPERIMENTS:
         raise ValueError(f"unknown DYNO experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
-    unknown = sorted(set(sizes or {}) - set(SIZES[False]))
-    if unknown:
-        raise ValueError(f"unknown size knob(s) {', '.join(unknown)}; choose from {', '.join(SIZES[False])}")
-    sz = dict(SIZES[bool(quick)], **(sizes or {}))
+    sz = sized(SIZES, quick, sizes)
     seeds = tuple(seeds)[:sz["n_seeds"]]
     parts, stem = _targets(data, device), os.path.join(out_dir, name)
     config = dict({k: sz[k] for k in RUN_SHAPING}, data=[list(t.shape) for t in data])

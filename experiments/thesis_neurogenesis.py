@@ -544,6 +544,14 @@ REPORTS = {  # NAME.md's summary keys and fields, and its title
                  "lower accuracy, clearly fewer FLOPs, more change for the larger shift")}
 
 
+def sized(table, quick, sizes):
+    """table[quick] with the --sizes overrides; a knob the table does not have raises."""
+    unknown = sorted(set(sizes or {}) - set(table[False]))
+    if unknown:
+        raise ValueError(f"unknown size knob(s) {', '.join(unknown)}; choose from {', '.join(table[False])}")
+    return dict(table[bool(quick)], **(sizes or {}))
+
+
 def run(name, data, out_dir, seeds=(1, 2, 3), quick=False, log=print, sizes=None, device=None, share=None):
     """Run experiment `name` (EXPERIMENTS), write NAME.md (mean +- std over seeds), NAME.csv
     (every run) and NAME.png into out_dir; return the per-run rows. sizes: overrides of
@@ -553,10 +561,7 @@ def run(name, data, out_dir, seeds=(1, 2, 3), quick=False, log=print, sizes=None
         raise ValueError(f"unknown neurogenesis experiment {name!r}; choose from {', '.join(EXPERIMENTS)}")
     if name != "generated" and data is None:
         raise ValueError(f"experiment {name} needs image data (train_x, train_y, test_x, test_y)")
-    unknown = sorted(set(sizes or {}) - set(SIZES[False]))
-    if unknown:
-        raise ValueError(f"unknown size knob(s) {', '.join(unknown)}; choose from {', '.join(SIZES[False])}")
-    sz = dict(SIZES[bool(quick)], **(sizes or {}))
+    sz = sized(SIZES, quick, sizes)
     seeds = tuple(seeds)[:sz["n_seeds"]]
     if not seeds:
         raise ValueError("no seeds given; pass at least one (the thesis: seeds 1-5)")

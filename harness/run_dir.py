@@ -523,12 +523,14 @@ def write_csv(rows, path):
     _atomic(path, csv_)
 
 
-def write_table(rows, columns, path_stem, title=""):
-    """rows (dicts) as a markdown table (path_stem.md) and CSV (path_stem.csv)."""
+def write_table(rows, columns, path_stem, title="", note=""):
+    """rows (dicts) as a markdown table (path_stem.md, `note` as a paragraph under it) and
+    CSV (path_stem.csv)."""
     def md(p):
         with open(p, "w") as f:
             f.write((f"{title}\n\n" if title else "")
-                    + md_table([h for h, _ in columns], [[fn(r) for _, fn in columns] for r in rows]))
+                    + md_table([h for h, _ in columns], [[fn(r) for _, fn in columns] for r in rows])
+                    + (f"\n{note}\n" if note else ""))
     _atomic(path_stem + ".md", md)
     write_csv(rows, path_stem + ".csv")
 

@@ -77,6 +77,6 @@ def test_summary_counts_edges_at_twice_uniform(tmp_path):
     text = main_job.summary(rows, alpha, "cmd")
     assert "≥ 2× uniform on 8 of 20 edges" in text
     assert "84.15 ± 0.07" in text                  # 84.1, 84.2: sd = 0.1 / sqrt 2
-    main_job._write_csv(alpha, str(tmp_path / "a.csv"))
+    main_job.write_csv(alpha, str(tmp_path / "a.csv"))
     with open(tmp_path / "a.csv") as f:
         assert len(list(csv.DictReader(f))) == 20
