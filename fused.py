@@ -140,8 +140,11 @@ def rule_sum(y, w):
     R = len(w)
     w = w.to(y.dtype)
     if y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
-        z = y.permute(0, 2, 3, 1).reshape(n, h, wd, R, c // R)     # a view of NHWC memory
-        return (z * w.view(R, 1)).sum(3).permute(0, 3, 1, 2)
+        # one matrix product of the pixels' (R * C) rows with kron(w, I_C), (R * C, C): y is
+        # read once (an elementwise product then a sum over R is 2x slower on the CPU)
+        M = torch.kron(w.view(R, 1), torch.eye(c // R, dtype=y.dtype, device=y.device))
+        z = y.permute(0, 2, 3, 1).reshape(n * h * wd, c)           # a view of NHWC memory
+        return (z @ M).view(n, h, wd, c // R).permute(0, 3, 1, 2)
     return torch.einsum("nrchw,r->nchw", y.view(n, R, c // R, h, wd), w)
 
 

@@ -27,7 +27,8 @@ same forward, the same `weight`/`bias` and one extra persistent buffer `weight_b
     frsf          |R| (so B = weight_backward * sign(W))
     bp            unused (zeros)
 
-Only torch is imported: copy this file alone into your project.
+Only torch and conv_routes.py (the CPU kernels it routes convolutions through) are imported:
+copy the two files into your project.
 """
 import contextlib
 import math
@@ -36,9 +37,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import conv_routes
+from conv_routes import dense_dilation, routed_conv, unrouted, zero_insert
+
 RULES = ("bp", "fa", "usf", "brsf", "frsf", "hebbian")
 POINTWISE_MATMUL = True     # contiguous 1x1 stride-1 grad_input and grad_weight by matmul
 FLIP_CHANNELS = 32         # depthwise grad_input by a flipped forward convolution below this
+NATIVE_BACKWARD = True     # other FA-family convolutions: nn.Conv2d's own backward, B saved as W
 
 
 def check_rule(rule):
@@ -80,55 +85,26 @@ def _feedback(weight, buf, rule):
     return torch.sign(weight).mul_(buf)                   # usf, brsf, frsf
 
 
-def _pointwise_backward(g, x, B, nx, nw, nb):
-    """grad_input B^T g, grad_weight g x^T and grad_bias of a 1x1 convolution at stride 1 on a
-    contiguous (NCHW) input, as matrix products over the pixels of each image: oneDNN's
-    convolution backward of such a channel mix is 1.4-2x slower than these on the CPU at
-    DARTS's widths (in channels_last it is as fast as a matmul, and is kept; docs/rules.md)."""
-    n, c, h, w = x.shape
-    co = g.shape[1]
-    g3 = g.reshape(n, co, h * w)                          # a view unless g is channels_last
-    gx = torch.matmul(B.reshape(co, c).t(), g3).view(n, c, h, w) if nx else None
-    gw = torch.bmm(g3, x.reshape(n, c, h * w).transpose(1, 2)).sum(0).view(B.shape) if nw \
-        else None
-    return gx, gw, g.sum((0, 2, 3)) if nb else None
-
-
 class FeedbackConv2dFunction(torch.autograd.Function):
     """conv2d whose grad_input is conv_transpose with B; grad_weight/bias are backprop's,
     except for `hebbian`, whose grad_weight is minus the normalized Sanger update.
 
     grad_weight = g (x) x does not read the weight, so one convolution_backward with B in the
-    weight's place returns grad_input with B and backprop's grad_weight and grad_bias: the
-    kernel and the single call of nn.Conv2d's backward. B is formed in the forward, in W's
-    layout (so grad_weight comes back in it), from the W and buffer of that forward. A
-    depthwise convolution at stride 1 with fewer than FLIP_CHANNELS channels takes grad_input
-    as the forward convolution of g with the flipped B instead: oneDNN's forward kernel is
-    faster there than its backward-data kernel (docs/rules.md, Speed)."""
+    weight's place returns grad_input with B and backprop's grad_weight and grad_bias. B is
+    formed in the forward, in W's layout, from the W and buffer of that forward. `route`
+    (_function_route) takes grad_input by a flipped-B forward convolution or a matmul instead."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, buf, rule, stride, padding, dilation, groups):
+    def forward(ctx, x, weight, bias, buf, rule, stride, padding, dilation, groups, route=None):
         out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-        # the last slot routes grad_input: None (convolution_backward), the padding of the
-        # flipped-B forward convolution, or "matmul" (_pointwise_backward)
-        ctx.conf = (rule, stride, padding, dilation, groups, bias is not None, None)
+        ctx.conf = (rule, stride, padding, dilation, groups, bias is not None, route)
         if rule == "hebbian":
             ctx.save_for_backward(x, weight, buf, out, bias)
         elif ctx.needs_input_grad[0]:
             B = _feedback(weight, buf, rule)
             ctx.save_for_backward(x, B if B.dtype == weight.dtype else B.to(weight.dtype))
-            if groups == x.shape[1] == weight.shape[0] < FLIP_CHANNELS and groups > 1 \
-                    and tuple(stride) == (1, 1):
-                k = weight.shape[-2:]
-                flip_pad = (dilation[0] * (k[0] - 1) - padding[0],
-                            dilation[1] * (k[1] - 1) - padding[1])
-                if min(flip_pad) >= 0:
-                    ctx.conf = ctx.conf[:-1] + (flip_pad,)
-            elif POINTWISE_MATMUL and groups == 1 and weight.shape[-2:] == (1, 1) \
-                    and tuple(stride) == (1, 1) and tuple(padding) == (0, 0) \
-                    and x.is_contiguous():
-                ctx.conf = ctx.conf[:-1] + ("matmul",)
         else:                                             # grad_weight alone: W's shape and layout
+            ctx.conf = ctx.conf[:-1] + (None,)
             ctx.save_for_backward(x, weight)
         return out
 
@@ -136,13 +112,13 @@ class FeedbackConv2dFunction(torch.autograd.Function):
     def backward(ctx, g):
         rule, stride, padding, dilation, groups, has_bias, route = ctx.conf
         if rule == "hebbian":
-            return _hebbian_conv_backward(ctx, g) + (None,) * 6
+            return _hebbian_conv_backward(ctx, g) + (None,) * 7
         x, B = ctx.saved_tensors
         nx, nw, nb = ctx.needs_input_grad[:3]
         nb = has_bias and nb
         gx = gw = gb = None
         if route == "matmul":
-            return _pointwise_backward(g, x, B, nx, nw, nb) + (None,) * 6
+            return conv_routes.pointwise_backward(g, x, B, nx, nw, nb) + (None,) * 7
         if route is not None and nx:
             gx, nx = F.conv2d(g, B.flip(-1, -2), None, 1, route, dilation, groups), False
         if nx or nw or nb:
@@ -150,7 +126,72 @@ class FeedbackConv2dFunction(torch.autograd.Function):
                 g, x, B, [B.shape[0]] if has_bias else None, stride, padding, dilation, False,
                 (0, 0), groups, (nx, nw, nb))
             gx = gx_b if nx else gx
-        return gx, gw, gb, None, None, None, None, None, None
+        return gx, gw, gb, None, None, None, None, None, None, None
+
+
+def _function_route(x, weight, stride, padding, dilation, groups):
+    """Where the Function's own backward beats nn.Conv2d's (docs/rules.md, Speed): the padding
+    of grad_input as a forward convolution of g with the flipped B (depthwise at stride 1 below
+    FLIP_CHANNELS: oneDNN's forward kernel beats its backward-data kernel), "matmul" (a
+    contiguous 1x1 at stride 1: conv_routes.pointwise_backward), else None."""
+    if groups == x.shape[1] == weight.shape[0] < FLIP_CHANNELS and groups > 1 \
+            and tuple(stride) == (1, 1):
+        k = weight.shape[-2:]
+        pad = (dilation[0] * (k[0] - 1) - padding[0], dilation[1] * (k[1] - 1) - padding[1])
+        return pad if min(pad) >= 0 else None
+    if POINTWISE_MATMUL and groups == 1 and weight.shape[-2:] == (1, 1) \
+            and tuple(stride) == (1, 1) and tuple(padding) == (0, 0) and x.is_contiguous():
+        return "matmul"
+    return None
+
+
+def _identity(t):
+    return t
+
+
+_top_hooks = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+
+
+def _native_feedback_conv(x, weight, bias, B, stride, padding, dilation, groups):
+    """conv2d(x, W) whose backward is nn.Conv2d's own autograd node with B saved in W's place.
+
+    The node saves (x, W) and computes grad_x = conv_transpose(g, saved W) and grad_W from x
+    and g alone; a saved-tensor hook hands it B instead of W, so grad_x = B^T g and grad_W and
+    grad_b are backprop's: the rule without a Python autograd.Function, whose fixed cost
+    (~50 us a forward+backward on the CPU) is 5-15% of a small layer (docs/rules.md, Speed).
+    A caller's own saved-tensor hooks (save_on_cpu, activation checkpointing) still pack and
+    unpack what this convolution saves, B in W's place."""
+    swapped = []
+    outer = _top_hooks(False) if _top_hooks is not None else None
+    outer_pack, outer_unpack = outer if outer is not None else (_identity, _identity)
+
+    def pack(t):
+        if t is weight:
+            swapped.append(True)
+            t = B
+        return outer_pack(t)
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, outer_unpack):
+        out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    if not swapped:                     # a torch that saves a copy of W: stop, never fall
+        raise RuntimeError("rules: conv2d did not save the weight it was given, so B cannot "
+                           "replace it; set rules.NATIVE_BACKWARD = False")     # back to bp
+    return out
+
+
+def feedback_conv2d(x, weight, bias, buf, rule, stride, padding, dilation, groups):
+    """conv2d(x, W, b) trained by `rule` (buf: the layer's weight_backward): the autograd
+    Function for the Hebbian rule and where its routes beat nn.Conv2d's backward, else
+    nn.Conv2d's own backward node with B saved in W's place."""
+    route = _function_route(x, weight, stride, padding, dilation, groups)
+    if rule == "hebbian" or route is not None or not NATIVE_BACKWARD:
+        return FeedbackConv2dFunction.apply(x, weight, bias, buf, rule, stride, padding,
+                                            dilation, groups, route)
+    if not (x.requires_grad and torch.is_grad_enabled()):     # grad_W needs no B
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+    B = _feedback(weight.detach(), buf, rule)
+    B = B if B.dtype == weight.dtype else B.to(weight.dtype)
+    return _native_feedback_conv(x, weight, bias, B, stride, padding, dilation, groups)
 
 
 def _hebbian_conv_backward(ctx, g):
@@ -204,55 +245,6 @@ class FeedbackLinearFunction(torch.autograd.Function):
             if ctx.has_bias and ctx.needs_input_grad[2]:
                 gb = g2.sum(0)
         return gx, gw, gb, None, None
-
-
-def atrous_conv(conv, x, kernel_size, stride, padding, dilation, crop_ok=True):
-    """conv(x, stride, padding, dilation) of a dilation-d convolution computed as an undilated
-    one over the d*d interleaved sub-grids of its padded input, stacked on the batch axis
-    (space-to-batch, as TensorFlow's atrous convolution): the same function. On the CPU,
-    oneDNN's backward of dilated depthwise convolutions is 10-60x slower than that of undilated
-    ones (DARTS's dil_conv, measured in benchmarks/darts_bench.py --fusion). Stride d (DARTS's
-    reduction cells) needs only the first sub-grid. Other strides, unequal dilations or paddings
-    are convolved as given; so is a case whose output must be cropped when not crop_ok (the
-    Hebbian rule sums over every output position)."""
-    d, (s, s2), (p, p2), k = dilation[0], stride, padding, kernel_size[0]
-    if d == 1 or dilation[1] != d or s != s2 or p != p2 or kernel_size[1] != k or s not in (1, d):
-        return conv(x, stride, padding, dilation)
-    if s == d:
-        return conv(F.pad(x, (p, p, p, p))[:, :, ::d, ::d], (1, 1), (0, 0), (1, 1))
-    n, c, h, w = x.shape
-    ho, wo = h + 2 * p - d * (k - 1), w + 2 * p - d * (k - 1)
-    eh, ew = -ho % d, -wo % d
-    if (eh or ew) and not crop_ok:
-        return conv(x, stride, padding, dilation)
-    xp = F.pad(x, (p, p + ew, p, p + eh)).permute(0, 2, 3, 1)                # NHWC
-    hq, wq = xp.shape[1] // d, xp.shape[2] // d
-    z = xp.reshape(n, hq, d, wq, d, c).permute(2, 4, 0, 1, 3, 5).reshape(d * d * n, hq, wq, c)
-    y = conv(z.permute(0, 3, 1, 2), (1, 1), (0, 0), (1, 1)).permute(0, 2, 3, 1)
-    yq, yw, co = y.shape[1:]
-    y = y.reshape(d, d, n, yq, yw, co).permute(2, 3, 0, 4, 1, 5).reshape(n, yq * d, yw * d, co)
-    return y.permute(0, 3, 1, 2)[:, :, :ho, :wo]
-
-
-def routed_conv(conv, x, layer, crop_ok=True):
-    """conv(x, stride, padding, dilation) with `layer`'s configuration, routed around two CPU
-    problems of oneDNN, the same function either way. A 1x1 convolution at stride s reads only
-    every s-th pixel: those are taken first and convolved at stride 1, because oneDNN's backward
-    of strided 1x1 channels_last convolutions corrupts the heap, segfaults or spins forever on
-    the CPU (DARTS's FactorizedReduce is one): with x = torch.randn(3, 4, 28, 28).contiguous(
-    memory_format=torch.channels_last).requires_grad_(), `F.conv2d(x, torch.randn(4, 4, 1, 1,
-    requires_grad=True), stride=2).sum().backward()` reproduces it (tests/test_rules.py runs such
-    cases in a subprocess). Dilated convolutions go through atrous_conv."""
-    stride = layer.stride
-    if layer.kernel_size == (1, 1) and layer.padding == (0, 0) and stride != (1, 1):
-        x, stride = x[:, :, ::stride[0], ::stride[1]], (1, 1)
-    return atrous_conv(conv, x, layer.kernel_size, stride, layer.padding, layer.dilation, crop_ok)
-
-
-def _unrouted(layer):
-    """True when routed_conv would convolve `layer`'s configuration as given."""
-    return layer.dilation == (1, 1) and (layer.stride == (1, 1) or layer.kernel_size != (1, 1)
-                                         or layer.padding != (0, 0))
 
 
 # ----------------------------------------------------------------------------------------
@@ -357,23 +349,30 @@ class RuleConv2d(_RuleMixin, nn.Conv2d):
         if self.padding_mode != "zeros":
             raise ValueError(f"RuleConv2d supports padding_mode='zeros' only, "
                              f"got {self.padding_mode!r}")
+        dense = dense_dilation(self, x)
         if self.rule == "bp" or self.exact:
-            if _unrouted(self):
+            if unrouted(self):
                 return F.conv2d(x, self.weight, self.bias, self.stride, self.padding,
                                 self.dilation, self.groups)
+            if dense:
+                return F.conv2d(x, zero_insert(self.weight, dense), self.bias, 1, self.padding,
+                                1, self.groups)
             return routed_conv(lambda x_, s, p, d: F.conv2d(x_, self.weight, self.bias, s, p, d,
                                                             self.groups), x, self)
         if self.rule == "brsf" and self.training:
             self._draw_brsf()
-        if _unrouted(self) and not torch.is_autocast_enabled(x.device.type):
-            return FeedbackConv2dFunction.apply(x, self.weight, self.bias, self.weight_backward,
-                                                self.rule, self.stride, self.padding,
-                                                self.dilation, self.groups)
-        (x, w, b), cast = _autocast(x, self.weight, self.bias)
+        w, b, buf = self.weight, self.bias, self.weight_backward
+        if dense and self.rule != "hebbian":     # (the Hebbian rule keeps atrous_conv)
+            return feedback_conv2d(x, zero_insert(w, dense), b, zero_insert(buf, dense),
+                                   self.rule, self.stride, self.padding, (1, 1), self.groups)
+        if unrouted(self) and not torch.is_autocast_enabled(x.device.type):
+            return feedback_conv2d(x, w, b, buf, self.rule, self.stride, self.padding,
+                                   self.dilation, self.groups)
+        (x, w, b), cast = _autocast(x, w, b)
         with torch.autocast(x.device.type, enabled=False) if cast else contextlib.nullcontext():
-            return routed_conv(lambda x_, s, p, d: FeedbackConv2dFunction.apply(
-                x_, w, b, self.weight_backward, self.rule, tuple(s), tuple(p), tuple(d),
-                self.groups), x, self, crop_ok=self.rule != "hebbian")
+            return routed_conv(lambda x_, s, p, d: feedback_conv2d(
+                x_, w, b, buf, self.rule, tuple(s), tuple(p), tuple(d), self.groups), x, self,
+                crop_ok=self.rule != "hebbian")
 
 
 class RuleLinear(_RuleMixin, nn.Linear):
@@ -442,7 +441,11 @@ class MultiRuleConv2d(nn.Conv2d):
         return B
 
     def forward(self, x):
+        dense = dense_dilation(self, x)
         if self.exact or all(r == "bp" for r in self.rules):
+            if dense:
+                return F.conv2d(x, zero_insert(self.weight, dense), self.bias, 1, self.padding,
+                                1, self.groups)
             return routed_conv(lambda x_, s, p, d: F.conv2d(x_, self.weight, self.bias, s, p, d,
                                                             self.groups), x, self)
         if self.training and self._brsf:       # a new tensor: a caller's copy of the last draw
@@ -451,12 +454,16 @@ class MultiRuleConv2d(nn.Conv2d):
                 wb[sl] = _uniform(wb[sl], bound)
             self._buffers["weight_backward"] = wb
         B = self.feedback_matrix() if torch.is_grad_enabled() else self.weight
-        if _unrouted(self) and not torch.is_autocast_enabled(x.device.type):
-            return FeedbackConv2dFunction.apply(x, self.weight, self.bias, B, "fa", self.stride,
-                                                self.padding, self.dilation, self.groups)
+        if dense:
+            return feedback_conv2d(x, zero_insert(self.weight, dense), self.bias,
+                                   zero_insert(B, dense), "fa", self.stride, self.padding,
+                                   (1, 1), self.groups)
+        if unrouted(self) and not torch.is_autocast_enabled(x.device.type):
+            return feedback_conv2d(x, self.weight, self.bias, B, "fa", self.stride,
+                                   self.padding, self.dilation, self.groups)
         (x, w, b), cast = _autocast(x, self.weight, self.bias)
         with torch.autocast(x.device.type, enabled=False) if cast else contextlib.nullcontext():
-            return routed_conv(lambda x_, s, p, d: FeedbackConv2dFunction.apply(
+            return routed_conv(lambda x_, s, p, d: feedback_conv2d(
                 x_, w, b, B, "fa", tuple(s), tuple(p), tuple(d), self.groups), x, self)
 
 

@@ -17,6 +17,7 @@ import time
 
 from experiments import bionas_runs, plasticity_runs, thesis_runs
 from harness import attack_runs, quick
+from harness.allocator import keep_freed_memory
 from harness.data import image_folders, load_dataset
 from harness.options import (apply_defaults, build_parser, check_args, check_data, mode_of,
                              resume_args)
@@ -49,6 +50,7 @@ CHECKS = {
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    keep_freed_memory()            # no page faults for each step's new activations (CPU)
     run = None
     try:
         args, mode = prepare(build_parser().parse_args(argv), argv)

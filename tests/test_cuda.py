@@ -386,7 +386,7 @@ def _compare_layer(dev, cpu, d, x, g, tol=FP32):
 @pytest.mark.parametrize("case", list(CONV_CASES))
 @pytest.mark.parametrize("rule", rules.RULES)
 def test_rule_conv_matches_cpu(dev, rule, case, fmt):
-    """RuleConv2d, every rule, on every code path of rules.routed_conv (plain, grouped,
+    """RuleConv2d, every rule, on every code path of conv_routes.routed_conv (plain, grouped,
     depthwise with the flipped-conv grad_input, strided 1x1, atrous dilated, stride =
     dilation), contiguous and channels_last: output, grad_input, grad_weight, grad_bias
     within FP32 (fp32 vs fp64 on the CPU: <= 8e-7 of the scale, Hebbian grad_weight the

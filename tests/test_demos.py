@@ -28,8 +28,10 @@ def run_demo(capsys):
 
 
 def test_rules_demo_bp_has_the_true_gradient_and_fa_aligns(tmp_path):
-    """As a reader runs it: a copy of rules.py alone in an empty folder, in a fresh process."""
-    shutil.copy(os.path.join(ROOT, "rules.py"), tmp_path)      # rules.py imports no other file here
+    """As a reader runs it: a copy of rules.py and the one file it imports (conv_routes.py) in
+    an empty folder, in a fresh process."""
+    for name in ("rules.py", "conv_routes.py"):
+        shutil.copy(os.path.join(ROOT, name), tmp_path)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONPATH="")
     p = subprocess.run([sys.executable, "rules.py"], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=300)

@@ -76,3 +76,22 @@ def test_fused_refuses_crb():
     with pytest.raises(ValueError, match="CRB"):
         make_supernet(4, 10, 3, ops.search_space(), steps=2, multiplier=2, in_channels=1,
                       activation="crb", fused=True)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_rule_sum_is_the_weighted_sum_of_blocks(fmt):
+    """rule_sum(y, w) = sum_r w_r * block r of y, with its gradients for y and w, in both
+    memory formats (channels_last by one matrix product with kron(w, I)); the output keeps y's
+    format. Catches blocks taken interleaved instead of rule-major, or w applied per channel."""
+    y = torch.randn(2, 12, 5, 3, dtype=torch.float64).contiguous(memory_format=fmt)
+    w = torch.rand(3, dtype=torch.float64)
+    g = torch.randn(2, 4, 5, 3, dtype=torch.float64)
+    ys, ws = y.clone().requires_grad_(), w.clone().requires_grad_()
+    out = fused.rule_sum(ys, ws)
+    out.backward(g)
+    ref = sum(w[r] * y[:, 4 * r:4 * r + 4] for r in range(3))
+    assert torch.allclose(out, ref, atol=1e-12)
+    assert out.is_contiguous(memory_format=fmt)
+    gy = torch.cat([w[r] * g for r in range(3)], 1)
+    gw = torch.stack([(g * y[:, 4 * r:4 * r + 4]).sum() for r in range(3)])
+    assert torch.allclose(ys.grad, gy, atol=1e-12) and torch.allclose(ws.grad, gw, atol=1e-12)

@@ -151,8 +151,9 @@ def test_pointwise_matmul_backward_runs_and_agrees(monkeypatch, fmt):
     convolution and torch's grad_weight and grad_bias. The call count proves which route ran.
     Catches B used untransposed, grad_weight not summed over images, or a route never taken."""
     calls = []
-    inner = rules._pointwise_backward
-    monkeypatch.setattr(rules, "_pointwise_backward", lambda *a: calls.append(1) or inner(*a))
+    inner = rules.conv_routes.pointwise_backward
+    monkeypatch.setattr(rules.conv_routes, "pointwise_backward",
+                        lambda *a: calls.append(1) or inner(*a))
     torch.manual_seed(12)
     lay = RuleConv2d(5, 7, 1, bias=True, rule="frsf").to(memory_format=fmt)
     ref = nn.Conv2d(5, 7, 1).to(memory_format=fmt)
@@ -166,6 +167,106 @@ def test_pointwise_matmul_backward_runs_and_agrees(monkeypatch, fmt):
         assert len(calls) == (on and fmt == torch.contiguous_format)
         assert torch.allclose(gx, _transposed_conv(g, _expected_B(lay), x.shape, 1, 0, 1, 1),
                               rtol=0, atol=1e-12)
+        _, rw, rb = _conv_grads(ref, x, g)
+        assert torch.allclose(gw, rw, rtol=0, atol=1e-12) and torch.allclose(gb, rb, atol=1e-12)
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_native_route_is_nn_conv2d_node_with_B(monkeypatch, fmt):
+    """An FA-family convolution outside the Function's routes (here 3x3, groups 1) runs
+    nn.Conv2d's own autograd node with B saved in W's place: the output's grad_fn is torch's
+    convolution node, and grad_input is B^T g (hand-built transposed convolution) while
+    grad_weight and grad_bias are torch's; with NATIVE_BACKWARD off the Function gives the same
+    numbers. Catches the hook storing W (backprop's gradient), or a route never taken."""
+    torch.manual_seed(13)
+    lay = RuleConv2d(4, 6, 3, padding=1, bias=True, rule="usf").to(memory_format=fmt)
+    ref = nn.Conv2d(4, 6, 3, padding=1).to(memory_format=fmt)
+    ref.load_state_dict({n: t for n, t in lay.state_dict().items() if n != "weight_backward"})
+    x = torch.randn(2, 4, 7, 6).contiguous(memory_format=fmt)
+    g = torch.randn(2, 6, 7, 6).contiguous(memory_format=fmt)
+    nodes = {}
+    for on in (True, False):
+        monkeypatch.setattr(rules, "NATIVE_BACKWARD", on)
+        nodes[on] = type(lay(x.requires_grad_()).grad_fn).__name__
+        gx, gw, gb = _conv_grads(lay, x.detach(), g)
+        assert torch.allclose(gx, _transposed_conv(g, _expected_B(lay), x.shape, 1, 1, 1, 1),
+                              rtol=0, atol=1e-12)
+        _, rw, rb = _conv_grads(ref, x.detach(), g)
+        assert torch.allclose(gw, rw, rtol=0, atol=1e-12) and torch.allclose(gb, rb, atol=1e-12)
+    assert nodes[True] == type(ref(x).grad_fn).__name__ != nodes[False]
+
+
+@pytest.mark.parametrize("outer", ["save_on_cpu", "checkpoint"])
+def test_native_route_exact_under_callers_saved_tensor_hooks(outer):
+    """Under a caller's saved-tensor hooks (offloading, activation checkpointing) the rule
+    layers' gradients are the same as without them. Catches the caller's hook saving W in
+    B's place, which would silently turn the rule into backprop."""
+    from torch.utils.checkpoint import checkpoint
+    torch.manual_seed(14)
+    net = nn.Sequential(RuleConv2d(3, 5, 3, padding=1, rule="frsf"), nn.ReLU(),
+                        RuleConv2d(5, 4, 3, padding=1, rule="fa"))
+    x = torch.randn(2, 3, 6, 6)
+
+    def grads(wrap):
+        x_ = x.clone().requires_grad_()
+        net.zero_grad()
+        wrap(x_).square().sum().backward()
+        return [x_.grad] + [p.grad.clone() for p in net.parameters()]
+
+    plain = grads(net)
+    if outer == "save_on_cpu":
+        def run(x_):
+            with torch.autograd.graph.save_on_cpu():
+                return net(x_)
+    else:
+        def run(x_):
+            return checkpoint(net, x_, use_reentrant=False)
+    for a, b in zip(grads(run), plain):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)
+    with rules.exact_gradients(net):
+        assert not torch.allclose(grads(net)[0], plain[0])        # really not backprop
+
+
+def test_native_route_hands_callers_hooks_B_not_W():
+    """A caller's saved-tensor hooks still see what a rule convolution saves (so offloading and
+    checkpointing keep working on it), with B in W's place and never W."""
+    torch.manual_seed(15)
+    lay = RuleConv2d(3, 4, 3, padding=1, rule="frsf")
+    seen = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: seen.append(t) or t, lambda t: t):
+        y = lay(torch.randn(2, 3, 5, 5, requires_grad=True))
+    B = _expected_B(lay)
+    assert any(t.shape == B.shape and torch.equal(t, B) for t in seen)
+    assert not any(t.shape == B.shape and torch.equal(t, lay.weight.detach()) for t in seen)
+    y.sum().backward()
+
+
+@pytest.mark.parametrize("rule", ["bp", "fa", "usf", "brsf", "frsf"])
+@pytest.mark.parametrize("k,d,pad", [(3, 2, 2), (5, 2, 4), (3, 3, 1)])
+def test_channels_last_dilated_depthwise_by_zero_inserted_kernel(monkeypatch, rule, k, d, pad):
+    """A dilated depthwise layer at stride 1 on channels_last input runs as an undilated
+    convolution with zeros between the kernel's taps (the call count proves it; contiguous
+    input keeps atrous_conv). Output and weight gradient equal nn.Conv2d's, grad_input the
+    hand-built transposed convolution with the dilated B. Catches zeros in the wrong places,
+    a tap's gradient lost, or B not zero-inserted with W."""
+    calls = []
+    inner = rules.zero_insert
+    monkeypatch.setattr(rules, "zero_insert", lambda *a: calls.append(1) or inner(*a))
+    torch.manual_seed(16)
+    cl = torch.channels_last
+    lay = RuleConv2d(6, 6, k, 1, pad, d, groups=6, bias=True, rule=rule).to(memory_format=cl)
+    ref = nn.Conv2d(6, 6, k, 1, pad, d, groups=6).to(memory_format=cl)
+    ref.load_state_dict({n: t for n, t in lay.state_dict().items() if n != "weight_backward"})
+    for fmt, routed in ((cl, True), (torch.contiguous_format, False)):
+        x = torch.randn(2, 6, 11, 10).contiguous(memory_format=fmt)
+        calls.clear()
+        y = lay(x)
+        g = torch.randn_like(y)
+        assert bool(calls) == routed
+        assert torch.allclose(y, ref(x), rtol=0, atol=1e-12)
+        gx, gw, gb = _conv_grads(lay, x, g)
+        B = lay.weight.detach() if rule == "bp" else _expected_B(lay)
+        assert torch.allclose(gx, _transposed_conv(g, B, x.shape, 1, pad, d, 6), atol=1e-12)
         _, rw, rb = _conv_grads(ref, x, g)
         assert torch.allclose(gw, rw, rtol=0, atol=1e-12) and torch.allclose(gb, rb, atol=1e-12)
 
@@ -369,7 +470,7 @@ def test_hebbian_conv_matches_unfolded_linear():
 
 
 def test_hebbian_dilated_conv_matches_unfolded_linear():
-    """The same with dilation 2 on an even input, which rules.atrous_conv computes on four
+    """The same with dilation 2 on an even input, which conv_routes.atrous_conv computes on four
     sub-grids: the Hebbian sums must still run over exactly the layer's output positions."""
     for size in (8, 7):                       # 7: the sub-grids' extra row must not count
         torch.manual_seed(11)
