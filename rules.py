@@ -97,14 +97,14 @@ class FeedbackConv2dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, buf, rule, stride, padding, dilation, groups, route=None):
         out = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-        ctx.conf = (rule, stride, padding, dilation, groups, bias is not None, route)
+        ctx.conf = (rule, stride, padding, dilation, groups, bias is not None,
+                    route if ctx.needs_input_grad[0] else None)
         if rule == "hebbian":
             ctx.save_for_backward(x, weight, buf, out, bias)
         elif ctx.needs_input_grad[0]:
             B = _feedback(weight, buf, rule)
             ctx.save_for_backward(x, B if B.dtype == weight.dtype else B.to(weight.dtype))
         else:                                             # grad_weight alone: W's shape and layout
-            ctx.conf = ctx.conf[:-1] + (None,)
             ctx.save_for_backward(x, weight)
         return out
 
@@ -274,6 +274,15 @@ def _uniform(like, bound):
     return r.view(like.shape)
 
 
+def _kernel(layer, d):
+    """(W, dilation, direct) of `layer`: W zero-inserted and dilation 1 when d > 0 (a dilated
+    depthwise layer in channels_last, conv_routes.dense_dilation), else as they are; direct:
+    convolved as given, not through conv_routes.routed_conv."""
+    if d:
+        return zero_insert(layer.weight, d), (1, 1), True
+    return layer.weight, layer.dilation, unrouted(layer)
+
+
 class _RuleMixin:
     """Shared buffer handling of RuleConv2d and RuleLinear."""
 
@@ -349,29 +358,25 @@ class RuleConv2d(_RuleMixin, nn.Conv2d):
         if self.padding_mode != "zeros":
             raise ValueError(f"RuleConv2d supports padding_mode='zeros' only, "
                              f"got {self.padding_mode!r}")
-        dense = dense_dilation(self, x)
+        # (the Hebbian rule keeps conv_routes.atrous_conv for its dilated layers)
+        d = 0 if self.rule == "hebbian" and not self.exact else dense_dilation(self, x)
+        w, dil, direct = _kernel(self, d)
         if self.rule == "bp" or self.exact:
-            if unrouted(self):
-                return F.conv2d(x, self.weight, self.bias, self.stride, self.padding,
-                                self.dilation, self.groups)
-            if dense:
-                return F.conv2d(x, zero_insert(self.weight, dense), self.bias, 1, self.padding,
-                                1, self.groups)
-            return routed_conv(lambda x_, s, p, d: F.conv2d(x_, self.weight, self.bias, s, p, d,
-                                                            self.groups), x, self)
+            if direct:
+                return F.conv2d(x, w, self.bias, self.stride, self.padding, dil, self.groups)
+            return routed_conv(lambda x_, s, p, d_: F.conv2d(x_, w, self.bias, s, p, d_,
+                                                             self.groups), x, self)
         if self.rule == "brsf" and self.training:
             self._draw_brsf()
-        w, b, buf = self.weight, self.bias, self.weight_backward
-        if dense and self.rule != "hebbian":     # (the Hebbian rule keeps atrous_conv)
-            return feedback_conv2d(x, zero_insert(w, dense), b, zero_insert(buf, dense),
-                                   self.rule, self.stride, self.padding, (1, 1), self.groups)
-        if unrouted(self) and not torch.is_autocast_enabled(x.device.type):
-            return feedback_conv2d(x, w, b, buf, self.rule, self.stride, self.padding,
-                                   self.dilation, self.groups)
+        b, buf = self.bias, self.weight_backward
+        buf = zero_insert(buf, d) if d else buf     # (after brsf's draw)
+        if direct and not torch.is_autocast_enabled(x.device.type):
+            return feedback_conv2d(x, w, b, buf, self.rule, self.stride, self.padding, dil,
+                                   self.groups)
         (x, w, b), cast = _autocast(x, w, b)
         with torch.autocast(x.device.type, enabled=False) if cast else contextlib.nullcontext():
-            return routed_conv(lambda x_, s, p, d: feedback_conv2d(
-                x_, w, b, buf, self.rule, tuple(s), tuple(p), tuple(d), self.groups), x, self,
+            return routed_conv(lambda x_, s, p, d_: feedback_conv2d(
+                x_, w, b, buf, self.rule, tuple(s), tuple(p), tuple(d_), self.groups), x, self,
                 crop_ok=self.rule != "hebbian")
 
 
@@ -441,30 +446,27 @@ class MultiRuleConv2d(nn.Conv2d):
         return B
 
     def forward(self, x):
-        dense = dense_dilation(self, x)
+        d = dense_dilation(self, x)
+        w, dil, direct = _kernel(self, d)
         if self.exact or all(r == "bp" for r in self.rules):
-            if dense:
-                return F.conv2d(x, zero_insert(self.weight, dense), self.bias, 1, self.padding,
-                                1, self.groups)
-            return routed_conv(lambda x_, s, p, d: F.conv2d(x_, self.weight, self.bias, s, p, d,
-                                                            self.groups), x, self)
+            if direct:
+                return F.conv2d(x, w, self.bias, self.stride, self.padding, dil, self.groups)
+            return routed_conv(lambda x_, s, p, d_: F.conv2d(x_, w, self.bias, s, p, d_,
+                                                             self.groups), x, self)
         if self.training and self._brsf:       # a new tensor: a caller's copy of the last draw
             wb = self.weight_backward.clone()  # stays as it was
             for sl, bound in self._brsf:
                 wb[sl] = _uniform(wb[sl], bound)
             self._buffers["weight_backward"] = wb
         B = self.feedback_matrix() if torch.is_grad_enabled() else self.weight
-        if dense:
-            return feedback_conv2d(x, zero_insert(self.weight, dense), self.bias,
-                                   zero_insert(B, dense), "fa", self.stride, self.padding,
-                                   (1, 1), self.groups)
-        if unrouted(self) and not torch.is_autocast_enabled(x.device.type):
-            return feedback_conv2d(x, self.weight, self.bias, B, "fa", self.stride,
-                                   self.padding, self.dilation, self.groups)
-        (x, w, b), cast = _autocast(x, self.weight, self.bias)
+        B = zero_insert(B, d) if d else B
+        if direct and not torch.is_autocast_enabled(x.device.type):
+            return feedback_conv2d(x, w, self.bias, B, "fa", self.stride, self.padding, dil,
+                                   self.groups)
+        (x, w, b), cast = _autocast(x, w, self.bias)
         with torch.autocast(x.device.type, enabled=False) if cast else contextlib.nullcontext():
-            return routed_conv(lambda x_, s, p, d: feedback_conv2d(
-                x_, w, b, B, "fa", tuple(s), tuple(p), tuple(d), self.groups), x, self)
+            return routed_conv(lambda x_, s, p, d_: feedback_conv2d(
+                x_, w, b, B, "fa", tuple(s), tuple(p), tuple(d_), self.groups), x, self)
 
 
 # ----------------------------------------------------------------------------------------
