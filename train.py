@@ -16,11 +16,11 @@ import sys
 import time
 
 from experiments import bionas_runs, plasticity_runs, thesis_runs
-from harness import attack_runs, quick
+from harness import attack_runs, launch, quick
 from harness.allocator import keep_freed_memory
 from harness.data import image_folders, load_dataset
-from harness.options import (apply_defaults, build_parser, check_args, check_data, mode_of,
-                             resume_args)
+from harness.options import (LAUNCHED, apply_defaults, build_parser, check_args, check_data,
+                             mode_of, resume_args)
 from harness.presets import THESIS_EXPERIMENTS
 from harness.retrain import train
 from harness.run_dir import WARNINGS, Run, collectives, distributed, load_checkpoint, pick_device
@@ -54,6 +54,11 @@ def main(argv=None):
     run = None
     try:
         args, mode = prepare(build_parser().parse_args(argv), argv)
+        if args.procs > 1 and not os.environ.get(LAUNCHED):     # N ranks of this command
+            code = launch.run_ranks(os.path.abspath(__file__), argv, args.procs)
+            if code:
+                raise SystemExit(code)
+            return None
         device = pick_device(args.gpu)
         if args.resume:
             run = Run(args.resume, main=distributed(device)[0] == 0, lock=True)

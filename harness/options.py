@@ -25,7 +25,8 @@ from harness.presets import (ARCH_LEARNING_RATE, BIONAS_EG_DROP_PATH, BIONAS_EXP
                              THESIS_EXPERIMENTS, TRAIN_DEFAULTS)
 
 # the flags --resume accepts: they change how a run continues, not what it computes
-RESUME_FLAGS = ("epochs", "gpu", "gpus", "report_freq", "stop_after", "data")
+LAUNCHED = "BIONAS_LAUNCHED_RANK"  # set in the processes that --procs starts
+RESUME_FLAGS = ("epochs", "gpu", "gpus", "procs", "report_freq", "stop_after", "data")
 MIN_LAYERS = 3               # reductions at 1/3 and 2/3 of the depth leave a normal cell
 
 
@@ -248,6 +249,9 @@ def build_parser():
           help="--dataset imagenet: the training crop and the validation centre crop (after "
           "resizing to 256/224 of it)")
     d.add_argument("--gpu", type=NONNEG_INT, help="CUDA device index (default: the CPU)")
+    d.add_argument("--procs", type=POS_INT, default=1,
+                   help="--search / --train on the CPU: data parallel over N processes, one "
+                   "core each (harness/launch.py; as torchrun --nproc_per_node N; default 1)")
     d.add_argument("--gpus", metavar="D1,D2,...",
                    help="--experiment: run its sub-runs (searches and retrainings; a thesis "
                    "experiment's single runs) concurrently, one per listed device (CUDA indices; "
@@ -491,6 +495,13 @@ def check_args(args, mode):
         if args.merge_identity_skips and args.search == "egnas":
             raise SystemExit("error: --merge_identity_skips works with --search darts (EG-NAS's "
                              "individuals set every candidate's weight)")
+    if args.procs > 1:
+        if mode not in ("search", "train") or args.gpu is not None:
+            raise SystemExit(f"error: --procs {args.procs} splits a --search or --train over "
+                             f"CPU cores; for GPUs use torchrun --nproc_per_node N ... --gpu 0")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not os.environ.get(LAUNCHED):
+            raise SystemExit("error: --procs starts its own processes; under torchrun give "
+                             "--nproc_per_node instead")
     if args.gpus is not None:
         devs = args.gpus.split(",")
         if mode != "experiment":

@@ -6,6 +6,7 @@ weights) of LayerMonitor. train.py's --train, --experiment and --quick call it.
 import os
 import statistics
 import time
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +18,9 @@ from harness.data import (DATASETS, image_folders, imagenet_stream, load_dataset
                           make_batches, place)
 from harness.monitor import LayerMonitor, plot_layers
 from harness.plots import Redraw, plot_history
-from harness.run_dir import (Meter, autocast, check_model_finite, distributed, eta_after_epoch,
-                             evaluate, fmt_eta, load_checkpoint, log_step, resume, rng_state)
+from harness.run_dir import (Meter, all_sum, autocast, broadcast_state, check_model_finite,
+                             distributed, eta_after_epoch, evaluate, fmt_eta, load_checkpoint,
+                             log_step, resume, rng_state)
 from harness.search import make_supernet, weight_step
 
 
@@ -105,7 +107,8 @@ def train(args, run, device, genotype=None, after=0.0):
             valid_b = make_batches(args, xva, yva, device, train=False)
         train_b = make_batches(args, xtr, ytr, device, train=True, cutout=args.cutout, rank=rank,
                                world=world)
-        test_b = make_batches(args, xte, yte, device, train=False)
+        # under torchrun each rank evaluates every world-th test image (counts summed)
+        test_b = make_batches(args, xte[rank::world], yte[rank::world], device, train=False)
         n_train = len(xtr)
     model = place(build_eval_model(args, genotype), args, device)
     optimizer = torch.optim.SGD(model.parameters(), args.learning_rate, momentum=args.momentum,
@@ -123,6 +126,9 @@ def train(args, run, device, genotype=None, after=0.0):
     net = model
     if world > 1:                    # gradients averaged over ranks; buffers (B, BN) from rank 0
         from torch.nn.parallel import DistributedDataParallel
+        # a depthwise weight (C, 1, k, k) in channels_last has strides (k*k, 1, k, 1), its
+        # gradient (k*k, k*k, k, 1): the same memory, which DDP reports as a stride mismatch
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                       else None)
     amp, scaler = autocast(args, device)          # --amp: the weight steps; a no-op scaler else
@@ -151,8 +157,11 @@ def train(args, run, device, genotype=None, after=0.0):
         monitor.end_epoch(epoch)
         spread = replica_spread(model) if world > 1 else 0.0
         top5 = args.dataset == "imagenet"              # DARTS's ImageNet: top-1 and top-5
-        test_acc, test_loss, *top5_acc = evaluate(model, test_b, top5=top5) if rank == 0 \
-            else (None, None)
+        shared = world > 1 and not top5                 # ImageNet: rank 0 evaluates it all
+        if shared:
+            broadcast_state(model)                      # rank 0's BatchNorm statistics
+        test_acc, test_loss, *top5_acc = evaluate(model, test_b, top5=top5, reduce=all_sum) \
+            if shared else evaluate(model, test_b, top5=top5) if rank == 0 else (None, None)
         check_model_finite(model, run, f"epoch {epoch + 1}", args, test_loss)   # every rank
         rng = rng_state(device)      # every rank's generators, after the evaluation (a collective)
         stopping = bool(args.stop_after) and args.stop_after <= epoch + 1 < args.epochs
@@ -209,14 +218,16 @@ def estimate_seconds(args, genotype, device, n_train, n_test, steps=8):
     batch (a lucky address) underestimates the run. The global RNG is untouched."""
     c_in, _, _, _, _, _ = DATASETS[args.dataset]
     size = 32 if c_in == 3 else 28
-    n = args.batch_size * c_in * size * size
+    world = distributed(device)[1]           # under torchrun / --procs: each rank's share
+    batch = max(1, args.batch_size // world)
+    n = batch * c_in * size * size
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         model = place(build_eval_model(args, genotype), args, device).train()
         opt = torch.optim.SGD(model.parameters(), 0.0)
         pool = torch.rand(n + 3 * 1040, device=device)
-        xs = [pool[k * 1040:k * 1040 + n].view(args.batch_size, c_in, size, size)
+        xs = [pool[k * 1040:k * 1040 + n].view(batch, c_in, size, size)
               for k in range(4)]                  # 4 KiB + 64 B apart: other cache sets
-        y = torch.zeros(args.batch_size, dtype=torch.long, device=device)
+        y = torch.zeros(batch, dtype=torch.long, device=device)
         times = []
         for i in range(steps + 1):
             t0 = time.time()

@@ -480,9 +480,10 @@ def resume(args, run, device, model, optimizer, scheduler, searcher=None, monito
 
 
 @torch.no_grad()
-def evaluate(model, batches, top5=False):
+def evaluate(model, batches, top5=False, reduce=None):
     """Top-1 accuracy (%) and mean loss on `batches` in eval mode; top5=True adds the top-5
-    accuracy (%) (DARTS utils.accuracy with topk=(1, 5); top-k of all classes if fewer)."""
+    accuracy (%) (DARTS utils.accuracy with topk=(1, 5); top-k of all classes if fewer).
+    reduce: under torchrun, all_sum -- each rank evaluated its share, the counts are summed."""
     was = model.training
     model.eval()
     correct = correct5 = n = 0
@@ -496,6 +497,10 @@ def evaluate(model, batches, top5=False):
             correct5 += (best == y[:, None]).any(1).sum().item()
         n += len(y)
     model.train(was)
+    if reduce is not None:
+        dev = next(model.parameters()).device
+        correct, correct5, n, loss = reduce(torch.tensor([correct, correct5, n, loss],
+                                                         dtype=torch.float64, device=dev)).tolist()
     out = 100.0 * correct / max(n, 1), loss / max(n, 1)
     return out + (100.0 * correct5 / max(n, 1),) if top5 else out
 
