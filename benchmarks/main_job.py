@@ -1,7 +1,8 @@
 """The project's main job, `python train.py --search darts --quick`, over seeds: accuracy, time,
 the ETA's error and the search's alpha per edge, from the run directories it leaves.
 
-    python benchmarks/main_job.py [--seeds 1,2,3,4,5] [--save runs/main-job] [-- FLAGS...]
+    python benchmarks/main_job.py [--seeds 1,2,3,4,5] [--save runs/main-job] [--against CSV]
+                                  [-- FLAGS...]
 
 Each seed runs the whole command as its own process (`--seed S`, nothing else changed; FLAGS
 are appended to every run), timed by the wall clock. A seed whose run directory already holds a
@@ -13,6 +14,8 @@ Writes, in --out (default benchmarks/results/bionas/):
     main-job_alpha.csv   per seed and edge of the final search epoch: the softmax weight of every
                          candidate, the strongest, its ratio to uniform (1 / number of candidates)
     main-job.md          mean ± sample std over the seeds and the alpha summary
+    main-job_against.md  with --against (another study's main-job_seeds.csv, e.g. of another
+                         commit): the two seed by seed, time ratios and paired accuracy
 """
 import argparse
 import json
@@ -25,7 +28,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from experiments.seeds import fmt          # noqa: E402  (the project root is on the path now)
+from experiments.seeds import fmt, paired_t, wins   # noqa: E402  (the project root is on the path now)
 from harness.run_dir import write_csv      # noqa: E402
 
 
@@ -136,11 +139,37 @@ def summary(rows, alpha, cmd):
     return "\n".join(lines) + "\n"
 
 
+def against(rows, path):
+    """main-job_against.md: this study beside another one's main-job_seeds.csv, seed by seed
+    (the whole command's time ratio; the accuracy's paired difference, t and p)."""
+    import csv
+    with open(path) as f:
+        other = {int(r["seed"]): r for r in csv.DictReader(f)}
+    pairs = [(r, other[r["seed"]]) for r in rows if r["seed"] in other and r["wall_seconds"]]
+    if not pairs:
+        return ""
+    ratio = [r["wall_seconds"] / float(o["wall_seconds"]) for r, o in pairs]
+    diff = [r["test_acc"] - float(o["test_acc"]) for r, o in pairs]
+    t, p = paired_t(diff)
+    lines = [f"Against {os.path.relpath(path, ROOT)}, seed by seed", "",
+             "| seed | this s | other s | this / other | this % | other % | this − other |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['seed']} | {r['wall_seconds']} | {o['wall_seconds']} | {q:.2f} | "
+              f"{r['test_acc']:.2f} | {float(o['test_acc']):.2f} | {d:+.2f} |"
+              for (r, o), q, d in zip(pairs, ratio, diff)]
+    lines += ["", f"Time ratio {fmt(ratio)} (mean ± sample std over {len(pairs)} seeds); "
+              f"accuracy {fmt(diff)} points paired, {wins(diff)} ahead"
+              + ("" if t is None else f", t = {t:.2f}, p = {p:.3f}") + "."]
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--seeds", default="1,2,3,4,5")
     ap.add_argument("--save", default=os.path.join(ROOT, "runs", "main-job"))
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "bionas"))
+    ap.add_argument("--against", help="another study's main-job_seeds.csv: writes "
+                    "main-job_against.md, the two seed by seed")
     ap.add_argument("flags", nargs="*", help="after --: flags appended to every run")
     a = ap.parse_args(argv)
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -162,6 +191,11 @@ def main(argv=None):
     with open(os.path.join(a.out, "main-job.md"), "w") as f:
         f.write(text)
     print(text)
+    if a.against:
+        text = against(rows, a.against)
+        with open(os.path.join(a.out, "main-job_against.md"), "w") as f:
+            f.write(text)
+        print(text)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """--procs N: data parallel over N processes on this machine's CPU cores, from one command.
 
-The small networks of a --quick run leave a second core idle however many threads PyTorch is
-given (their per-layer tensors are too small to split; one thread and two run at the same
-speed), while two processes that each take half of every batch do use it. This starts them as
+The small networks of a --quick run make little use of a second core through PyTorch's threads
+(their per-layer tensors are too small to split well: the quick retraining at two threads ran at
+0.9-1.2x the images/s of one), while two processes that each take half of every batch use it
+(1.5x). This starts them as
 `torchrun --standalone --nproc_per_node N train.py ...` would: the same command line in N child
 processes, each told its RANK, WORLD_SIZE and a free local port, one OpenMP thread each (unless
 OMP_NUM_THREADS says otherwise). train.py's torchrun path does the rest (gloo, DDP, rank 0

@@ -123,14 +123,7 @@ def train(args, run, device, genotype=None, after=0.0):
             f"{args.epochs} epochs on {device}"
             + (f" x {world} processes (batch {args.batch_size // world} each)"
                if world > 1 else "") + f"; {what}")
-    net = model
-    if world > 1:                    # gradients averaged over ranks; buffers (B, BN) from rank 0
-        from torch.nn.parallel import DistributedDataParallel
-        # a depthwise weight (C, 1, k, k) in channels_last has strides (k*k, 1, k, 1), its
-        # gradient (k*k, k*k, k, 1): the same memory, which DDP reports as a stride mismatch
-        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
-                                      else None)
+    net = ddp(model, device) if world > 1 else model
     amp, scaler = autocast(args, device)          # --amp: the weight steps; a no-op scaler else
     params = list(model.parameters())
     redraw = Redraw()                             # the figures: at most once a minute, and at the end
@@ -208,11 +201,23 @@ def train(args, run, device, genotype=None, after=0.0):
     return history[-1]["test_acc"]
 
 
+def ddp(model, device):
+    """Under torchrun: DistributedDataParallel, gradients averaged over the ranks in backward,
+    buffers (B, BatchNorm statistics) broadcast from rank 0 before every forward."""
+    from torch.nn.parallel import DistributedDataParallel
+    # a depthwise weight (C, 1, k, k) in channels_last has strides (k*k, 1, k, 1), its
+    # gradient (k*k, k*k, k, 1): the same memory, which DDP reports as a stride mismatch
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view")
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                   else None)
+
+
 def estimate_seconds(args, genotype, device, n_train, n_test, steps=8):
     """Seconds a retraining with `args` should take (for the ETA of a --quick run before its
     search has found the genotype): the median of `steps` timed SGD steps (after a warm-up)
     of `genotype`'s network, times the run's steps, plus evaluation at a third of a training
-    step per test batch. The steps take random images of the batch size from four buffers at
+    step per test batch; under torchrun every rank times its share of the batch through
+    DistributedDataParallel, as the run will. The steps take random images of the batch size from four buffers at
     different offsets: where a large tensor sits changes oneDNN's speed by up to 4x on the CPU
     (docs/rules.md), and a run's batches land everywhere, so the fastest step of one fixed
     batch (a lucky address) underestimates the run. The global RNG is untouched."""
@@ -223,6 +228,7 @@ def estimate_seconds(args, genotype, device, n_train, n_test, steps=8):
     n = batch * c_in * size * size
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         model = place(build_eval_model(args, genotype), args, device).train()
+        net = ddp(model, device) if world > 1 else model      # with its all-reduce
         opt = torch.optim.SGD(model.parameters(), 0.0)
         pool = torch.rand(n + 3 * 1040, device=device)
         xs = [pool[k * 1040:k * 1040 + n].view(batch, c_in, size, size)
@@ -232,7 +238,7 @@ def estimate_seconds(args, genotype, device, n_train, n_test, steps=8):
         for i in range(steps + 1):
             t0 = time.time()
             opt.zero_grad()
-            F.cross_entropy(model(xs[i % 4]), y).backward()
+            F.cross_entropy(net(xs[i % 4]), y).backward()
             opt.step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)

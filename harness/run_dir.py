@@ -113,13 +113,18 @@ def collectives():
 
 def all_average(tensors):
     """Under torchrun: each tensor replaced in place by its mean over the ranks (gloo / NCCL
-    all-reduce; the mean of equal shards' gradients is the whole batch's); returns them."""
+    all-reduce; the mean of equal shards' gradients is the whole batch's); returns them. One
+    all-reduce per dtype over the tensors laid end to end, not one per tensor (the quick
+    search's supernet has 208 weight tensors; a small collective's cost is mostly latency)."""
     import torch.distributed as dist
-    if collectives():
-        for t in tensors:
-            if t is not None:
-                dist.all_reduce(t)
-                t.div_(dist.get_world_size())
+    if collectives():                                 # dtypes in the same order on every rank
+        for dtype in sorted({t.dtype for t in tensors if t is not None}, key=str):
+            group = [t for t in tensors if t is not None and t.dtype == dtype]
+            flat = torch.cat([t.reshape(-1) for t in group])
+            dist.all_reduce(flat)
+            flat.div_(dist.get_world_size())
+            for t, v in zip(group, flat.split([t.numel() for t in group])):
+                t.copy_(v.view(t.shape))
     return tensors
 
 

@@ -284,8 +284,9 @@ def _stop_worker(rank, world, port, tmp, argv, fault):
     from harness import retrain
     if fault == "rank0_valid" and rank == 0:       # only rank 0 evaluates: it alone sees it
         search.evaluate = lambda model, batches: (10.0, float("nan"))
-    if fault == "retrain_rank0_valid" and rank == 0:
-        retrain.evaluate = lambda model, batches, top5=False: (10.0, float("nan"))
+    if fault == "retrain_rank0_valid" and rank == 0:     # every rank evaluates its share (a
+        real = retrain.evaluate                           # collective), rank 0's loss is nan
+        retrain.evaluate = lambda *a, **kw: (real(*a, **kw)[0], float("nan"))
     if fault == "rank1_loss" and rank == 1:        # one rank's loss at step 2 only
         count = [0]
 

@@ -80,3 +80,19 @@ def test_summary_counts_edges_at_twice_uniform(tmp_path):
     main_job.write_csv(alpha, str(tmp_path / "a.csv"))
     with open(tmp_path / "a.csv") as f:
         assert len(list(csv.DictReader(f))) == 20
+
+
+def test_against_pairs_by_seed_by_hand(tmp_path):
+    """Two seeds against another study's CSV listed in the other order: ratios 300/600 = 0.5 and
+    450/500 = 0.9 (mean 0.70 ± 0.28), accuracy differences +1.0 and −0.5 (mean 0.25, sample std
+    1.06, t = 0.333). Catches rows paired by position instead of by seed, or the ratio inverted."""
+    other = tmp_path / "other.csv"
+    main_job.write_csv([dict(seed=2, test_acc=88.0, wall_seconds=500),
+                        dict(seed=1, test_acc=86.0, wall_seconds=600)], str(other))
+    rows = [dict(seed=1, test_acc=87.0, wall_seconds=300), dict(seed=2, test_acc=87.5,
+                                                                wall_seconds=450)]
+    text = main_job.against(rows, str(other))
+    assert "| 1 | 300 | 600 | 0.50 | 87.00 | 86.00 | +1.00 |" in text
+    assert "| 2 | 450 | 500 | 0.90 | 87.50 | 88.00 | -0.50 |" in text
+    assert "Time ratio 0.70 ± 0.28" in text and "0.25 ± 1.06 points paired, 1/2 ahead" in text
+    assert "t = 0.33" in text
