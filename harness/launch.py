@@ -8,7 +8,8 @@ The small networks of a --quick run make little use of a second core through PyT
 processes, each told its RANK, WORLD_SIZE and a free local port, one OpenMP thread each (unless
 OMP_NUM_THREADS says otherwise). train.py's torchrun path does the rest (gloo, DDP, rank 0
 writes the run directory). If a rank fails the others are stopped and its exit code returned;
-Ctrl-C reaches every rank, each prints where to resume, and the launcher waits for them.
+Ctrl-C reaches every rank, each prints where to resume, and the launcher waits for them; a
+SIGTERM to the launcher is passed on to the ranks.
 """
 import os
 import signal
@@ -36,6 +37,11 @@ def run_ranks(script, argv, procs, poll=0.2):
     ranks = [subprocess.Popen([sys.executable, script] + list(argv),
                               env=dict(env, RANK=str(r), LOCAL_RANK=str(r)))
              for r in range(procs)]
+
+    def terminated(signum, frame):          # a scheduler's SIGTERM: no rank is left behind
+        stop(ranks)
+        raise SystemExit(128 + signum)
+    before = signal.signal(signal.SIGTERM, terminated)
     try:
         while True:
             codes = [p.poll() for p in ranks]
@@ -53,6 +59,8 @@ def run_ranks(script, argv, procs, poll=0.2):
             except subprocess.TimeoutExpired:
                 p.kill()
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def stop(ranks, grace=10.0):

@@ -217,10 +217,11 @@ def estimate_seconds(args, genotype, device, n_train, n_test, steps=8):
     search has found the genotype): the median of `steps` timed SGD steps (after a warm-up)
     of `genotype`'s network, times the run's steps, plus evaluation at a third of a training
     step per test batch; under torchrun every rank times its share of the batch through
-    DistributedDataParallel, as the run will. The steps take random images of the batch size from four buffers at
-    different offsets: where a large tensor sits changes oneDNN's speed by up to 4x on the CPU
-    (docs/rules.md), and a run's batches land everywhere, so the fastest step of one fixed
-    batch (a lucky address) underestimates the run. The global RNG is untouched."""
+    DistributedDataParallel, as the run will. The steps take random images of the batch size
+    from four buffers at different offsets: where a large tensor sits changes oneDNN's speed by
+    up to 4x on the CPU (docs/rules.md), and a run's batches land everywhere, so the fastest
+    step of one fixed batch (a lucky address) underestimates the run. The global RNG is
+    untouched."""
     c_in, _, _, _, _, _ = DATASETS[args.dataset]
     size = 32 if c_in == 3 else 28
     world = distributed(device)[1]           # under torchrun / --procs: each rank's share

@@ -125,3 +125,31 @@ def test_grads_channels_last_hands_bn_and_relu_dense_channels_last_gradients():
     assert seen_hooked == [True, True]
     for a, b in zip(g_plain, g_hooked):        # the same gradients, another layout
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_sigterm_to_the_launcher_stops_every_rank(tmp_path):
+    """A scheduler's SIGTERM to the launching process must not leave its ranks running."""
+    import signal
+    import subprocess
+    script = tmp_path / "rank.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, time
+        open(os.path.join({str(tmp_path)!r}, "pid" + os.environ["RANK"]), "w").write(str(os.getpid()))
+        time.sleep(120)
+        """))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    parent = subprocess.Popen([sys.executable, "-c", "import sys; from harness import launch; "
+                               f"sys.exit(launch.run_ranks({str(script)!r}, [], 2))"], cwd=root)
+    for _ in range(200):
+        if all((tmp_path / f"pid{r}").exists() for r in (0, 1)):
+            break
+        time.sleep(0.1)
+    time.sleep(0.3)
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+    for r in (0, 1):
+        pid = int((tmp_path / f"pid{r}").read_text())
+        with pytest.raises(ProcessLookupError):
+            for _ in range(50):
+                os.kill(pid, 0)
+                time.sleep(0.1)
