@@ -13,7 +13,6 @@ sub-runs draw dozens of the same kind. The figures themselves are checked, rende
 tests/test_plots.py (marked `real_figures`: every savefig real)."""
 import gzip
 import os
-import socket
 import struct
 import sys
 import zlib
@@ -21,6 +20,8 @@ import zlib
 import numpy as np
 import pytest
 import torch
+
+from harness.launch import free_port  # noqa: F401  (the tests' MASTER_PORT)
 
 torch.set_num_threads(1)
 
@@ -95,11 +96,6 @@ def tiny_args(tmp_path, *extra):
             *extra]
 
 
-def free_port():
-    """A TCP port free on this machine now (for a spawned group's MASTER_PORT)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rank_env(rank, world, port):
