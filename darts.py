@@ -54,11 +54,12 @@ def _build_cells(net, C_pp, C_p, C, layers, make_cell, reduction_prev=False):
     return widths
 
 
-def _build_body(net, in_channels, C, layers, stem_multiplier, base_rule, mean, std, make_cell):
+def _build_body(net, in_channels, C, layers, stem_multiplier, base_rule, mean, std, make_cell,
+                stem_stride=1):
     """DARTS's CIFAR body on `net`: normalization, stem, then the cells (_build_cells)."""
     net.normalize = ops.Normalize(mean, std) if mean is not None else nn.Identity()
     C_curr = stem_multiplier * C
-    net.stem = _stem(in_channels, C_curr, base_rule)
+    net.stem = _stem(in_channels, C_curr, base_rule, stem_stride)
     return _build_cells(net, C_curr, C_curr, C, layers, make_cell)
 
 
@@ -109,18 +110,20 @@ class Network(nn.Module):
     mixed_op = ops.MixedOp                                # the mixed edge of Eq. 2
 
     def __init__(self, C, num_classes, layers, candidates, steps=4, multiplier=4,
-                 stem_multiplier=3, in_channels=3, base_rule="bp", mean=None, std=None):
+                 stem_multiplier=3, in_channels=3, base_rule="bp", mean=None, std=None,
+                 stem_stride=1):
         super().__init__()
         self.C, self.num_classes, self.layers = C, num_classes, layers
         self.candidates, self.steps, self.multiplier = list(candidates), steps, multiplier
         self.base_rule = base_rule
         self.config = dict(C=C, num_classes=num_classes, layers=layers, candidates=self.candidates,
                            steps=steps, multiplier=multiplier, stem_multiplier=stem_multiplier,
-                           in_channels=in_channels, base_rule=base_rule, mean=mean, std=std)
+                           in_channels=in_channels, base_rule=base_rule, mean=mean, std=std,
+                           stem_stride=stem_stride)
         for name in self.candidates:
             ops.parse_candidate(name)                     # fail early on unknown names
         widths = _build_body(self, in_channels, C, layers, stem_multiplier, base_rule, mean, std,
-                             self.make_cell)
+                             self.make_cell, stem_stride)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)
         self.classifier = RuleLinear(widths[-1], num_classes, rule=base_rule)
         self.initialize_alphas()
@@ -455,18 +458,18 @@ class NetworkEval(nn.Module):
     drop-path; each edge trains with the rule its genotype names."""
 
     def __init__(self, C, num_classes, layers, genotype, auxiliary, in_channels=3,
-                 stem_multiplier=3, base_rule="bp", mean=None, std=None):
+                 stem_multiplier=3, base_rule="bp", mean=None, std=None, stem_stride=1):
         super().__init__()
         check_genotype(genotype)
         self.config = dict(C=C, num_classes=num_classes, layers=layers,
                            genotype=genotype._asdict(), auxiliary=auxiliary,
                            in_channels=in_channels, stem_multiplier=stem_multiplier,
-                           base_rule=base_rule, mean=mean, std=std)
+                           base_rule=base_rule, mean=mean, std=std, stem_stride=stem_stride)
         self.layers, self.auxiliary, self.drop_path_prob = layers, auxiliary, 0.0
         self.logits_aux = None
         self.aux_pos = 2 * layers // 3
         widths = _build_body(self, in_channels, C, layers, stem_multiplier, base_rule, mean, std,
-                             _eval_cell(genotype, base_rule))
+                             _eval_cell(genotype, base_rule), stem_stride)
         if auxiliary:
             self.auxiliary_head = AuxiliaryHead(widths[self.aux_pos], num_classes, base_rule)
         self.global_pooling = nn.AdaptiveAvgPool2d(1)

@@ -20,7 +20,7 @@ from harness import attack_runs, launch, quick
 from harness.allocator import keep_freed_memory
 from harness.data import image_folders, load_dataset
 from harness.options import (LAUNCHED, apply_defaults, build_parser, check_args, check_data,
-                             mode_of, resume_args)
+                             default_procs, mode_of, resume_args)
 from harness.presets import THESIS_EXPERIMENTS
 from harness.retrain import train
 from harness.run_dir import WARNINGS, Run, collectives, distributed, load_checkpoint, pick_device
@@ -129,6 +129,8 @@ def prepare(args, argv):
         args.quick_retrain = bool(args.search and args.quick)
         if mode in ("search", "train", "neurogenesis", "dyno", "equinas"):
             apply_defaults(args, mode)
+    if args.procs is None:
+        args.procs = default_procs(args, mode)
     check_args(args, mode)
     if mode in CHECKS:
         CHECKS[mode](args, mode)

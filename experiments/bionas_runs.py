@@ -150,6 +150,8 @@ def search_args(args, overrides):
     given are the retrainings')."""
     targs = argparse.Namespace(**dict(vars(args), **overrides))
     targs.search, targs.train, targs.stop_after, targs.experiment = "darts", False, None, None
+    # DARTS's stem unless asked: the experiments' retrainings (QUICK["experiment"]) keep it
+    targs.stem_stride = getattr(args, "stem_stride", None) or 1
     if args.experiment in bionas_paper.SEEDED:
         for k in ("subset", "batch_size", "learning_rate", "init_channels", "layers", "epochs"):
             setattr(targs, k, None)

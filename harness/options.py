@@ -20,7 +20,8 @@ from attacks import ATTACKS, PRESETS
 from harness.data import DATASETS
 from harness.presets import (ARCH_LEARNING_RATE, BIONAS_EG_DROP_PATH, BIONAS_EXPERIMENTS,
                              BIONAS_SEEDED, DATASET_DEFAULTS, EGNAS_DEFAULTS,
-                             EGNAS_QUICK_CHANNELS, PLASTICITY_EXPERIMENTS, QUICK, QUICK_THESIS,
+                             EGNAS_QUICK_CHANNELS, PLASTICITY_EXPERIMENTS, QUICK, QUICK_PROCS,
+                             QUICK_THESIS,
                              RESNET_DEFAULTS, SEARCH_PRESETS, SEEDS, THESIS_DEFAULTS,
                              THESIS_EXPERIMENTS, TRAIN_DEFAULTS)
 
@@ -28,6 +29,18 @@ from harness.presets import (ARCH_LEARNING_RATE, BIONAS_EG_DROP_PATH, BIONAS_EXP
 LAUNCHED = "BIONAS_LAUNCHED_RANK"  # set in the processes that --procs starts
 RESUME_FLAGS = ("epochs", "gpu", "gpus", "procs", "report_freq", "stop_after", "data")
 MIN_LAYERS = 3               # reductions at 1/3 and 2/3 of the depth leave a normal cell
+
+
+def default_procs(args, mode):
+    """--procs when not given: QUICK_PROCS processes for a --quick --search or --train on a CPU
+    with that many cores (two single-thread processes ran the quick retraining at 1.5x the
+    images/s of one process with two threads), else 1. Under torchrun one process per rank."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+        (os.cpu_count() or 1)
+    torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not os.environ.get(LAUNCHED)
+    quick_cpu = getattr(args, "quick", False) and mode in ("search", "train") and \
+        getattr(args, "gpu", None) is None and not torchrun
+    return QUICK_PROCS if quick_cpu and cores >= QUICK_PROCS else 1
 
 
 def apply_defaults(args, mode):
@@ -172,8 +185,8 @@ def _quick_help():
             f"{s['subset']:,} images (half weights, half alpha), {s['epochs']} epochs, "
             f"{s['init_channels']} channels, {s['layers']} cells of {s['nodes']} nodes, batch "
             f"{s['batch_size']}, then a retrain of the genotype on {t['subset']:,} images, "
-            f"{t['epochs']} epochs, {t['init_channels']} channels, {t['layers']} layers "
-            f"(~10 min on 2 cores); --experiment --quick: every retraining on {e['subset']:,} "
+            f"{t['epochs']} epochs, {t['init_channels']} channels, {t['layers']} layers, "
+            f"both with a stride-{t['stem_stride']} stem (3-6 min on 2 cores); --experiment --quick: every retraining on {e['subset']:,} "
             f"images for {e['epochs']} epochs; --plasticity --quick: the short version")
 
 
@@ -249,9 +262,10 @@ def build_parser():
           help="--dataset imagenet: the training crop and the validation centre crop (after "
           "resizing to 256/224 of it)")
     d.add_argument("--gpu", type=NONNEG_INT, help="CUDA device index (default: the CPU)")
-    d.add_argument("--procs", type=POS_INT, default=1,
+    d.add_argument("--procs", type=POS_INT,
                    help="--search / --train on the CPU: data parallel over N processes, one "
-                   "core each (harness/launch.py; as torchrun --nproc_per_node N; default 1)")
+                   "core each (harness/launch.py; as torchrun --nproc_per_node N; default 1; "
+                   f"--quick on a CPU with >= {QUICK_PROCS} cores: {QUICK_PROCS})")
     d.add_argument("--gpus", metavar="D1,D2,...",
                    help="--experiment: run its sub-runs (searches and retrainings; a thesis "
                    "experiment's single runs) concurrently, one per listed device (CUDA indices; "
@@ -305,6 +319,10 @@ def build_parser():
           help="retrain the genotype's ops with rules drawn at random (--rules, "
                "--skip_rules) from SEED")
     _flag(a, "--init_channels", type=POS_INT, help=_mode_default("init_channels"))
+    _flag(a, "--stem_stride", type=int, choices=[1, 2],
+          help="stride of the stem convolution: 1 (DARTS's CIFAR network; the default), 2 (the "
+               "cells see half the resolution: 28x28 -> 14x14; --search --quick, search and "
+               "retraining)")
     a.add_argument("--layers", type=POS_INT, help=f"cells, >= {MIN_LAYERS} (" +
                    _mode_default("layers") + ")")
     a.add_argument("--nodes", type=POS_INT, help="intermediate nodes per search cell (" +

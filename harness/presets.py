@@ -64,10 +64,11 @@ EGNAS_DEFAULTS = dict(augment=True, batch_size=256, learning_rate=0.1, learning_
 QUICK = {  # --quick: search then a short retrain on Fashion-MNIST, minutes on a 2-core CPU
     "search": dict(dataset="fashion-mnist", subset=1600, batch_size=32, learning_rate=0.05,
                    learning_rate_min=0.0, nesterov=True, epochs=3, init_channels=4, layers=3,
-                   nodes=2, report_freq=10, warm_start_epochs=1, arch_learning_rate=3e-2),
+                   nodes=2, report_freq=10, warm_start_epochs=1, arch_learning_rate=3e-2,
+                   stem_stride=2),
     "train": dict(dataset="fashion-mnist", subset=40000, batch_size=64, learning_rate=0.05,
-                  epochs=5, init_channels=8, layers=4, auxiliary=False, cutout=0,
-                  drop_path_prob=0.0, augment=False, report_freq=50),
+                  epochs=4, init_channels=16, layers=4, auxiliary=False, cutout=0,
+                  drop_path_prob=0.0, augment=False, report_freq=50, stem_stride=2),
     # --experiment --quick: every retraining of the experiment at this size
     "experiment": dict(dataset="fashion-mnist", subset=5000, batch_size=64, learning_rate=0.05,
                        epochs=2, init_channels=8, layers=4, auxiliary=False, cutout=0,
@@ -75,6 +76,7 @@ QUICK = {  # --quick: search then a short retrain on Fashion-MNIST, minutes on a
                        holdout=0),
 }
 EGNAS_QUICK_CHANNELS = 8             # --search egnas --quick: 8 / 4 channels per candidate
+QUICK_PROCS = 2                      # --quick on the CPU: two data-parallel processes (--procs)
 
 # Maile's thesis: Table 8 / Sec. 6.3.1 (an MLP on MNIST: Adam 3e-4, batch 512), Sec. 7.3 (DYNO)
 THESIS_DEFAULTS = {

@@ -61,7 +61,8 @@ def build_eval_model(args, genotype):
         return darts.NetworkImageNet(args.init_channels, classes, args.layers, genotype,
                                      args.auxiliary, base_rule=base_rule, mean=mean, std=std)
     return darts.NetworkEval(args.init_channels, classes, args.layers, genotype, args.auxiliary,
-                             in_channels=c_in, base_rule=base_rule, mean=mean, std=std)
+                             in_channels=c_in, base_rule=base_rule, mean=mean, std=std,
+                             stem_stride=getattr(args, "stem_stride", None) or 1)
 
 
 def make_scheduler(args, optimizer):

@@ -102,7 +102,8 @@ def build_supernet(args, candidates):
                          supernet=getattr(args, "supernet", None),
                          merge_identity_skips=getattr(args, "merge_identity_skips", False),
                          fused=getattr(args, "fused", False),
-                         checkpoint_cells=bool(getattr(args, "checkpoint_cells", False)))
+                         checkpoint_cells=bool(getattr(args, "checkpoint_cells", False)),
+                         stem_stride=getattr(args, "stem_stride", None) or 1)
 
 
 def alpha_batches(alpha_b, epoch):

@@ -96,7 +96,8 @@ def test_explicit_train_portion_is_used_not_replaced(tmp_path):
 def test_diverged_search_stops_and_is_not_retrained(tmp_path):
     """Catches: a NaN search writing a genotype and going on to the --quick retraining."""
     msg = fails(tiny_args(tmp_path, "--search", "darts", "--quick", "--learning_rate", "1e6",
-                          "--epochs", "2", "--run_name", "div"), "the run diverged")
+                          "--epochs", "2", "--procs", "1", "--run_name", "div"),
+                "the run diverged")
     run = tmp_path / "runs" / "div"
     assert not (run / "retrain").exists()
     named = re.search(r"the last good checkpoint is (\S+)", msg)

@@ -65,6 +65,35 @@ def test_procs_is_refused_where_it_cannot_split_the_work(tmp_path, capsys):
         assert "--procs 2 splits a --search or --train over CPU cores" in str(e.value.code)
 
 
+def test_quick_runs_on_two_processes_only_where_it_can(monkeypatch):
+    """--procs left unset: 2 for a --quick --search / --train on a CPU with >= 2 usable cores
+    (and inside the ranks it starts), 1 everywhere else. Catches the default applied under
+    torchrun (N ranks each starting 2 more), with --gpu, on a 1-core affinity mask, or to
+    modes that cannot split their work."""
+    from harness import options
+    parse = lambda *a: train.build_parser().parse_args(list(a))        # noqa: E731
+    for var in ("WORLD_SIZE", options.LAUNCHED):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    quick = parse("--search", "darts", "--quick")
+    assert options.default_procs(quick, "search") == 2
+    assert options.default_procs(parse("--train", "--quick"), "train") == 2
+    assert options.default_procs(parse("--search", "darts"), "search") == 1
+    assert options.default_procs(parse("--search", "darts", "--quick", "--gpu", "0"),
+                                 "search") == 1
+    assert options.default_procs(parse("--experiment", "table1", "--quick"), "experiment") == 1
+    assert train.prepare(parse("--search", "darts", "--quick", "--procs", "1"),
+                         [])[0].procs == 1                              # given: kept
+    monkeypatch.setenv("WORLD_SIZE", "2")                                # torchrun's rank
+    assert options.default_procs(quick, "search") == 1
+    monkeypatch.setenv(options.LAUNCHED, "1")                            # a rank --procs started
+    assert options.default_procs(quick, "search") == 2
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv(options.LAUNCHED)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})        # taskset -c 0
+    assert options.default_procs(quick, "search") == 1
+
+
 @pytest.mark.slow
 def test_procs_2_retrains_with_two_ranks_in_sync(tmp_path):
     g = darts.Genotype(normal=[("sep_conv_3x3_brsf", 0), ("dil_conv_3x3_fa", 1),
