@@ -28,7 +28,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from experiments.seeds import fmt, paired_t, wins   # noqa: E402  (the project root is on the path now)
+from experiments.seeds import fmt, paired_t, wins  # noqa: E402  (root on the path now)
 from harness.run_dir import write_csv      # noqa: E402
 
 

@@ -21,8 +21,7 @@ from harness.data import DATASETS
 from harness.presets import (ARCH_LEARNING_RATE, BIONAS_EG_DROP_PATH, BIONAS_EXPERIMENTS,
                              BIONAS_SEEDED, DATASET_DEFAULTS, EGNAS_DEFAULTS,
                              EGNAS_QUICK_CHANNELS, PLASTICITY_EXPERIMENTS, QUICK, QUICK_PROCS,
-                             QUICK_THESIS,
-                             RESNET_DEFAULTS, SEARCH_PRESETS, SEEDS, THESIS_DEFAULTS,
+                             QUICK_THESIS, RESNET_DEFAULTS, SEARCH_PRESETS, SEEDS, THESIS_DEFAULTS,
                              THESIS_EXPERIMENTS, TRAIN_DEFAULTS)
 
 # the flags --resume accepts: they change how a run continues, not what it computes
@@ -186,8 +185,9 @@ def _quick_help():
             f"{s['init_channels']} channels, {s['layers']} cells of {s['nodes']} nodes, batch "
             f"{s['batch_size']}, then a retrain of the genotype on {t['subset']:,} images, "
             f"{t['epochs']} epochs, {t['init_channels']} channels, {t['layers']} layers, "
-            f"both with a stride-{t['stem_stride']} stem (3-6 min on 2 cores); --experiment --quick: every retraining on {e['subset']:,} "
-            f"images for {e['epochs']} epochs; --plasticity --quick: the short version")
+            f"both with a stride-{t['stem_stride']} stem (3-6 min on 2 cores); --experiment "
+            f"--quick: every retraining on {e['subset']:,} images for {e['epochs']} epochs; "
+            f"--plasticity --quick: the short version")
 
 
 EXPERIMENT_HELP = dict(table1="ResNet-20/56 with each single rule (Table 1)",

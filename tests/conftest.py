@@ -96,8 +96,6 @@ def tiny_args(tmp_path, *extra):
             *extra]
 
 
-
-
 def rank_env(rank, world, port):
     """What torchrun gives process `rank` of `world` (one thread each: 2 ranks share 2 cores)."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),

@@ -171,7 +171,8 @@ def test_sigterm_to_the_launcher_stops_every_rank(tmp_path):
     script = tmp_path / "rank.py"
     script.write_text(textwrap.dedent(f"""
         import os, time
-        open(os.path.join({str(tmp_path)!r}, "pid" + os.environ["RANK"]), "w").write(str(os.getpid()))
+        with open(os.path.join({str(tmp_path)!r}, "pid" + os.environ["RANK"]), "w") as f:
+            f.write(str(os.getpid()))
         time.sleep(120)
         """))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
