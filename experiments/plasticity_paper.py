@@ -33,7 +33,7 @@ from harness.presets import PLASTICITY_EXPERIMENTS as EXPERIMENTS
 from experiments.plasticity_report import SPECS, _fig4_picture, adversarial_image, report, summarize  # noqa: F401
 from experiments.plasticity_rules import (DEFAULT_PROTOCOL, RNN_RULE_PROTOCOLS, _n_out, _net, _pct, _quiet,  # noqa: F401
                                           fmt_table, halfspace_output_rule, learn_rnn_rule, random_w,
-                                          recurrence_of, relu1_rules, rule_for, zero_grad_note)
+                                          network_of, relu1_rules, rule_for, zero_grad_note)
 
 SEEDS = (0, 1, 2, 3, 4)
 LABELS = {"fashion-mnist": "Fashion-MNIST", "mnist": "MNIST"}
@@ -132,11 +132,14 @@ TABLE2_MODELS = {  # name -> (T, input weights, firing, output rule, RNN rule, r
     "T=1*": (1, "ones", "nonzero", "paper", None, "text", "T=1*"),
     "T=1, fired-only output rule": (1, "normal", "nonzero", "fired_only", None, "text", None),
     "T=1, top-k firing (BrainNet)": (1, "normal", "topk", "paper", None, "text", None),
-    # the T=3 row: the rule learned by the authors' code's protocol (input through W, softmax CE)
-    "T=3, rule learned as BrainNet (|V|=200)": (3, "normal", "nonzero", "paper", "brainnet", "brainnet", "T=3"),
-    "T=3, rule learned as BrainNet, 1,000 meta-steps": (3, "normal", "nonzero", "paper", "brainnet1000", "brainnet", None),
-    "T=3 BrainNet recurrence, random fixed W": (3, "normal", "nonzero", "paper", "random_w", "brainnet", None),
-    "T=3 BrainNet recurrence, initial rule": (3, "normal", "nonzero", "paper", "init", "brainnet", None),
+    # the T=3 row: the rule learned by the authors' code's protocol (input through W, top-k
+    # firing, softmax CE), and its controls in the same network
+    "T=3, rule learned as BrainNet (|V|=200)": (3, "normal", "topk", "paper", "brainnet", "brainnet", "T=3"),
+    "T=3, rule learned as BrainNet, 1,000 meta-steps": (3, "normal", "topk", "paper", "brainnet1000", "brainnet", None),
+    "T=3 BrainNet network, random fixed W": (3, "normal", "topk", "paper", "random_w", "brainnet", None),
+    "T=3 BrainNet network, initial rule": (3, "normal", "topk", "paper", "init", "brainnet", None),
+    "T=3, rule learned as BrainNet with the text's firing (h != 0)": (3, "normal", "nonzero", "paper", "brainnet_nonzero",
+                                                                      "brainnet", None),
     # the text's protocol (W h + A x, CE of the logits) as the control arm, and its controls
     "T=3, rule learned as A.3 (|V|=200)": (3, "normal", "nonzero", "paper", "a3", "text", None),
     "T=3, no RNN rule": (3, "normal", "nonzero", "paper", None, "text", None),
@@ -218,8 +221,8 @@ GEN_MODELS = (("small feedforward", 100, 50, 1), ("large feedforward", 1000, 500
 def experiment_generalization(datasets=None, quick=False, seed=0, reps=None, meta_steps=100,
                               meta_lr=0.1, controls=True, protocol=DEFAULT_PROTOCOL, log=_quiet):
     """Fig. 3 (A.2): an output rule learned on Halfspace (|V|=100, k=50, T=1) and an MLP RNN rule
-    plus output rule learned on ReLU1 (|V|=100, k=50, T=3, the recurrence and meta-loss of
-    `protocol`), `meta_steps` Adam steps at `meta_lr` (the paper gives neither; 0.1 is our choice:
+    plus output rule learned on ReLU1 (|V|=100, k=50, T=3, the recurrence, firing and meta-loss
+    of `protocol`, which the T=3 networks keep), `meta_steps` Adam steps at `meta_lr` (the paper gives neither; 0.1 is our choice:
     at 1e-2, 100 steps leave a rule near its random start), each from the paper's random start
     and from BrainNet's zero start (a binary-learned output rule cannot see its rows' means: a
     random start leaves them random); rules fixed, the four GEN_MODELS trained (one epoch on
@@ -232,7 +235,7 @@ def experiment_generalization(datasets=None, quick=False, seed=0, reps=None, met
         datasets.setdefault(k_, v)
     reps = reps or (1 if quick else 2)
     t0 = time.perf_counter()
-    rec = RNN_RULE_PROTOCOLS[protocol]["recurrence"]
+    rnn_net = network_of(protocol)
     variants = []
     for init in ("random", "zeros"):
         ff, ff_l = halfspace_output_rule(*datasets["Halfspace"][:2], seed, init, meta_steps, meta_lr)
@@ -251,7 +254,7 @@ def experiment_generalization(datasets=None, quick=False, seed=0, reps=None, met
                     continue                                    # the control is T=1 only
                 tr, te = [], []
                 for r in range(reps):
-                    net = _net(Xtr, n_out, v, k, T, seed, recurrence=rec if T > 1 else "text")
+                    net = _net(Xtr, n_out, v, k, T, seed, **(rnn_net if T > 1 else network_of(None)))
                     P.train_with_rules(net, Xtr, ytr, *((rnn, out) if T > 1 else (None, ff)), seed=1000 * seed + r)
                     tr.append(P.accuracy(net, Xtr, ytr))
                     te.append(P.accuracy(net, Xte, yte))
@@ -338,7 +341,7 @@ def experiment_fig4(train_X, train_y, test_X, test_y, quick=False, attack=None, 
 def experiment_fig6(train_X, train_y, test_X, test_y, quick=False, seed=0, points=10, protocol=DEFAULT_PROTOCOL,
                     log=_quiet):
     """Fig. 6 (A.4): T=3, |V|=1000, k=500, the RNN rule learned by `protocol` (BrainNet's: a rule
-    that is trained; the network uses its recurrence) and the perceptron output rule, one pass; test accuracy (the first 2,000 test images; --quick 1,000) against examples seen when
+    that is trained; the network uses its recurrence and firing) and the perceptron output rule, one pass; test accuracy (the first 2,000 test images; --quick 1,000) against examples seen when
     updating on mistakes only vs on all examples, with the paper's rows ("predicted") and
     BrainNet's ("predicted_always": on a correct prediction the true row gets both columns, i.e.
     no change with the perceptron rule)."""
@@ -354,7 +357,7 @@ def experiment_fig6(train_X, train_y, test_X, test_y, quick=False, seed=0, point
     rows = []
     for update, rows_ in (("mistakes", "predicted"), ("all", "predicted"), ("all", "predicted_always")):
         name = f"update {update}, rows {rows_}"            # on mistakes predicted_always = predicted
-        net = _net(train_X, n_out, 1000, 500, 3, seed, recurrence=recurrence_of(protocol)).reset()
+        net = _net(train_X, n_out, 1000, 500, 3, seed, **network_of(protocol)).reset()
         for s in range(0, len(Xs), every):
             P.train_with_rules(net, Xs[s:s + every], ys[s:s + every], rnn_rule=rule, output_rule=P.perceptron_output_rule(3),
                                update=update, rows=rows_, reset=False)

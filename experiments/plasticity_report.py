@@ -62,12 +62,18 @@ SPECS = {  # title, keys, metrics, plot: ("bars", group key, series key(s) or No
 }
 
 
-def _errorbar_curves(summary, series_key, x, m, path, xlabel, title):
+def _errorbar_curves(summary, series_key, x, m, path, xlabel, title, rows=()):
+    """Mean ± std over seeds per series, each seed's own curve faint behind it (a collapsed seed
+    shows as its own line instead of only widening the bars)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.2, 3.9))
     for s in dict.fromkeys(r[series_key] for r in summary):
         pts = sorted((r[x], r[m + "_mean"], r[m + "_std"]) for r in summary if r[series_key] == s)
-        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", ms=3, capsize=2, label=s)
+        line = ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", ms=3,
+                           capsize=2, label=s)
+        for seed in dict.fromkeys(r["seed"] for r in rows if r[series_key] == s):
+            own = sorted((r[x], float(r[m])) for r in rows if r[series_key] == s and r["seed"] == seed)
+            ax.plot([p[0] for p in own], [p[1] for p in own], lw=0.7, alpha=0.3, color=line[0].get_color())
     ax.set(xlabel=xlabel, ylabel=f"{m.replace('_', ' ')} (%)", title=textwrap.fill(title, 100))
     ax.title.set_fontsize(8)
     ax.grid(alpha=0.3)
@@ -136,5 +142,6 @@ def report(name, rows, stem, scale, label):
                   m.replace("_", " "), f"{title} ({label})",
                   errors={s: [get(g, s, m + "_std") or 0 for g in groups] for s in series})
     elif plot:
-        _errorbar_curves(summary, plot[1], plot[2], plot[3], stem + ".png", plot[2], f"{title} ({label}; ± std over {len(seeds)} seeds)")
+        _errorbar_curves(summary, plot[1], plot[2], plot[3], stem + ".png", plot[2],
+                         f"{title} ({label}; ± std over {len(seeds)} seeds, faint: each seed)", rows)
     return summary

@@ -2,9 +2,10 @@
 meta-learn the T=3 RNN rule, the output rules learned on Halfspace, and the controls.
 
 A protocol fixes the network the rule is learned on, the recurrence (the text's
-h <- c_k(ReLU(W h + A x)) or the authors' code's h <- c_k(ReLU(W (h + A x) + b))), the meta-loss
+h <- c_k(ReLU(W h + A x)) or the authors' code's h <- c_k(ReLU(W (h + A x) + b))), the firing (the
+text's h_i != 0 or the authors' code's top-k: exactly k units fire every round), the meta-loss
 (cross-entropy of the logits, or BrainNet's cross-entropy of the softmax output) and the number
-of meta-steps. Every learned rule comes with the share of meta-steps whose rule gradient was
+of meta-steps; a network trained with the rule uses the protocol's recurrence and firing. Every learned rule comes with the share of meta-steps whose rule gradient was
 exactly zero (plasticity.MetaLosses): above 25% the rule has mostly not been trained.
 """
 import math
@@ -24,14 +25,17 @@ def _net(X, n_out, v, k, T, seed, **kw):
     return P.CapRNN(X.shape[1], n_out, v, k, 0.5, T, seed=seed, **kw).to(X.device)
 
 
+_B = dict(v=200, k=100, steps=100, online=False, recurrence="brainnet", loss="softmax_ce")
 RNN_RULE_PROTOCOLS = {  # T=3 MLP RNN rule, perceptron output rule fixed, Adam lr 1e-2, l2 0.01, batch 100
-    # the authors' code (BrainNet): input through W, softmax CE; trains the rule at every seed
-    "brainnet": dict(v=200, k=100, steps=100, online=False, recurrence="brainnet", loss="softmax_ce"),
-    "brainnet1000": dict(v=200, k=100, steps=1000, online=False, recurrence="brainnet", loss="softmax_ce"),
-    # the text (A.1, A.3): W h + A x, CE of the logits; its rule's meta-gradient is mostly zero
-    "a3": dict(v=200, k=100, steps=100, online=False, recurrence="text", loss="logits_ce"),
-    "v1000": dict(v=1000, k=500, steps=100, online=False, recurrence="text", loss="logits_ce"),
-    "online": dict(v=1000, k=500, steps=None, online=True, recurrence="text", loss="logits_ce"),
+    # the authors' code (BrainNet): input through W, top-k firing, softmax CE; trains the rule at
+    # seeds 0-4 (with h != 0 firing, seed 1's last round goes silent and its gradient with it)
+    "brainnet": dict(_B, firing="topk"),
+    "brainnet1000": dict(_B, firing="topk", steps=1000),
+    "brainnet_nonzero": dict(_B, firing="nonzero"),
+    # the text (A.1, A.3): W h + A x, h != 0 firing, CE of the logits; its rule's meta-gradient is mostly zero
+    "a3": dict(v=200, k=100, steps=100, online=False, recurrence="text", firing="nonzero", loss="logits_ce"),
+    "v1000": dict(v=1000, k=500, steps=100, online=False, recurrence="text", firing="nonzero", loss="logits_ce"),
+    "online": dict(v=1000, k=500, steps=None, online=True, recurrence="text", firing="nonzero", loss="logits_ce"),
 }
 DEFAULT_PROTOCOL = "brainnet"
 
@@ -42,17 +46,18 @@ def learn_rnn_rule(X, y, n_out, protocol=DEFAULT_PROTOCOL, seed=0, steps=None):
     meta-steps). Returns (rule, MetaLosses)."""
     p = RNN_RULE_PROTOCOLS[protocol]
     rule = P.MLPRule(3, 20, seed=seed)
-    losses = P.meta_learn(lambda: _net(X, n_out, p["v"], p["k"], 3, seed, recurrence=p["recurrence"]), X, y,
+    losses = P.meta_learn(lambda: _net(X, n_out, p["v"], p["k"], 3, seed, **network_of(protocol)), X, y,
                           rnn_rule=rule, output_rule=P.perceptron_output_rule(3).table().detach(),
                           epochs=2 if p["online"] else 10 ** 9, online=p["online"], loss=p["loss"],
                           steps=steps or p["steps"], seed=seed, zero_grad_warn=None)
     return rule, losses
 
 
-def recurrence_of(kind):
-    """The recurrence a network trained with rule `kind` must use: its protocol's ("text" for the
-    controls without a protocol)."""
-    return RNN_RULE_PROTOCOLS[kind]["recurrence"] if kind in RNN_RULE_PROTOCOLS else "text"
+def network_of(kind):
+    """The recurrence and firing a network trained with rule `kind` must use (CapRNN keywords):
+    its protocol's (the text's for the controls without a protocol)."""
+    p = RNN_RULE_PROTOCOLS.get(kind, dict(recurrence="text", firing="nonzero"))
+    return dict(recurrence=p["recurrence"], firing=p["firing"])
 
 
 def rule_for(kind, X, y, n_out, seed, quick, cache, log=_quiet, meta_steps=None):
@@ -102,11 +107,11 @@ def halfspace_output_rule(Xh, yh, seed, init="random", meta_steps=100, meta_lr=0
 
 def relu1_rules(Xr, yr, seed, init="random", protocol=DEFAULT_PROTOCOL, meta_steps=100, meta_lr=0.1):
     """Fig. 3's T=3 rules, learned together on ReLU1 (|V|=100, k=50): an MLP RNN rule and an
-    output table (random or zero start), with the protocol's recurrence and meta-loss.
+    output table (random or zero start), with the protocol's recurrence, firing and meta-loss.
     Returns (rnn rule, output rule, MetaLosses)."""
     p = RNN_RULE_PROTOCOLS[protocol]
     rnn, out = P.MLPRule(3, 20, seed=seed), P.OutputRuleTable(3, seed=seed, init=init)
-    losses = P.meta_learn(lambda: _net(Xr, 2, 100, 50, 3, seed, recurrence=p["recurrence"]), Xr, yr, rnn_rule=rnn,
+    losses = P.meta_learn(lambda: _net(Xr, 2, 100, 50, 3, seed, **network_of(protocol)), Xr, yr, rnn_rule=rnn,
                           output_rule=out, epochs=10 ** 9, steps=meta_steps, meta_lr=meta_lr, loss=p["loss"],
                           seed=seed, zero_grad_warn=None)
     return rnn, out, losses

@@ -176,6 +176,33 @@ def test_generalization_reshuffles_one_network_per_seed(monkeypatch):
     assert all(0 <= r["test"] <= 100 for r in rows) and rows[0]["halfspace_rule"].startswith("[[")
 
 
+def test_row_protocol_networks_use_brainnets_recurrence_and_topk_firing(monkeypatch):
+    """Bug: a protocol's firing is dropped where its networks are built (meta-learning builds
+    h != 0 networks, or Table 2 / Fig. 6 train the learned rule in a network other than the
+    one it was learned in): every network of Table 2's row, of its BrainNet controls and of
+    Fig. 6 is BrainNet's W (h + A x) with top-k firing; the text's-firing variant keeps h != 0."""
+    seen = []
+    real = P.CapRNN
+
+    def spy(*a, **kw):
+        seen.append((a[2] if len(a) > 2 else kw.get("num_v"), a[5] if len(a) > 5 else kw.get("rounds"),
+                     kw.get("recurrence", "text"), kw.get("firing", "nonzero")))
+        return real(*a, **kw)
+    monkeypatch.setattr(P, "CapRNN", spy)
+    X, y = _protos(n=400, dim=30, seed=1)
+    row = ["T=3, rule learned as BrainNet (|V|=200)", "T=3 BrainNet network, random fixed W",
+           "T=3 BrainNet network, initial rule"]
+    PE.experiment_table2(X[:300], y[:300], X[300:], y[300:], quick=True, epochs=1, models=row, meta_steps=2)
+    assert {s[2:] for s in seen} == {("brainnet", "topk")} and {s[0] for s in seen} == {200, 1000}
+    seen.clear()
+    PE.experiment_table2(X[:300], y[:300], X[300:], y[300:], quick=True, epochs=1, meta_steps=2,
+                         models=["T=3, rule learned as BrainNet with the text's firing (h != 0)"])
+    assert {s[2:] for s in seen} == {("brainnet", "nonzero")}
+    seen.clear()
+    PE.experiment_fig6(X[:200], y[:200], X[300:], y[300:], quick=True, points=2)
+    assert {s[2:] for s in seen} == {("brainnet", "topk")} and {s[0] for s in seen} == {200, 1000}
+
+
 def test_perceptron_update_all_with_brainnet_rows_equals_update_on_mistakes():
     """Bug: rows="predicted_always" skips the predicted row on a correct prediction: BrainNet's
     update then adds both columns to the true row, r(a, 0) + r(a, 1) = 0 for the perceptron, so
