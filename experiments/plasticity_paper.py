@@ -140,6 +140,8 @@ TABLE2_MODELS = {  # name -> (T, input weights, firing, output rule, RNN rule, r
     "T=3 BrainNet network, initial rule": (3, "normal", "topk", "paper", "init", "brainnet", None),
     "T=3, rule learned as BrainNet with the text's firing (h != 0)": (3, "normal", "nonzero", "paper", "brainnet_nonzero",
                                                                       "brainnet", None),
+    "T=3 BrainNet recurrence, text's firing, random fixed W": (3, "normal", "nonzero", "paper", "random_w", "brainnet", None),
+    "T=3 BrainNet recurrence, text's firing, initial rule": (3, "normal", "nonzero", "paper", "init", "brainnet", None),
     # the text's protocol (W h + A x, CE of the logits) as the control arm, and its controls
     "T=3, rule learned as A.3 (|V|=200)": (3, "normal", "nonzero", "paper", "a3", "text", None),
     "T=3, no RNN rule": (3, "normal", "nonzero", "paper", None, "text", None),

@@ -340,6 +340,7 @@ def plot_bars(groups, series, path, ylabel, title="", errors=None):
     ax.grid(axis="y", alpha=0.3)
     ax.set_ylim(0, 100 if max((v or 0) for vs in series.values() for v in vs) <= 100 else None)
     ncol = 2 if max(map(len, series)) > 20 else min(4, len(series))
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=ncol)
+    lines = max(str(g).count("\n") + 1 for g in groups)          # below the (wrapped) group labels
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.05 - 0.06 * lines), ncol=ncol)
     fig.tight_layout()
     return _save(fig, path)
