@@ -46,5 +46,6 @@ for rec, loss, *firing in (c.split("/") for c in sys.argv[5].split(",")):
         s = rs if rs == ns == bs else f"{rs}:{ns}:{bs}"
         print(f"{rec:8s} {loss:10s} {firing:7s} seed {s} (initial rule frac>0 {init_positive:.2f}): "
               f"zero-grad {sum(zg)}/{len(L)} (first 100: {sum(zg[:100])}), "
-              f"loss {sum(L[:5]) / len(L[:5]):.3f} -> {sum(L[-10:]) / len(L[-10:]):.3f}, rule min {t.min():.3f} max {t.max():.3f} "
+              f"loss {sum(L[:5]) / len(L[:5]):.3f} -> {sum(L[-10:]) / len(L[-10:]):.3f}, "
+              f"rule min {t.min():.3f} max {t.max():.3f} "
               f"frac>0 {(t > 0).float().mean():.2f} ({time.time() - t0:.0f}s)", flush=True)

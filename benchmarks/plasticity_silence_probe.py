@@ -50,8 +50,8 @@ def active_per_round(net, x):
     return torch.stack(out, 1).float()
 
 
-print("protocol,seed,zero_grad_share,meta_loss_last10,v,k,examples,accuracy,silent_last_round,active_round1,active_round2,"
-      "active_round3,mean_W_on_edges")
+print("protocol,seed,zero_grad_share,meta_loss_last10,v,k,examples,accuracy,silent_last_round,"
+      "active_round1,active_round2,active_round3,mean_W_on_edges")
 for s in seeds:
     t0 = time.time()
     rule, losses = learn_rnn_rule(X, y, 10, protocol, seed=s)

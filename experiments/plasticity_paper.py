@@ -224,8 +224,8 @@ def experiment_generalization(datasets=None, quick=False, seed=0, reps=None, met
                               meta_lr=0.1, controls=True, protocol=DEFAULT_PROTOCOL, log=_quiet):
     """Fig. 3 (A.2): an output rule learned on Halfspace (|V|=100, k=50, T=1) and an MLP RNN rule
     plus output rule learned on ReLU1 (|V|=100, k=50, T=3, the recurrence, firing and meta-loss
-    of `protocol`, which the T=3 networks keep), `meta_steps` Adam steps at `meta_lr` (the paper gives neither; 0.1 is our choice:
-    at 1e-2, 100 steps leave a rule near its random start), each from the paper's random start
+    of `protocol`, which the T=3 networks keep), `meta_steps` Adam steps at `meta_lr` (the paper
+    gives neither; 0.1 is our choice: at 1e-2, 100 steps leave a rule near its random start), each from the paper's random start
     and from BrainNet's zero start (a binary-learned output rule cannot see its rows' means: a
     random start leaves them random); rules fixed, the four GEN_MODELS trained (one epoch on
     mistakes, lr 1e-2) on every data set: the network of this seed, `reps` reshuffles of the
@@ -343,7 +343,8 @@ def experiment_fig4(train_X, train_y, test_X, test_y, quick=False, attack=None, 
 def experiment_fig6(train_X, train_y, test_X, test_y, quick=False, seed=0, points=10, protocol=DEFAULT_PROTOCOL,
                     log=_quiet):
     """Fig. 6 (A.4): T=3, |V|=1000, k=500, the RNN rule learned by `protocol` (BrainNet's: a rule
-    that is trained; the network uses its recurrence and firing) and the perceptron output rule, one pass; test accuracy (the first 2,000 test images; --quick 1,000) against examples seen when
+    that is trained; the network uses its recurrence and firing) and the perceptron output rule,
+    one pass; test accuracy (the first 2,000 test images; --quick 1,000) against examples seen when
     updating on mistakes only vs on all examples, with the paper's rows ("predicted") and
     BrainNet's ("predicted_always": on a correct prediction the true row gets both columns, i.e.
     no change with the perceptron rule)."""

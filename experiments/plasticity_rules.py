@@ -5,8 +5,9 @@ A protocol fixes the network the rule is learned on, the recurrence (the text's
 h <- c_k(ReLU(W h + A x)) or the authors' code's h <- c_k(ReLU(W (h + A x) + b))), the firing (the
 text's h_i != 0 or the authors' code's top-k: exactly k units fire every round), the meta-loss
 (cross-entropy of the logits, or BrainNet's cross-entropy of the softmax output) and the number
-of meta-steps; a network trained with the rule uses the protocol's recurrence and firing. Every learned rule comes with the share of meta-steps whose rule gradient was
-exactly zero (plasticity.MetaLosses): above 25% the rule has mostly not been trained.
+of meta-steps; a network trained with the rule uses the protocol's recurrence and firing. Every
+learned rule comes with the share of meta-steps whose rule gradient was exactly zero
+(plasticity.MetaLosses): above 25% the rule has mostly not been trained.
 """
 import math
 import time
