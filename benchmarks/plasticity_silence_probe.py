@@ -60,7 +60,7 @@ for s in seeds:
         g = torch.Generator().manual_seed(s)
         order = torch.cat([torch.randperm(len(X), generator=g) for _ in range(2)])   # 2 epochs
         done = 0
-        for stop in sorted({100, 1000, 5000, len(X), 2 * len(X)}):
+        for stop in sorted({c for c in (100, 1000, 5000) if c < 2 * len(X)} | {len(X), 2 * len(X)}):
             P.train_with_rules(net, X[order[done:stop]], y[order[done:stop]], rnn_rule=rule,
                                output_rule=P.perceptron_output_rule(3), reset=False)
             done = stop
