@@ -178,25 +178,43 @@ def run_on_devices(jobs, devices, work, log=print, poll=0.2):
     """work(*payload, device) for every (name, payload) of `jobs`, each in a spawned process,
     at most one at a time on each of `devices` (a device may be listed twice to run two jobs
     on it), in order; returns {name: device} when all have finished, or stops with a one-line
-    error naming the jobs that failed (their sub-runs keep their checkpoints: rerun to resume)."""
+    error naming the jobs that failed (their sub-runs keep their checkpoints: rerun to resume).
+    A SIGTERM, Ctrl-C or error in this process stops the jobs still running (no orphan keeps
+    writing into the run)."""
     import multiprocessing
+    import signal
+    import threading
     ctx = multiprocessing.get_context("spawn")
     pending, running, placed, failed = list(jobs), {}, {}, []
-    while pending or running:
-        for slot, dev in enumerate(devices):
-            if slot not in running and pending:
-                name, payload = pending.pop(0)
-                p = ctx.Process(target=work, args=tuple(payload) + (dev,), daemon=False)
-                p.start()
-                running[slot], placed[name] = (p, name), dev
-                log(f"{name}: started on {'cpu' if dev is None else f'cuda:{dev}'}")
-        for slot, (p, name) in list(running.items()):
-            if not p.is_alive():
-                p.join()
-                del running[slot]
-                if p.exitcode:
-                    failed.append(name)
-        time.sleep(poll)
+
+    def terminated(signum, frame):                  # a scheduler's SIGTERM: the finally below stops the jobs
+        raise SystemExit(f"error: stopped by signal {signum}; rerun with --resume to continue")
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, terminated) if main else None
+    try:
+        while pending or running:
+            for slot, dev in enumerate(devices):
+                if slot not in running and pending:
+                    name, payload = pending.pop(0)
+                    p = ctx.Process(target=work, args=tuple(payload) + (dev,), daemon=False)
+                    p.start()
+                    running[slot], placed[name] = (p, name), dev
+                    log(f"{name}: started on {'cpu' if dev is None else f'cuda:{dev}'}")
+            for slot, (p, name) in list(running.items()):
+                if not p.is_alive():
+                    p.join()
+                    del running[slot]
+                    if p.exitcode:
+                        failed.append(name)
+            time.sleep(poll)
+    finally:
+        for p, _ in running.values():               # empty unless interrupted
+            p.terminate()
+            p.join(10)
+            if p.is_alive():
+                p.kill()
+        if main:
+            signal.signal(signal.SIGTERM, before)
     if failed:
         raise SystemExit(f"error: {len(failed)} sub-run(s) failed: {', '.join(failed)}; see their "
                          f"log lines above, then rerun with --resume to continue")

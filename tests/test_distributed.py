@@ -370,6 +370,54 @@ def test_run_on_devices_one_job_per_device_at_a_time(tmp_path):
     assert (tmp_path / "ok.json").exists()                  # the others still ran
 
 
+def _pid_job(out, name, device):
+    import time
+    with open(os.path.join(out, name + ".pid"), "w") as f:
+        f.write(str(os.getpid()))
+    time.sleep(120)
+
+
+def _gone(pid):
+    """True when the process no longer runs (absent, or a zombie nobody has reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_run_on_devices_sigterm_stops_its_jobs(tmp_path):
+    """Bug: a SIGTERM to the process dealing an experiment's sub-runs leaves its spawned jobs
+    running as orphans that keep training and writing into the run: they must be gone soon
+    after the parent exits."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    here = os.path.dirname(os.path.abspath(__file__))
+    script = (f"import sys; sys.path[:0] = [{os.path.dirname(here)!r}, {here!r}]\n"
+              "from harness import run_dir\nimport test_distributed as T\n"
+              f"run_dir.run_on_devices([('a', ({str(tmp_path)!r}, 'a')), ('b', ({str(tmp_path)!r}, 'b'))], "
+              "[None, None], T._pid_job, log=lambda *a: None, poll=0.05)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    pids, t0 = [tmp_path / "a.pid", tmp_path / "b.pid"], time.time()
+    while not all(p.exists() and p.read_text() for p in pids) and time.time() < t0 + 90:
+        time.sleep(0.1)
+    assert all(p.exists() for p in pids), "the jobs did not start"
+    children = [int(p.read_text()) for p in pids]
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(30) != 0
+    t1 = time.time()
+    while not all(_gone(c) for c in children) and time.time() < t1 + 15:
+        time.sleep(0.1)
+    for c in children:
+        if not _gone(c):
+            os.kill(c, signal.SIGKILL)
+            pytest.fail(f"job {c} still running after its parent's SIGTERM")
+
+
 @pytest.mark.slow
 def test_experiment_gpus_spreads_sub_runs_and_reuses_finished(tmp_path, monkeypatch):
     gpath = tmp_path / "g.json"
