@@ -105,15 +105,29 @@ class CapRNN(nn.Module):
         ax = x @ self.A.t()
         return ax + self.bias if self.recurrence == "brainnet" and self.bias else ax
 
-    def hidden(self, x, W=None):
-        """T rounds from h = 0 (round 1 reads only the input). Returns (h, codes) for a batch."""
+    def rounds_of(self, x, W=None):
+        """Each round's (h, firing bits) for a batch, T rounds from h = 0 (round 1 reads only
+        the input)."""
         W = self.W if W is None else W
         ax = x @ self.A.t()
-        h, codes = self.fire(F.relu(self.input_drive(x)))
+        h, bits = self.fire(F.relu(self.input_drive(x)))
+        yield h, bits
         for _ in range(self.rounds - 1):
             h, bits = self.fire(F.relu(self.drive(h, ax, W)))
+            yield h, bits
+
+    def hidden(self, x, W=None):
+        """The last round's h and the firing patterns (round 1 = most significant bit) for a batch."""
+        codes = 0
+        for h, bits in self.rounds_of(x, W):
             codes = 2 * codes + bits
         return h, codes
+
+    def active_units(self, x):
+        """(batch, T) number of units with h != 0 after each round (top-k firing marks k units
+        as firing even at zero drive; those are not counted)."""
+        with torch.no_grad():
+            return torch.stack([(h != 0).sum(1) for h, _ in self.rounds_of(x)], 1).float()
 
     def forward(self, x, W=None, U=None):
         """Logits U h after T rounds (a softmax over them is the paper's output)."""

@@ -19,7 +19,6 @@ import time
 import warnings
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import plasticity as P  # noqa: E402
@@ -55,14 +54,7 @@ for s in (int(t) for t in sys.argv[1].split(",")):
             P.train_with_rules(net, Xh[order[done:stop]], yh[order[done:stop]], rnn_rule=rnn, output_rule=out,
                                reset=False)
             done = stop
-            with torch.no_grad():                                   # active units per round, as CapRNN.hidden
-                ax = Xt @ net.A.t()
-                h, _ = net.fire(F.relu(net.input_drive(Xt)))
-                act = [(h != 0).sum(1)]
-                for _ in range(2):
-                    h, _ = net.fire(F.relu(net.drive(h, ax, net.W)))
-                    act.append((h != 0).sum(1))
-            act = torch.stack(act, 1).float()
+            act = net.active_units(Xt)
             print(f"{s},{init},{losses.zero_grad_share():.2f},{stop},{100 * P.accuracy(net, Xt, yt):.2f},"
                   f"{(act[:, -1] == 0).float().mean():.3f}," + ",".join(f"{a:.1f}" for a in act.mean(0).tolist())
                   + f",{float(net.W.sum() / net.G.sum()):.4g}  # {time.time() - t0:.0f}s", flush=True)

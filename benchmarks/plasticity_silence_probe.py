@@ -25,7 +25,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import plasticity as P  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from experiments.plasticity_rules import learn_rnn_rule, network_of  # noqa: E402
 from harness.data import load_dataset  # noqa: E402
 
@@ -36,18 +35,6 @@ X, y = xtr[idx].reshape(len(idx), -1).float() / 255, ytr[idx]
 Xt, yt = xte[:2000].reshape(2000, -1).float() / 255, yte[:2000]
 seeds, sizes = [int(s) for s in sys.argv[2].split(",")], [int(v) for v in sys.argv[3].split(",")]
 protocol = sys.argv[4] if len(sys.argv) > 4 else "brainnet"
-
-
-def active_per_round(net, x):
-    """(batch, rounds) number of units with h != 0 after each round, as CapRNN.hidden runs them."""
-    with torch.no_grad():
-        ax = x @ net.A.t()
-        h, _ = net.fire(F.relu(net.input_drive(x)))
-        out = [(h != 0).sum(1)]
-        for _ in range(net.rounds - 1):
-            h, _ = net.fire(F.relu(net.drive(h, ax, net.W)))
-            out.append((h != 0).sum(1))
-    return torch.stack(out, 1).float()
 
 
 print("protocol,seed,zero_grad_share,meta_loss_last10,v,k,examples,accuracy,silent_last_round,"
@@ -64,7 +51,7 @@ for s in seeds:
             P.train_with_rules(net, X[order[done:stop]], y[order[done:stop]], rnn_rule=rule,
                                output_rule=P.perceptron_output_rule(3), reset=False)
             done = stop
-            act = active_per_round(net, Xt)
+            act = net.active_units(Xt)
             silent = (act[:, -1] == 0).float().mean()
             print(f"{protocol},{s},{losses.zero_grad_share():.2f},{sum(losses[-10:]) / 10:.3f},{v},{v // 2},{stop},"
                   f"{100 * P.accuracy(net, Xt, yt):.2f},{silent:.3f},"

@@ -225,8 +225,8 @@ def experiment_generalization(datasets=None, quick=False, seed=0, reps=None, met
     """Fig. 3 (A.2): an output rule learned on Halfspace (|V|=100, k=50, T=1) and an MLP RNN rule
     plus output rule learned on ReLU1 (|V|=100, k=50, T=3, the recurrence, firing and meta-loss
     of `protocol`, which the T=3 networks keep), `meta_steps` Adam steps at `meta_lr` (the paper
-    gives neither; 0.1 is our choice: at 1e-2, 100 steps leave a rule near its random start), each from the paper's random start
-    and from BrainNet's zero start (a binary-learned output rule cannot see its rows' means: a
+    gives neither; 0.1 is our choice: at 1e-2, 100 steps leave a rule near its random start),
+    each from the paper's random start and from BrainNet's zero start (a binary-learned output rule cannot see its rows' means: a
     random start leaves them random); rules fixed, the four GEN_MODELS trained (one epoch on
     mistakes, lr 1e-2) on every data set: the network of this seed, `reps` reshuffles of the
     examples (A.2). controls: the perceptron output rule and no RNN rule (T=1).

@@ -44,6 +44,18 @@ def test_firing_patterns_hand_run_two_rounds():
     assert net(x).tolist() == [[14.0, 8.0]]
 
 
+def test_active_units_count_nonzero_h_not_topk_firing_bits():
+    """Bug: active_units counts the firing bits (top-k marks k units even at zero drive): with
+    BrainNet's recurrence and W = 0, rounds 2 and 3 get no drive, so no unit is active there
+    although top-k marks k units as firing; round 1 has the units with A x > 0 (at most k)."""
+    net = P.CapRNN(30, 3, 40, 20, 0.5, 3, seed=2, firing="topk", recurrence="brainnet").reset()
+    x = torch.rand(8, 30, generator=torch.Generator().manual_seed(0))
+    act = net.active_units(x)
+    want1 = (x @ net.A.t() > 0).sum(1).clamp(max=20).float()
+    assert torch.equal(act[:, 0], want1) and act[:, 1:].eq(0).all()
+    assert net.firing_patterns(x).ne(0).sum(1).ge(20).all()                # yet top-k marks k firing
+
+
 def test_topk_firing_counts_kept_zeros_and_nonzero_firing_does_not():
     """Bug: firing="topk" uses h != 0 (BrainNet's exactly-k rule lost), or "nonzero" counts kept zeros."""
     net = P.CapRNN(2, 2, num_v=2, cap=2, p=1.0, rounds=1, seed=0)
