@@ -10,6 +10,7 @@ checkpointed there after every generation or epoch, so calling run() again resum
 network and batch is on run()'s `device`; with `share`, a process trains only the sub-runs that
 share(key) assigns it and writes no report (train.py's --gpus: one such process per device).
 """
+import copy
 import math
 import os
 import statistics
@@ -36,19 +37,21 @@ HALF = "C1 (half width)"  # not in the thesis: C1 with fields // 2, about the pa
 SIZES = {  # CPU scale (rotMNIST itself: 12,000 train+valid / 50,000 test images)
     False: dict(n_train=6000, n_test=2000, fields=4, layers=8, kernel_size=5, hidden=64,
                 generations=10, parent_size=5, epochs_d=10, fig12_train=5000, fig12_epochs=10,
-                cost=((16, 28, 64), (4, 28, 64), (2, 14, 64)), cost_repeats=5, bn_images=0,
-                searches=1, thesis=0, equal_params=0, pool_input=1),
+                cost=((16, 28, 64), (4, 28, 64), (2, 14, 64)), cost_repeats=5, bn_images=0, bn_also=1000,
+                searches=1, baselines=0, thesis=0, equal_params=0, pool_input=1),
     True: dict(n_train=2000, n_test=1000, fields=1, layers=8, kernel_size=5, hidden=64,
                generations=3, parent_size=5, epochs_d=2, fig12_train=1000, fig12_epochs=1,
-               cost=((4, 28, 64), (2, 14, 32)), cost_repeats=3, bn_images=0, searches=1, thesis=0,
-               equal_params=0, pool_input=1),
+               cost=((4, 28, 64), (2, 14, 32)), cost_repeats=3, bn_images=0, bn_also=1000, searches=1, baselines=0,
+               thesis=0, equal_params=0, pool_input=1),
 }
 # --sizes thesis=1: Sec. 4.5 at full scale (a GPU's budget): all 12,000 / 50,000 rotMNIST images,
 # 16 D4 fields, 50 generations (baselines 25.5 epochs), 100 epochs for EquiNAS_D
 THESIS_SIZES = dict(SIZES[False], n_train=12000, n_test=50000, fields=16, generations=50, epochs_d=100,
                     fig12_train=54000, fig12_epochs=100)
 # the knobs: bn_images > 0 recalibrates BatchNorm on that many training images before every
-# evaluation (not in the thesis); searches=0 runs only the baselines of Tables 3 and 4;
+# evaluation (not in the thesis); bn_also > 0 reports, beside the thesis's running-statistics
+# error, the error of a copy recalibrated on that many images (test_error_recal); searches=0 runs only the baselines of Tables 3 and 4;
+# baselines=N trains only the first N of Table 3's baselines in the order below (0: all);
 # equal_params=1 adds Table 3's HALF row; pool_input=2 average-pools the images to 14 x 14
 
 
@@ -191,6 +194,17 @@ def _evaluate(net, d, sz):
     return round(100 * (1 - accuracy(net, *d["test"])), 2), round(100 * accuracy(net, *d["valid"]), 2)
 
 
+def _recalibrated_error(net, d, sz):
+    """Test error % of a copy of `net` whose BatchNorm statistics are recalibrated on
+    sz["bn_also"] training images (reported beside the thesis's running-statistics error, which
+    `net` keeps); None when bn_also is 0 or bn_images already recalibrates `net` itself."""
+    if not sz.get("bn_also") or sz["bn_images"]:
+        return None
+    twin = copy.deepcopy(net)
+    recalibrate_bn(twin, d["train"][0][:sz["bn_also"]])
+    return round(100 * (1 - accuracy(twin, *d["test"])), 2)
+
+
 def _net_config(d, sz):
     return dict(layers=sz["layers"], fields=sz["fields"], kernel_size=sz["kernel_size"],
                 hidden=sz["hidden"], mean=d["mean"], std=d["std"])
@@ -214,7 +228,8 @@ def _baseline(d, sz, name, seed, epochs, optimizer, lr, device):
                      on_epoch=checkpoint, device=device, init=init)
         err, acc = _evaluate(net, d, sz)
         return dict(method=name, seed=seed, test_error=err, valid_acc=acc, params=net.num_params(),
-                    groups="-".join(g or "mix" for g in net.groups())), {}
+                    groups="-".join(g or "mix" for g in net.groups()),
+                    test_error_recal=_recalibrated_error(net, d, sz)), {}
     return work
 
 
@@ -236,14 +251,16 @@ def experiment_table3(d, sz, seeds, runs, log=print, device=None, share=None):
                                      on_generation=checkpoint, log=log, device=device,
                                      calibrate=calibration(d["train"][0], sz["bn_images"]),
                                      **_net_config(d, sz))
-            pop = [(net.groups(), ind["params"], ind["valid_acc"], _evaluate(net, d, sz)[0])
-                   for net, ind in population(st, device)]
+            pop = [(net.groups(), ind["params"], ind["valid_acc"], _evaluate(net, d, sz)[0],
+                    _recalibrated_error(net, d, sz)) for net, ind in population(st, device)]
             best = max(pop, key=lambda p: p[2])
             return (dict(method="EquiNAS_E", seed=seed,
                          test_error=round(statistics.mean(p[3] for p in pop), 2),
                          valid_acc=round(100 * statistics.mean(p[2] for p in pop), 2),
                          params=round(statistics.mean(p[1] for p in pop)),
-                         groups="-".join(best[0]), best_test_error=best[3], best_params=best[1]),
+                         groups="-".join(best[0]), best_test_error=best[3], best_params=best[1],
+                         test_error_recal=None if pop[0][4] is None else
+                         round(statistics.mean(p[4] for p in pop), 2)),
                     dict(history=st["history"], population=pop))
         if sz.get("searches", 1):
             row, extra = _subrun(runs, f"EquiNAS_E-seed{seed}", work, log, share)
@@ -251,6 +268,7 @@ def experiment_table3(d, sz, seeds, runs, log=print, device=None, share=None):
             extras[seed] = extra
     epochs = (sz["generations"] + 1) * 0.5
     order = ["C1", "C4", "D4"] + [HALF] * bool(sz.get("equal_params")) + list(PRIORS) + ["RPP"]
+    order = order[:sz.get("baselines") or len(order)]
     for name in order:          # method-major: every seed of the equal-width C1, C4, D4 first,
                                 # then C1 at C4's parameters, the priors and RPP (the dearest)
         key = name.replace(" (prior: ", "-prior").replace(" (half width", "-half").replace(")", "")
@@ -273,7 +291,8 @@ def experiment_table4(d, sz, seeds, runs, log=print, device=None, share=None):
                                             on_epoch=checkpoint, device=device, **_net_config(d, sz))
             final, (err, acc) = net.z(), _evaluate(net, d, sz)
             return (dict(method="EquiNAS_D", seed=seed, test_error=err, valid_acc=acc, params=net.num_params(),
-                         groups="-".join(GROUPS[max(range(len(z)), key=z.__getitem__)] for z in final)),
+                         groups="-".join(GROUPS[max(range(len(z)), key=z.__getitem__)] for z in final),
+                         test_error_recal=_recalibrated_error(net, d, sz)),
                     dict(z=[(h["epoch"], h["z"]) for h in st["history"]]))
         if sz.get("searches", 1):
             row, extra = _subrun(runs, f"EquiNAS_D-seed{seed}", work, log, share)
@@ -355,29 +374,51 @@ def mixed_layer_cost(fields=16, size=28, batch=64, kernel_size=5, group="D4", gr
 
 def _summary(rows, paper, title):
     methods = list(dict.fromkeys(r["method"] for r in rows))
+    recal = any(r.get("test_error_recal") is not None for r in rows)
     out = []
     for m in methods:
         rs = [r for r in rows if r["method"] == m]
         p = paper.get(m)
-        out.append([m, f"{p[0]:.2f} ± {p[1]:.2f}" if p else None, fmt([r["test_error"] for r in rs]),
-                    f"{statistics.mean(r['params'] for r in rs):,.0f}", len(rs),
-                    f"{statistics.mean(r['seconds'] for r in rs):.0f}"])
-    return title + "\n\n" + md_table(["method", "thesis rotMNIST error %", "measured error % (mean ± std)",
-                                 "params", "seeds", "s / seed"], out)
+        rec = [r["test_error_recal"] for r in rs if r.get("test_error_recal") is not None]
+        out.append([m, f"{p[0]:.2f} ± {p[1]:.2f}" if p else None, fmt([r["test_error"] for r in rs])]
+                   + [fmt(rec) if rec else None] * recal
+                   + [f"{statistics.mean(r['params'] for r in rs):,.0f}", len(rs),
+                      f"{statistics.mean(r['seconds'] for r in rs):.0f}"])
+    return title + "\n\n" + md_table(["method", "thesis rotMNIST error %", "measured error % (mean ± std)"]
+                                     + ["BatchNorm recalibrated, same networks"] * recal
+                                     + ["params", "seeds", "s / seed"], out) + _recalibration_effect(rows)
 
 
-def _paired(rows, pairs):
-    """Per-seed paired differences of test error (a - b > 0: b better), for the pairs present."""
+def _recalibration_effect(rows):
+    """Per method, over seeds: running-statistics error minus the recalibrated copy's (> 0: the
+    recalibration helps), and the seed-to-seed std of each evaluation."""
+    out = []
+    for m in dict.fromkeys(r["method"] for r in rows):
+        rs = [r for r in rows if r["method"] == m and r.get("test_error_recal") is not None]
+        if len(rs) >= 2:
+            diffs = [r["test_error"] - r["test_error_recal"] for r in rs]
+            out.append([m, fmt(diffs), f"{wins(diffs)} seeds", f"{paired_t(diffs)[1]:.3f}",
+                        f"{statistics.stdev(r['test_error'] for r in rs):.2f}",
+                        f"{statistics.stdev(r['test_error_recal'] for r in rs):.2f}"])
+    return ("\nThe same networks evaluated both ways (running − recalibrated error %; wins: recalibrated "
+            "lower)\n\n" + md_table(["method", "difference (mean ± std)", "recalibrated better", "paired t p",
+                                     "std running", "std recalibrated"], out)) if out else ""
+
+
+def _paired(rows, pairs, key="test_error"):
+    """Per-seed paired differences of rows' `key` (a - b > 0: b better), for the pairs present."""
     err = {}
     for r in rows:
-        err.setdefault(r["method"], {})[r["seed"]] = r["test_error"]
+        if r.get(key) is not None:
+            err.setdefault(r["method"], {})[r["seed"]] = r[key]
     out = []
     for a, b in pairs:
         diffs = paired(err.get(a, {}), err.get(b, {}))
         if len(diffs) >= 2:
             p = paired_t(diffs)[1]
             out.append([f"{a} − {b}", fmt(diffs), f"{wins(diffs)} seeds", f"{p:.3f}"])
-    return ("\nPaired by seed (error % of the first minus the second; wins: the second lower)\n\n"
+    what = "" if key == "test_error" else ", BatchNorm recalibrated"
+    return (f"\nPaired by seed{what} (error % of the first minus the second; wins: the second lower)\n\n"
             + md_table(["pair", "difference (mean ± std)", "second better", "paired t p"], out)) if out else ""
 
 
@@ -551,8 +592,9 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
             e_rows = [[r["seed"], r["test_error"], r["best_test_error"], r["groups"], f"{r['best_params']:,}"]
                       for r in rows if r["method"] == "EquiNAS_E"]
             text = _summary(rows, PAPER_TABLE3, f"Table 3 ({scale}) on {data_name}: " + _scale(sz, d, what))
-            text += _paired(rows, [("C1", "C4"), ("C1", "D4"), ("C4", "D4"), (HALF, "C4"), (HALF, "D4"),
-                                   ("C1", "C1 (prior: D4)"), ("C1", "C1 (prior: C4)"), ("C4", "C4 (prior: D4)")])
+            pairs = [("C1", "C4"), ("C1", "D4"), ("C4", "D4"), (HALF, "C4"), (HALF, "D4"), ("C1", "EquiNAS_E"),
+                     ("C1", "C1 (prior: D4)"), ("C1", "C1 (prior: C4)"), ("C4", "C4 (prior: D4)")]
+            text += _paired(rows, pairs) + _paired(rows, pairs, "test_error_recal")
             if e_rows:
                 text += "\nEquiNAS_E final populations\n\n" + md_table(
                     ["seed", "population mean error % (the row above)", "best-validation member error %",
@@ -561,8 +603,10 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
         else:
             what = f"{sz['epochs_d']} epochs, Adam 0.01 (Psi and Z), batch 64"
             d_rows = [[r["seed"], r["test_error"], r["groups"]] for r in rows if r["method"] == "EquiNAS_D"]
-            text = (_summary(rows, PAPER_TABLE4, f"Table 4 ({scale}) on {data_name}: "
-                             + _scale(sz, d, what)) + ("\nEquiNAS_D: largest z per layer at the end\n\n"
+            pairs = [("C1", "C4"), ("C1", "D4"), ("C1", "EquiNAS_D"), ("C4", "EquiNAS_D"), ("RPP", "EquiNAS_D")]
+            text = (_summary(rows, PAPER_TABLE4, f"Table 4 ({scale}) on {data_name}: " + _scale(sz, d, what))
+                    + _paired(rows, pairs) + _paired(rows, pairs, "test_error_recal")
+                    + ("\nEquiNAS_D: largest z per layer at the end\n\n"
                     + md_table(["seed", "test error %", "argmax z per layer"], d_rows)) * bool(d_rows))
             if not extras:
                 _plot_table3(rows, {}, stem + ".png", f"Table 4 analogue ({scale}), {data_name}")

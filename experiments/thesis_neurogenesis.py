@@ -90,7 +90,7 @@ class SharedRuns(Runs):
     given); the others are skipped with no rows."""
 
     def __init__(self, *args, share=None, **kw):
-        super().__init__(*args, **kw)
+        super().__init__(*args, workers=getattr(share, "count", 1), **kw)
         self.share = share
 
     def __call__(self, key, work, describe, group=None):

@@ -313,7 +313,11 @@ def shares(index, count):
     """share(group) of process `index` of `count`: the groups, in the order the driver meets
     them (the same in every process), dealt round-robin."""
     seen = {}
-    return lambda group: seen.setdefault(group, len(seen)) % count == index
+
+    def share(group):
+        return seen.setdefault(group, len(seen)) % count == index
+    share.count = count                      # how many processes share the run (for its ETA)
+    return share
 
 
 def thesis_job(args_dict, run_path, index, count, gpu):

@@ -570,9 +570,12 @@ def _dump_json(obj, path):
 class Runs:
     """The single runs of one experiment in `folder` (out_dir/NAME.runs): KEY.json holds a
     finished run's rows, KEY.ckpt.pt a running one's last checkpoint, config.json `config` (what
-    shapes a single run). A config other than the stored one raises a one-line ValueError."""
+    shapes a single run). A config other than the stored one raises a one-line ValueError.
+    Progress lines count the runs finished in `folder` by any of the `workers` processes that
+    share it, and the ETA is that of the whole run: the runs not finished yet, at this process's
+    mean time per run, spread over the workers."""
 
-    def __init__(self, folder, config, total, log=None, on_row=None):
+    def __init__(self, folder, config, total, log=None, on_row=None, workers=1):
         os.makedirs(folder, exist_ok=True)
         config, path = json.loads(json.dumps(config)), os.path.join(folder, "config.json")
         if os.path.exists(path):
@@ -585,7 +588,7 @@ class Runs:
                                  f"sizes and data to continue them, or use another out_dir")
         else:
             _dump_json(config, path)
-        self.folder, self.total = folder, total
+        self.folder, self.total, self.workers = folder, total, workers
         self.log, self.on_row = log or (lambda *_: None), on_row or (lambda *_: None)
         self.rows, self.done, self.trained, self.seconds = [], 0, 0, 0.0
 
@@ -610,8 +613,10 @@ class Runs:
             rows = json.loads(json.dumps(work(state, lambda s: _atomic(ckpt, lambda p: torch.save(s, p)))))
             _dump_json(rows, done)                     # JSON's rows: a cached run returns the same
             self.trained, self.seconds = self.trained + 1, self.seconds + time.perf_counter() - t0
-            eta = self.seconds / self.trained * (self.total - self.done)
-            self.log(f"[{self.done}/{self.total}] {describe(rows)} ({self.seconds:.0f}s trained, ETA {eta:.0f}s)")
+            finished = sum(f.endswith(".json") and f != "config.json" for f in os.listdir(self.folder))
+            eta = self.seconds / self.trained * max(self.total - finished, 0) / self.workers
+            self.log(f"[{finished}/{self.total} finished] {describe(rows)} ({self.seconds:.0f}s trained, "
+                     f"ETA {eta:.0f}s)")
             self.on_row(self.rows + rows)                # a partial report after every trained run
         if os.path.exists(ckpt):
             os.remove(ckpt)

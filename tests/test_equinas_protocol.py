@@ -110,6 +110,33 @@ def test_the_thesis_protocol_is_the_default_and_recalibration_a_named_option(mon
     assert calls == [20]
 
 
+def test_recalibrated_error_is_reported_beside_from_a_copy(monkeypatch):
+    """Catches the reported-beside recalibration (knob bn_also) evaluating the running statistics
+    (recalibration not done), recalibrating the network itself (the thesis's number and the saved
+    network change), or ignoring bn_also: a trained C4 network whose running statistics are
+    corrupted errs at chance; its recalibrated copy is back under 10%; the network is untouched."""
+    x, y = _rotated_shapes(512, 0)
+    xt, yt = _rotated_shapes(256, 100)
+    spec = {"arch": ["C4"] * 4, "config": dict(fields=1, kernel_size=3, in_channels=1, classes=2, hidden=8)}
+    net, _ = E.fit(spec, x, y, 4, "adam", 0.01, batch_size=32, seed=0)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (E.FieldBatchNorm, torch.nn.BatchNorm1d)):
+                m.running_mean += 50.0
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    d = dict(train=(x, y), test=(xt, yt))
+    sz = dict(X.SIZES[False], bn_also=400)
+    assert 1 - E.accuracy(net, xt, yt) > 0.3
+    assert X._recalibrated_error(net, d, sz) < 10.0
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())
+    seen, real = [], X.recalibrate_bn
+    monkeypatch.setattr(X, "recalibrate_bn", lambda n, imgs: (seen.append(len(imgs)), real(n, imgs)))
+    X._recalibrated_error(net, d, sz)
+    assert seen == [400]
+    assert X._recalibrated_error(net, d, dict(sz, bn_also=0)) is None
+    assert X._recalibrated_error(net, d, dict(sz, bn_images=100)) is None     # net itself is recalibrated
+
+
 def test_thesis_preset_is_sec_4_5():
     """Catches a thesis-scale preset that is not Sec. 4.5's: all 12,000 / 50,000 rotMNIST images,
     16 D4 fields, 8 layers, k = 5, 50 generations, parent size 5, 100 EquiNAS_D epochs."""
@@ -164,6 +191,7 @@ def test_table3_headline_is_the_population_mean_and_priors_are_rows(tmp_path):
     assert len(pop) >= 2
     assert e["test_error"] == pytest.approx(sum(p[3] for p in pop) / len(pop), abs=0.01)
     assert e["best_test_error"] == max(pop, key=lambda p: p[2])[3]
+    assert e["test_error_recal"] == pytest.approx(sum(p[4] for p in pop) / len(pop), abs=0.01)
     assert {r["method"] for r in rows} >= set(X.PRIORS)
 
 

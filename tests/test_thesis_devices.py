@@ -147,7 +147,7 @@ def test_gpus_deals_thesis_single_runs_to_processes_and_reuses_them(tmp_path, fa
     --resume training again."""
     def trained(log):                  # a single run's line when trained (not when reused)
         return [line for line in log.splitlines() if "earlier" not in line and
-                re.match(r"\d\d:\d\d:\d\d (\S+: test error|\[\d+/\d+\] )", line)]
+                re.match(r"\d\d:\d\d:\d\d (\S+: test error|\[\d+/\d+ finished\] )", line)]
     # north-generated: its 7 strategies and the static-64 baseline
     for name, n in (("equinas-table4", 10), ("north-generated", 8)):
         argv = fake + ["--experiment", name, "--quick", "--sizes", TINY[name], "--seeds", "1,2"]
@@ -173,6 +173,29 @@ def test_shares_deal_groups_round_robin_in_meeting_order():
     owners = [[i for i in range(3) if deal[i](g)] for g in groups]
     assert all(len(o) == 1 for o in owners)
     assert [o[0] for o in owners] == [0, 1, 0, 2, 0, 1, 1]
+
+
+def test_shared_runs_eta_is_the_whole_runs_over_its_processes(tmp_path, monkeypatch):
+    """Catches an ETA that counts the runs this process visited rather than those not finished by
+    any process (a resumed run, or one shared by --gpus, then shows hours for minutes), or that
+    ignores the processes sharing the run: 6 runs, 2 finished before, one more trained in 10 s of
+    a fake clock by one of 2 processes: 3 left, 10 s each, over 2 processes: 15 s."""
+    from experiments.thesis_neurogenesis import SharedRuns
+    from experiments.thesis_runs import shares
+    clock = [100.0]
+    monkeypatch.setattr(run_dir.time, "perf_counter", lambda: clock[0])
+    folder = tmp_path / "x.runs"
+    folder.mkdir()
+    for key in ("a", "b"):
+        (folder / f"{key}.json").write_text("[]")
+    lines = []
+    runs = SharedRuns(str(folder), {"n": 1}, 6, lines.append, share=shares(0, 2))
+
+    def work(state, checkpoint):
+        clock[0] += 10.0
+        return [{"k": 1}]
+    runs("c", work, lambda rows: "c done")
+    assert lines[-1].startswith("[3/6 finished] c done") and lines[-1].endswith("ETA 15s)")
 
 
 # ------------------------------------------------------------------ on a real GPU
