@@ -309,30 +309,45 @@ def supergroup_mass(z, group):
     return sum(w for g, w in zip(GROUPS, z) if set(ELEMENTS[group]) <= set(ELEMENTS[g]))
 
 
-def experiment_fig12(data, sz, seed, runs, log=print, device=None, share=None):
+def experiment_fig12(data, sz, seeds, runs, log=print, device=None, share=None):
     """Fig. 12: EquiNAS_D on Fashion-MNIST transformed by exactly each group's action, one trial
-    per group; the z of each layer over training. Row per group: test error, the dominant group
-    per layer, and the z mass on groups containing the augmentation group, at init and at the
-    end (mean over layers). Returns (rows, {group: z history})."""
+    per group and seed (the same images for every seed; the seed draws the network and the
+    batches); the z of each layer over training. Row per group and seed: test error, the
+    dominant group per layer, and the z mass on groups containing the augmentation group, at
+    init and at the end (mean over layers). Returns (rows, {(group, seed): z history})."""
     rows, extras = [], {}
     for A in GROUPS:
         d = on_device(prepare(data, sz["fig12_train"], sz["n_test"],
-                              lambda x, s, A=A: augment_by_group(x, A, s)[0]), device)
-
-        def work(state, checkpoint):
-            net, st = search_differentiable(*d["train"], epochs=sz["fig12_epochs"], seed=seed, state=state,
-                                            on_epoch=checkpoint, device=device, **_net_config(d, sz))
-            hist = [(h["epoch"], h["z"]) for h in st["history"]]
-            mass = [statistics.mean(supergroup_mass(z, A) for z in zs) for _, zs in (hist[0], hist[-1])]
-            return (dict(method=f"augmented {A}", seed=seed, n_train=len(d["train"][0]),
-                         test_error=_evaluate(net, d, sz)[0],
-                         dominant="-".join(GROUPS[max(range(len(z)), key=z.__getitem__)] for z in hist[-1][1]),
-                         mass_init=round(mass[0], 3), mass_final=round(mass[1], 3)), dict(z=hist))
-        row, extra = _subrun(runs, f"fig12-{A}-seed{seed}", work, log, share)
-        if row is not None:
-            rows.append(row)
-            extras[A] = extra
+                              lambda x, s, A=A: augment_by_group(x, A, s)[0], pool=sz["pool_input"]), device)
+        for seed in seeds:
+            def work(state, checkpoint):
+                net, st = search_differentiable(*d["train"], epochs=sz["fig12_epochs"], seed=seed, state=state,
+                                                on_epoch=checkpoint, device=device, **_net_config(d, sz))
+                hist = [(h["epoch"], h["z"]) for h in st["history"]]
+                mass = [statistics.mean(supergroup_mass(z, A) for z in zs) for _, zs in (hist[0], hist[-1])]
+                return (dict(method=f"augmented {A}", seed=seed, n_train=len(d["train"][0]),
+                             test_error=_evaluate(net, d, sz)[0],
+                             dominant="-".join(GROUPS[max(range(len(z)), key=z.__getitem__)] for z in hist[-1][1]),
+                             mass_init=round(mass[0], 3), mass_final=round(mass[1], 3)), dict(z=hist))
+            row, extra = _subrun(runs, f"fig12-{A}-seed{seed}", work, log, share)
+            if row is not None:
+                rows.append(row)
+                extras[(A, seed)] = extra
     return rows, extras
+
+
+def _fig12_summary(rows):
+    """Per augmentation group over seeds: test error, z on the groups containing it at init and
+    at the end, and the change (wins: seeds where it rose)."""
+    out = []
+    for m in dict.fromkeys(r["method"] for r in rows):
+        rs = [r for r in rows if r["method"] == m]
+        moved = [r["mass_final"] - r["mass_init"] for r in rs]
+        out.append([m, len(rs), fmt([r["test_error"] for r in rs]), rs[0]["mass_init"],
+                    fmt([r["mass_final"] for r in rs], 3), fmt(moved, 3), f"{wins(moved)} seeds",
+                    " / ".join(r["dominant"] for r in rs)])
+    return md_table(["augmentation", "seeds", "test error %", "z on ⊇A at init", "z on ⊇A at end",
+                     "change", "rose", "largest z per layer at the end, per seed"], out)
 
 
 def mixed_layer_cost(fields=16, size=28, batch=64, kernel_size=5, group="D4", groups=GROUPS, repeats=5,
@@ -563,20 +578,23 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
                   {"mixed / single": [r["ratio"] for r in rows]}, stem + ".png", "time ratio",
                   f"[G]-mixed vs single group layer ({scale}); target ≤ 1.2")
     elif name == "equinas-fig12":
-        rows, extras = experiment_fig12(data, sz, seeds[0], runs, log, device, pick)
+        rows, extras = experiment_fig12(data, sz, seeds, runs, log, device, pick)
         if share is not None:
             return rows
         text = (f"Fig. 12 ({scale}): EquiNAS_D on Fashion-MNIST transformed by each group's action, "
-                f"seed {seeds[0]}, {sz['fig12_epochs']} epochs, {rows[0]['n_train']} training images; 'z on ⊇A' is "
-                f"the mean over layers of the z mass on groups containing the augmentation group A"
+                f"seeds {', '.join(map(str, seeds))}, {sz['fig12_epochs']} epochs, {rows[0]['n_train']} "
+                f"training images, {sz['fields']} D4 field(s) per layer; 'z on ⊇A' is the mean over layers of the z mass "
+                f"on groups containing the augmentation group A; mean ± sample std over seeds"
                 + (f"; BatchNorm statistics recalibrated on {sz['bn_images']} training images before "
                    f"testing (not in the thesis)" if sz["bn_images"] else "") + "\n\n"
-                + md_table(["augmentation", "test error %", "dominant group per layer", "z on ⊇A at init",
-                       "z on ⊇A at end", "s"],
-                      [[r["method"], r["test_error"], r["dominant"], r["mass_init"], r["mass_final"], r["seconds"]]
-                       for r in rows]))
-        _plot_z_grid({A: extras[A]["z"] for A in GROUPS}, stem + ".png",
-                     f"Fig. 12 analogue ({scale}): z per layer over epochs, rows = augmentation group")
+                + _fig12_summary(rows) + "\nEvery run\n\n"
+                + md_table(["augmentation", "seed", "test error %", "dominant group per layer", "z on ⊇A at init",
+                            "z on ⊇A at end", "s"],
+                           [[r["method"], r["seed"], r["test_error"], r["dominant"], r["mass_init"],
+                             r["mass_final"], r["seconds"]] for r in rows]))
+        _plot_z_grid({A: extras[(A, seeds[0])]["z"] for A in GROUPS if (A, seeds[0]) in extras}, stem + ".png",
+                     f"Fig. 12 analogue ({scale}): z per layer over epochs (seed {seeds[0]}), "
+                     f"rows = augmentation group")
     else:
         transform = (lambda x, s: rotate_images(x, s)) if rotate else None
         d = on_device(prepare(data, sz["n_train"], sz["n_test"], transform, pool=sz["pool_input"]), device)
@@ -593,6 +611,7 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
                       for r in rows if r["method"] == "EquiNAS_E"]
             text = _summary(rows, PAPER_TABLE3, f"Table 3 ({scale}) on {data_name}: " + _scale(sz, d, what))
             pairs = [("C1", "C4"), ("C1", "D4"), ("C4", "D4"), (HALF, "C4"), (HALF, "D4"), ("C1", "EquiNAS_E"),
+                     ("D4", "EquiNAS_E"), ("C4", "EquiNAS_E"),
                      ("C1", "C1 (prior: D4)"), ("C1", "C1 (prior: C4)"), ("C4", "C4 (prior: D4)")]
             text += _paired(rows, pairs) + _paired(rows, pairs, "test_error_recal")
             if e_rows:
@@ -603,7 +622,8 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
         else:
             what = f"{sz['epochs_d']} epochs, Adam 0.01 (Psi and Z), batch 64"
             d_rows = [[r["seed"], r["test_error"], r["groups"]] for r in rows if r["method"] == "EquiNAS_D"]
-            pairs = [("C1", "C4"), ("C1", "D4"), ("C1", "EquiNAS_D"), ("C4", "EquiNAS_D"), ("RPP", "EquiNAS_D")]
+            pairs = [("C1", "C4"), ("C1", "D4"), ("C4", "D4"), ("C1", "EquiNAS_D"), ("C4", "EquiNAS_D"),
+                     ("RPP", "EquiNAS_D")]
             text = (_summary(rows, PAPER_TABLE4, f"Table 4 ({scale}) on {data_name}: " + _scale(sz, d, what))
                     + _paired(rows, pairs) + _paired(rows, pairs, "test_error_recal")
                     + ("\nEquiNAS_D: largest z per layer at the end\n\n"
