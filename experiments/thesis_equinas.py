@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from equinas import (ELEMENTS, GROUPS, RPP, EquiCNN, FieldBatchNorm, GroupConv2d, MixedGroupConv2d, _net,
                      accuracy, act, as_float, fit, relax_network, search_differentiable, search_evolutionary)
 from harness.run_dir import _atomic, md_table, write_csv
-from experiments.seeds import fmt, paired, paired_t, wins
+from experiments.thesis_equinas_report import (fig12_summary, paired_table, plot_error_params, plot_table3,
+                                                 plot_z_grid, scale_text, summary)
 
 EXPERIMENTS = ("equinas-table3", "equinas-table4", "equinas-fig12", "equinas-cost")
 PAPER_TABLE3 = {"EquiNAS_E": (1.78, 0.04), "RPP": (2.18, 0.04), "D4": (1.78, 0.11), "C4": (1.64, 0.22),
@@ -41,8 +42,8 @@ SIZES = {  # CPU scale (rotMNIST itself: 12,000 train+valid / 50,000 test images
                 searches=1, baselines=0, thesis=0, equal_params=0, pool_input=1),
     True: dict(n_train=2000, n_test=1000, fields=1, layers=8, kernel_size=5, hidden=64,
                generations=3, parent_size=5, epochs_d=2, fig12_train=1000, fig12_epochs=1,
-               cost=((4, 28, 64), (2, 14, 32)), cost_repeats=3, bn_images=0, bn_also=1000, searches=1, baselines=0,
-               thesis=0, equal_params=0, pool_input=1),
+               cost=((4, 28, 64), (2, 14, 32)), cost_repeats=3, bn_images=0, bn_also=1000, searches=1,
+               baselines=0, thesis=0, equal_params=0, pool_input=1),
 }
 # --sizes thesis=1: Sec. 4.5 at full scale (a GPU's budget): all 12,000 / 50,000 rotMNIST images,
 # 16 D4 fields, 50 generations (baselines 25.5 epochs), 100 epochs for EquiNAS_D
@@ -50,9 +51,10 @@ THESIS_SIZES = dict(SIZES[False], n_train=12000, n_test=50000, fields=16, genera
                     fig12_train=54000, fig12_epochs=100)
 # the knobs: bn_images > 0 recalibrates BatchNorm on that many training images before every
 # evaluation (not in the thesis); bn_also > 0 reports, beside the thesis's running-statistics
-# error, the error of a copy recalibrated on that many images (test_error_recal); searches=0 runs only the baselines of Tables 3 and 4;
-# baselines=N trains only the first N of Table 3's baselines in the order below (0: all);
-# equal_params=1 adds Table 3's HALF row; pool_input=2 average-pools the images to 14 x 14
+# error, the error of a copy recalibrated on that many images (test_error_recal); searches=0
+# runs only the baselines of Tables 3 and 4; baselines=N trains only the first N of Table 3's
+# baselines in experiment_table3's order (0: all); equal_params=1 adds Table 3's HALF row;
+# pool_input=2 average-pools the images to 14 x 14
 
 
 def size_knobs(quick=False, overrides=None):
@@ -327,27 +329,14 @@ def experiment_fig12(data, sz, seeds, runs, log=print, device=None, share=None):
                 mass = [statistics.mean(supergroup_mass(z, A) for z in zs) for _, zs in (hist[0], hist[-1])]
                 return (dict(method=f"augmented {A}", seed=seed, n_train=len(d["train"][0]),
                              test_error=_evaluate(net, d, sz)[0],
-                             dominant="-".join(GROUPS[max(range(len(z)), key=z.__getitem__)] for z in hist[-1][1]),
+                             dominant="-".join(GROUPS[max(range(len(z)), key=z.__getitem__)]
+                                               for z in hist[-1][1]),
                              mass_init=round(mass[0], 3), mass_final=round(mass[1], 3)), dict(z=hist))
             row, extra = _subrun(runs, f"fig12-{A}-seed{seed}", work, log, share)
             if row is not None:
                 rows.append(row)
                 extras[(A, seed)] = extra
     return rows, extras
-
-
-def _fig12_summary(rows):
-    """Per augmentation group over seeds: test error, z on the groups containing it at init and
-    at the end, and the change (wins: seeds where it rose)."""
-    out = []
-    for m in dict.fromkeys(r["method"] for r in rows):
-        rs = [r for r in rows if r["method"] == m]
-        moved = [r["mass_final"] - r["mass_init"] for r in rs]
-        out.append([m, len(rs), fmt([r["test_error"] for r in rs]), rs[0]["mass_init"],
-                    fmt([r["mass_final"] for r in rs], 3), fmt(moved, 3), f"{wins(moved)} seeds",
-                    " / ".join(r["dominant"] for r in rs)])
-    return md_table(["augmentation", "seeds", "test error %", "z on ⊇A at init", "z on ⊇A at end",
-                     "change", "rose", "largest z per layer at the end, per seed"], out)
 
 
 def mixed_layer_cost(fields=16, size=28, batch=64, kernel_size=5, group="D4", groups=GROUPS, repeats=5,
@@ -386,157 +375,6 @@ def mixed_layer_cost(fields=16, size=28, batch=64, kernel_size=5, group="D4", gr
 # ----------------------------------------------------------------------------------------
 # Reports: NAME.md, NAME.csv, NAME.png
 # ----------------------------------------------------------------------------------------
-
-def _summary(rows, paper, title):
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    recal = any(r.get("test_error_recal") is not None for r in rows)
-    out = []
-    for m in methods:
-        rs = [r for r in rows if r["method"] == m]
-        p = paper.get(m)
-        rec = [r["test_error_recal"] for r in rs if r.get("test_error_recal") is not None]
-        out.append([m, f"{p[0]:.2f} ± {p[1]:.2f}" if p else None, fmt([r["test_error"] for r in rs])]
-                   + [fmt(rec) if rec else None] * recal
-                   + [f"{statistics.mean(r['params'] for r in rs):,.0f}", len(rs),
-                      f"{statistics.mean(r['seconds'] for r in rs):.0f}"])
-    return title + "\n\n" + md_table(["method", "thesis rotMNIST error %", "measured error % (mean ± std)"]
-                                     + ["BatchNorm recalibrated, same networks"] * recal
-                                     + ["params", "seeds", "s / seed"], out) + _recalibration_effect(rows)
-
-
-def _recalibration_effect(rows):
-    """Per method, over seeds: running-statistics error minus the recalibrated copy's (> 0: the
-    recalibration helps), and the seed-to-seed std of each evaluation."""
-    out = []
-    for m in dict.fromkeys(r["method"] for r in rows):
-        rs = [r for r in rows if r["method"] == m and r.get("test_error_recal") is not None]
-        if len(rs) >= 2:
-            diffs = [r["test_error"] - r["test_error_recal"] for r in rs]
-            out.append([m, fmt(diffs), f"{wins(diffs)} seeds", f"{paired_t(diffs)[1]:.3f}",
-                        f"{statistics.stdev(r['test_error'] for r in rs):.2f}",
-                        f"{statistics.stdev(r['test_error_recal'] for r in rs):.2f}"])
-    return ("\nThe same networks evaluated both ways (running − recalibrated error %; wins: recalibrated "
-            "lower)\n\n" + md_table(["method", "difference (mean ± std)", "recalibrated better", "paired t p",
-                                     "std running", "std recalibrated"], out)) if out else ""
-
-
-def _paired(rows, pairs, key="test_error"):
-    """Per-seed paired differences of rows' `key` (a - b > 0: b better), for the pairs present."""
-    err = {}
-    for r in rows:
-        if r.get(key) is not None:
-            err.setdefault(r["method"], {})[r["seed"]] = r[key]
-    out = []
-    for a, b in pairs:
-        diffs = paired(err.get(a, {}), err.get(b, {}))
-        if len(diffs) >= 2:
-            p = paired_t(diffs)[1]
-            out.append([f"{a} − {b}", fmt(diffs), f"{wins(diffs)} seeds", f"{p:.3f}"])
-    what = "" if key == "test_error" else ", BatchNorm recalibrated"
-    return (f"\nPaired by seed{what} (error % of the first minus the second; wins: the second lower)\n\n"
-            + md_table(["pair", "difference (mean ± std)", "second better", "paired t p"], out)) if out else ""
-
-
-def _scale(sz, d, what):
-    bn = (f"; BatchNorm statistics recalibrated on {sz['bn_images']} training images before every "
-          f"evaluation (not in the thesis)" if sz["bn_images"] else "; running BatchNorm statistics "
-          f"(the thesis's protocol)")
-    return (f"{len(d['train'][0])} training / {len(d['valid'][0])} validation / {len(d['test'][0])} test "
-            f"images of {d['train'][0].shape[-1]} x {d['train'][0].shape[-1]} pixels, {sz['layers']} layers, "
-            f"{sz['fields']} D4 fields ({8 * sz['fields']} channels, doubled half way), k = {sz['kernel_size']}, {what}{bn}")
-
-
-def _group_colors():
-    return {g: c for g, c in zip(GROUPS, ("#8c8c8c", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#d62728"))}
-
-
-def _plot_error_params(ax, rows):
-    colors = dict(zip(dict.fromkeys(r["method"] for r in rows), ("#d62728", "#1f77b4", "#2ca02c",
-                                                                 "#ff7f0e", "#9467bd", "#444444")))
-    for m, c in colors.items():
-        rs = [r for r in rows if r["method"] == m]
-        ax.scatter([r["params"] for r in rs], [r["test_error"] for r in rs], color=c, label=m, s=22)
-    ax.set_xscale("log")
-    ax.minorticks_off()
-    ax.set_xlabel("parameters")
-    ax.set_ylabel("test error (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-
-
-def _plot_z(axes, hist, title=""):
-    """One panel per layer: z_G over epochs (Figs. 12 and 15)."""
-    colors = _group_colors()
-    epochs = [e for e, _ in hist]
-    for layer, ax in enumerate(axes):
-        for gi, g in enumerate(GROUPS):
-            ax.plot(epochs, [zs[layer][gi] for _, zs in hist], color=colors[g], label=g, lw=1.2)
-        ax.set_ylim(0, 1)
-        ax.set_title(f"{title}layer {layer + 1}", fontsize=7)
-        ax.tick_params(labelsize=6)
-    axes[0].set_ylabel("z", fontsize=7)
-
-
-def _plot_table3(rows, extras, path, title):
-    from harness.plots import _plt
-    plt = _plt()
-    fig, ax = plt.subplots(1, 3 if extras else 1, figsize=(15 if extras else 5, 4.2), squeeze=False)
-    ax = ax[0]
-    _plot_error_params(ax[0], rows)
-    ax[0].set_title("test error vs parameters (Fig. 10)", fontsize=9)
-    if not extras:                                # searches=0: the baselines only
-        fig.suptitle(title, fontsize=9)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        return plt.close(fig)
-    seed = min(extras)
-    hist = extras[seed]["history"]
-    rounds = sorted({h["round"] for h in hist})
-    best = [max((h for h in hist if h["round"] == r and h["selected"]), key=lambda h: h["valid_acc"])
-            for r in rounds]
-    grid = [[GROUPS.index(g) for g in h["groups"]] for h in best]
-    ax[1].imshow([list(col) for col in zip(*grid)], aspect="auto", cmap=plt.matplotlib.colors.ListedColormap(
-        list(_group_colors().values())), vmin=-0.5, vmax=len(GROUPS) - 0.5, origin="lower")
-    for r, h in enumerate(best):
-        for layer, g in enumerate(h["groups"]):
-            ax[1].text(r, layer, g, ha="center", va="center", fontsize=6, color="white")
-    ax[1].set_yticks(range(len(grid[0])), range(1, len(grid[0]) + 1))
-    ax[1].set_xlabel("generation")
-    ax[1].set_ylabel("layer")
-    ax[1].set_title(f"best selected member's groups (seed {seed})", fontsize=9)
-    for k, (s, ex) in enumerate(sorted(extras.items())):
-        pts = [(h["round"] + 0.12 * k, h["params"]) for h in ex["history"] if h["selected"]]
-        ax[2].scatter(*zip(*pts), s=10, label=f"seed {s}")
-    ax[2].set_yscale("log")
-    ax[2].set_xlabel("generation")
-    ax[2].set_ylabel("parameters")
-    ax[2].set_title("selected members' parameter counts (Fig. 11)", fontsize=9)
-    ax[2].legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _plot_z_grid(histories, path, title, first=None):
-    """Rows: histories {label: [(epoch, z per layer)]}; columns: layers. `first`: a wide panel on top."""
-    from harness.plots import _plt
-    plt = _plt()
-    layers = len(next(iter(histories.values()))[0][1])
-    top = first is not None
-    fig = plt.figure(figsize=(1.7 * layers, 1.6 * len(histories) + 0.8 + 2.6 * top))
-    gs = fig.add_gridspec(len(histories) + top, layers, height_ratios=[1.6] * top + [1] * len(histories))
-    if top:
-        first(fig.add_subplot(gs[0, :layers // 2]))
-    for r, (label, hist) in enumerate(histories.items()):
-        _plot_z([fig.add_subplot(gs[r + top, c]) for c in range(layers)], hist, f"{label}, ")
-    handles, labels = fig.axes[-1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(GROUPS), fontsize=7, frameon=False)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
 
 def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None, rotate=True, device=None,
         share=None, norm=None, data_name="rotated Fashion-MNIST", finished_only=False):
@@ -583,16 +421,16 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
             return rows
         text = (f"Fig. 12 ({scale}): EquiNAS_D on Fashion-MNIST transformed by each group's action, "
                 f"seeds {', '.join(map(str, seeds))}, {sz['fig12_epochs']} epochs, {rows[0]['n_train']} "
-                f"training images, {sz['fields']} D4 field(s) per layer; 'z on ⊇A' is the mean over layers of the z mass "
-                f"on groups containing the augmentation group A; mean ± sample std over seeds"
+                f"training images, {sz['fields']} D4 field(s) per layer; 'z on ⊇A' is the mean over layers "
+                f"of the z mass on groups containing the augmentation group A; mean ± sample std over seeds"
                 + (f"; BatchNorm statistics recalibrated on {sz['bn_images']} training images before "
                    f"testing (not in the thesis)" if sz["bn_images"] else "") + "\n\n"
-                + _fig12_summary(rows) + "\nEvery run\n\n"
-                + md_table(["augmentation", "seed", "test error %", "dominant group per layer", "z on ⊇A at init",
-                            "z on ⊇A at end", "s"],
+                + fig12_summary(rows) + "\nEvery run\n\n"
+                + md_table(["augmentation", "seed", "test error %", "dominant group per layer",
+                            "z on ⊇A at init", "z on ⊇A at end", "s"],
                            [[r["method"], r["seed"], r["test_error"], r["dominant"], r["mass_init"],
                              r["mass_final"], r["seconds"]] for r in rows]))
-        _plot_z_grid({A: extras[(A, seeds[0])]["z"] for A in GROUPS if (A, seeds[0]) in extras}, stem + ".png",
+        plot_z_grid({A: extras[(A, seeds[0])]["z"] for A in GROUPS if (A, seeds[0]) in extras}, stem + ".png",
                      f"Fig. 12 analogue ({scale}): z per layer over epochs (seed {seeds[0]}), "
                      f"rows = augmentation group")
     else:
@@ -609,31 +447,31 @@ def run(name, data, out_dir, seeds=(0, 1, 2), quick=False, log=print, sizes=None
                     f"baselines {(sz['generations'] + 1) / 2} epochs, SGD 0.1")
             e_rows = [[r["seed"], r["test_error"], r["best_test_error"], r["groups"], f"{r['best_params']:,}"]
                       for r in rows if r["method"] == "EquiNAS_E"]
-            text = _summary(rows, PAPER_TABLE3, f"Table 3 ({scale}) on {data_name}: " + _scale(sz, d, what))
+            text = summary(rows, PAPER_TABLE3, f"Table 3 ({scale}) on {data_name}: " + scale_text(sz, d, what))
             pairs = [("C1", "C4"), ("C1", "D4"), ("C4", "D4"), (HALF, "C4"), (HALF, "D4"), ("C1", "EquiNAS_E"),
                      ("D4", "EquiNAS_E"), ("C4", "EquiNAS_E"),
                      ("C1", "C1 (prior: D4)"), ("C1", "C1 (prior: C4)"), ("C4", "C4 (prior: D4)")]
-            text += _paired(rows, pairs) + _paired(rows, pairs, "test_error_recal")
+            text += paired_table(rows, pairs) + paired_table(rows, pairs, "test_error_recal")
             if e_rows:
                 text += "\nEquiNAS_E final populations\n\n" + md_table(
                     ["seed", "population mean error % (the row above)", "best-validation member error %",
                      "its groups per layer", "its params"], e_rows)
-            _plot_table3(rows, extras, stem + ".png", f"Table 3 analogue ({scale}), {data_name}")
+            plot_table3(rows, extras, stem + ".png", f"Table 3 analogue ({scale}), {data_name}")
         else:
             what = f"{sz['epochs_d']} epochs, Adam 0.01 (Psi and Z), batch 64"
             d_rows = [[r["seed"], r["test_error"], r["groups"]] for r in rows if r["method"] == "EquiNAS_D"]
             pairs = [("C1", "C4"), ("C1", "D4"), ("C4", "D4"), ("C1", "EquiNAS_D"), ("C4", "EquiNAS_D"),
                      ("RPP", "EquiNAS_D")]
-            text = (_summary(rows, PAPER_TABLE4, f"Table 4 ({scale}) on {data_name}: " + _scale(sz, d, what))
-                    + _paired(rows, pairs) + _paired(rows, pairs, "test_error_recal")
+            text = (summary(rows, PAPER_TABLE4, f"Table 4 ({scale}) on {data_name}: " + scale_text(sz, d, what))
+                    + paired_table(rows, pairs) + paired_table(rows, pairs, "test_error_recal")
                     + ("\nEquiNAS_D: largest z per layer at the end\n\n"
                     + md_table(["seed", "test error %", "argmax z per layer"], d_rows)) * bool(d_rows))
             if not extras:
-                _plot_table3(rows, {}, stem + ".png", f"Table 4 analogue ({scale}), {data_name}")
+                plot_table3(rows, {}, stem + ".png", f"Table 4 analogue ({scale}), {data_name}")
             else:
-                _plot_z_grid({f"seed {s}": extras[s]["z"] for s in sorted(extras)}, stem + ".png",
+                plot_z_grid({f"seed {s}": extras[s]["z"] for s in sorted(extras)}, stem + ".png",
                              f"Table 4 analogue ({scale}): EquiNAS_D z per layer (Fig. 15) and error vs "
-                             f"parameters (Fig. 14)", first=lambda ax: _plot_error_params(ax, rows))
+                             f"parameters (Fig. 14)", first=lambda ax: plot_error_params(ax, rows))
     with open(stem + ".md", "w") as f:
         f.write(text)
     write_csv(rows, stem + ".csv")
