@@ -423,8 +423,9 @@ def _plot_pareto(rows, path, title):
         (n, ns), (a, as_), (t, ts) = (mean_std([r[k] for r in rs])
                                       for k in ("neurons", "test_accuracy", "train_seconds"))
         marker = "s" if "Static" in name else ("^" if "(" in name else "o")
+        xe = [[min(ns, n - min(r["neurons"] for r in rs))], [ns]]    # log axis: not below the smallest run
         for ax, y, ye in ((axes[0], a, as_), (axes[1], t, ts)):
-            ax.errorbar(n, y, ye, ns, marker=marker, ms=5, capsize=2, label=name, ls="none")
+            ax.errorbar(n, y, ye, xe, marker=marker, ms=5, capsize=2, label=name, ls="none")
     axes[0].set_ylabel("test accuracy (%)")
     axes[1].set_ylabel("training seconds")
     for ax in axes:
