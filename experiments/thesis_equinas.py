@@ -193,7 +193,11 @@ def _evaluate(net, d, sz):
     sz["bn_images"] training images (0: the running statistics, as in the thesis)."""
     if sz["bn_images"]:
         recalibrate_bn(net, d["train"][0][:sz["bn_images"]])
-    return round(100 * (1 - accuracy(net, *d["test"])), 2), round(100 * accuracy(net, *d["valid"]), 2)
+    return _test_error(net, d), round(100 * accuracy(net, *d["valid"]), 2)
+
+
+def _test_error(net, d):
+    return round(100 * (1 - accuracy(net, *d["test"])), 2)
 
 
 def _recalibrated_error(net, d, sz):
@@ -204,7 +208,7 @@ def _recalibrated_error(net, d, sz):
         return None
     twin = copy.deepcopy(net)
     recalibrate_bn(twin, d["train"][0][:sz["bn_also"]])
-    return round(100 * (1 - accuracy(twin, *d["test"])), 2)
+    return _test_error(twin, d)
 
 
 def _net_config(d, sz):

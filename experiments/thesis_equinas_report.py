@@ -8,12 +8,19 @@ from harness.run_dir import md_table
 from experiments.seeds import fmt, paired, paired_t, wins
 
 
+def by_method(rows):
+    """{method: its rows}, methods in order of first appearance."""
+    groups = {}
+    for r in rows:
+        groups.setdefault(r["method"], []).append(r)
+    return groups
+
+
 def fig12_summary(rows):
     """Per augmentation group over seeds: test error, z on the groups containing it at init and
     at the end, and the change (wins: seeds where it rose)."""
     out = []
-    for m in dict.fromkeys(r["method"] for r in rows):
-        rs = [r for r in rows if r["method"] == m]
+    for m, rs in by_method(rows).items():
         moved = [r["mass_final"] - r["mass_init"] for r in rs]
         out.append([m, len(rs), fmt([r["test_error"] for r in rs]), rs[0]["mass_init"],
                     fmt([r["mass_final"] for r in rs], 3), fmt(moved, 3), f"{wins(moved)} seeds",
@@ -23,11 +30,9 @@ def fig12_summary(rows):
 
 
 def summary(rows, paper, title):
-    methods = list(dict.fromkeys(r["method"] for r in rows))
     recal = any(r.get("test_error_recal") is not None for r in rows)
     out = []
-    for m in methods:
-        rs = [r for r in rows if r["method"] == m]
+    for m, rs in by_method(rows).items():
         p = paper.get(m)
         rec = [r["test_error_recal"] for r in rs if r.get("test_error_recal") is not None]
         out.append([m, f"{p[0]:.2f} ± {p[1]:.2f}" if p else None, fmt([r["test_error"] for r in rs])]
@@ -43,8 +48,7 @@ def recalibration_effect(rows):
     """Per method, over seeds: running-statistics error minus the recalibrated copy's (> 0: the
     recalibration helps), and the seed-to-seed std of each evaluation."""
     out = []
-    for m in dict.fromkeys(r["method"] for r in rows):
-        rs = [r for r in rows if r["method"] == m and r.get("test_error_recal") is not None]
+    for m, rs in by_method(r for r in rows if r.get("test_error_recal") is not None).items():
         if len(rs) >= 2:
             diffs = [r["test_error"] - r["test_error_recal"] for r in rs]
             out.append([m, fmt(diffs), f"{wins(diffs)} seeds", f"{paired_t(diffs)[1]:.3f}",
@@ -87,10 +91,8 @@ def _group_colors():
 
 
 def plot_error_params(ax, rows):
-    colors = dict(zip(dict.fromkeys(r["method"] for r in rows), ("#d62728", "#1f77b4", "#2ca02c",
-                                                                 "#ff7f0e", "#9467bd", "#444444")))
-    for m, c in colors.items():
-        rs = [r for r in rows if r["method"] == m]
+    colors = ("#d62728", "#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#444444")
+    for (m, rs), c in zip(by_method(rows).items(), colors):
         ax.scatter([r["params"] for r in rs], [r["test_error"] for r in rs], color=c, label=m, s=22)
     ax.set_xscale("log")
     ax.minorticks_off()
